@@ -1,0 +1,587 @@
+//! The agent's configuration: a TOML file, then `SPOTTER_AGENT__*` environment variables
+//! (`SPOTTER_AGENT__MQTT__URL=...`), parsed into raw serde structs and validated into typed values.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use spotter_protocol::topic::validate_segment;
+
+/// Environment prefix for overrides.
+pub const ENV_PREFIX: &str = "SPOTTER_AGENT";
+
+/// The file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Studio name: a topic segment (`[A-Za-z0-9_-]`, at most 64). For AWS IoT Core, the thing name.
+    pub studio: String,
+    /// Stream name within the studio.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// Where video comes from.
+    #[serde(default)]
+    pub source: RawSource,
+    /// Recognition.
+    pub analysis: RawAnalysis,
+    /// Product-event lifecycle.
+    #[serde(default)]
+    pub tracker: RawTracker,
+    /// Where events go.
+    #[serde(default)]
+    pub mqtt: RawMqtt,
+    /// Where the stream goes.
+    #[serde(default)]
+    pub upload: RawUpload,
+}
+
+fn default_stream() -> String {
+    "main".into()
+}
+
+/// Video source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    /// `test` (GStreamer's test pattern), `uri` (file, RTSP, SRT, HTTP...), or `v4l2` (a camera).
+    #[serde(default = "default_source_kind")]
+    pub kind: String,
+    /// For `uri`: what GStreamer should open, e.g. `file:///srv/clip.mp4` or `rtsp://cam/stream`.
+    pub uri: Option<String>,
+    /// For `v4l2`: the device node.
+    pub device: Option<PathBuf>,
+    /// Play a file at its own frame rate, as a camera would deliver it (default true).
+    #[serde(default = "yes")]
+    pub realtime: bool,
+    /// Start a file again at its end (for demos).
+    #[serde(default, rename = "loop")]
+    pub looping: bool,
+}
+
+fn default_source_kind() -> String {
+    "test".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for RawSource {
+    fn default() -> Self {
+        RawSource {
+            kind: default_source_kind(),
+            uri: None,
+            device: None,
+            realtime: true,
+            looping: false,
+        }
+    }
+}
+
+/// Recognition settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnalysis {
+    /// The catalog directory (`catalog.toml` plus reference photos).
+    pub catalog: PathBuf,
+    /// The converted model weights (`make setup` writes models/weights/efficientnet-lite0.safetensors).
+    #[serde(default = "default_model")]
+    pub model: PathBuf,
+    /// Frames analysed a second; the rest skip analysis (never the upload).
+    #[serde(default = "default_fps")]
+    pub fps: f64,
+    /// Width the analysis branch scales frames to (a multiple of 32).
+    #[serde(default = "default_width")]
+    pub width: u32,
+    /// Height the analysis branch scales frames to (a multiple of 32).
+    #[serde(default = "default_height")]
+    pub height: u32,
+}
+
+/// The default model path, relative to the working directory.
+pub fn default_model() -> PathBuf {
+    PathBuf::from("models/weights/efficientnet-lite0.safetensors")
+}
+fn default_fps() -> f64 {
+    5.0
+}
+fn default_width() -> u32 {
+    384
+}
+fn default_height() -> u32 {
+    224
+}
+
+/// Tracker thresholds (see `tracker.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracker {
+    /// A frame counts as a sighting only at this score or above.
+    #[serde(default = "default_min_score")]
+    pub min_score: f32,
+    /// The median score over the window must reach this to confirm a product.
+    #[serde(default = "default_confirm_score")]
+    pub confirm_score: f32,
+    /// Frames in the median window.
+    #[serde(default = "default_window")]
+    pub window: usize,
+    /// Sightings in the window needed to confirm.
+    #[serde(default = "default_min_frames")]
+    pub min_frames: usize,
+    /// Longest time between `update`s of a product that stays on screen.
+    #[serde(default = "default_update_secs")]
+    pub update_interval_secs: f64,
+    /// How long a product must be gone before its appearance ends.
+    #[serde(default = "default_end_secs")]
+    pub end_after_secs: f64,
+}
+
+fn default_min_score() -> f32 {
+    0.55
+}
+fn default_confirm_score() -> f32 {
+    0.6
+}
+fn default_window() -> usize {
+    5
+}
+fn default_min_frames() -> usize {
+    2
+}
+fn default_update_secs() -> f64 {
+    5.0
+}
+fn default_end_secs() -> f64 {
+    1.5
+}
+
+impl Default for RawTracker {
+    fn default() -> Self {
+        RawTracker {
+            min_score: default_min_score(),
+            confirm_score: default_confirm_score(),
+            window: default_window(),
+            min_frames: default_min_frames(),
+            update_interval_secs: default_update_secs(),
+            end_after_secs: default_end_secs(),
+        }
+    }
+}
+
+/// MQTT connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqtt {
+    /// `mqtt://host:port` (plain TCP).
+    #[serde(default = "default_mqtt_url")]
+    pub url: String,
+    /// Client id (for AWS IoT Core, the thing name); default `spotter-<studio>-<stream>`.
+    pub client_id: Option<String>,
+    /// Keep-alive interval.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_secs: u64,
+}
+
+fn default_mqtt_url() -> String {
+    "mqtt://127.0.0.1:1883".into()
+}
+fn default_keepalive() -> u64 {
+    15
+}
+
+impl Default for RawMqtt {
+    fn default() -> Self {
+        RawMqtt {
+            url: default_mqtt_url(),
+            client_id: None,
+            keepalive_secs: default_keepalive(),
+        }
+    }
+}
+
+/// Where the stream goes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpload {
+    /// `none` (analysis only) or `hls` (a local HLS directory, for the demo).
+    #[serde(default = "default_upload_kind")]
+    pub kind: String,
+    /// For `hls`: the directory to write `index.m3u8` and segments into.
+    pub hls_dir: Option<PathBuf>,
+    /// Encoder bitrate, kbit/s.
+    #[serde(default = "default_bitrate")]
+    pub bitrate_kbps: u32,
+    /// Keyframe interval (IVS asks for 2 s).
+    #[serde(default = "default_idr")]
+    pub keyframe_interval_secs: u32,
+}
+
+fn default_upload_kind() -> String {
+    "none".into()
+}
+fn default_bitrate() -> u32 {
+    2500
+}
+fn default_idr() -> u32 {
+    2
+}
+
+impl Default for RawUpload {
+    fn default() -> Self {
+        RawUpload {
+            kind: default_upload_kind(),
+            hls_dir: None,
+            bitrate_kbps: default_bitrate(),
+            keyframe_interval_secs: default_idr(),
+        }
+    }
+}
+
+/// Where frames come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// GStreamer's moving test pattern.
+    Test,
+    /// Anything `uridecodebin` opens.
+    Uri {
+        /// The URI.
+        uri: String,
+        /// Pace a file at its frame rate.
+        realtime: bool,
+        /// Loop at the end.
+        looping: bool,
+    },
+    /// A V4L2 camera.
+    V4l2 {
+        /// Device node.
+        device: PathBuf,
+    },
+}
+
+/// Where the encoded stream goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Upload {
+    /// Nowhere: analysis only.
+    None,
+    /// A local HLS directory.
+    Hls {
+        /// Output directory.
+        dir: PathBuf,
+        /// kbit/s.
+        bitrate_kbps: u32,
+        /// Seconds between IDR frames.
+        keyframe_interval_secs: u32,
+    },
+}
+
+/// Validated tracker settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackerConfig {
+    /// Per-frame minimum.
+    pub min_score: f32,
+    /// Median needed to confirm.
+    pub confirm_score: f32,
+    /// Median window, frames.
+    pub window: usize,
+    /// Sightings needed in the window.
+    pub min_frames: usize,
+    /// Heartbeat interval.
+    pub update_interval: Duration,
+    /// Absence that ends an appearance.
+    pub end_after: Duration,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        RawTracker::default()
+            .validate()
+            .expect("the built-in tracker defaults are valid")
+    }
+}
+
+/// Validated MQTT settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Client id.
+    pub client_id: String,
+    /// Keep-alive.
+    pub keepalive: Duration,
+}
+
+/// Validated analysis settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalysisConfig {
+    /// Catalog directory.
+    pub catalog: PathBuf,
+    /// Model weights.
+    pub model: PathBuf,
+    /// Frames a second.
+    pub fps: f64,
+    /// Input width.
+    pub width: u32,
+    /// Input height.
+    pub height: u32,
+}
+
+/// The validated configuration the agent runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// Studio name.
+    pub studio: String,
+    /// Stream name.
+    pub stream: String,
+    /// Source.
+    pub source: Source,
+    /// Recognition.
+    pub analysis: AnalysisConfig,
+    /// Tracker.
+    pub tracker: TrackerConfig,
+    /// MQTT.
+    pub mqtt: MqttConfig,
+    /// Upload.
+    pub upload: Upload,
+}
+
+/// A configuration that does not make sense, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read or parsed.
+    #[error("{0}")]
+    Load(#[from] config::ConfigError),
+    /// A value out of range.
+    #[error("`{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, as in the file.
+        key: &'static str,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+impl RawTracker {
+    fn validate(&self) -> Result<TrackerConfig, ConfigError> {
+        for (key, v) in [("tracker.min_score", self.min_score), ("tracker.confirm_score", self.confirm_score)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(invalid(key, format!("must be within 0..=1, got {v}")));
+            }
+        }
+        if self.window == 0 || self.min_frames == 0 || self.min_frames > self.window {
+            return Err(invalid(
+                "tracker.min_frames",
+                format!("needs 1 <= min_frames <= window, got {} and {}", self.min_frames, self.window),
+            ));
+        }
+        let secs = |key, v: f64| {
+            if v.is_finite() && v > 0.0 && v < 3600.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(invalid(key, format!("must be a positive number of seconds, got {v}")))
+            }
+        };
+        Ok(TrackerConfig {
+            min_score: self.min_score,
+            confirm_score: self.confirm_score,
+            window: self.window,
+            min_frames: self.min_frames,
+            update_interval: secs("tracker.update_interval_secs", self.update_interval_secs)?,
+            end_after: secs("tracker.end_after_secs", self.end_after_secs)?,
+        })
+    }
+}
+
+/// Parses `mqtt://host[:port]` (plain TCP; the TLS forms come with the IoT Core work).
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| format!("{url:?} must start with mqtt://"))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("{p:?} is not a port number"))?),
+        None => (rest, 1883),
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+impl RawConfig {
+    /// Validates into the typed configuration.
+    pub fn validate(self) -> Result<AgentConfig, ConfigError> {
+        validate_segment("studio", &self.studio).map_err(|e| invalid("studio", e.to_string()))?;
+        validate_segment("stream", &self.stream).map_err(|e| invalid("stream", e.to_string()))?;
+        let source = match self.source.kind.as_str() {
+            "test" => Source::Test,
+            "uri" => Source::Uri {
+                uri: self
+                    .source
+                    .uri
+                    .clone()
+                    .ok_or_else(|| invalid("source.uri", "required when source.kind = \"uri\""))?,
+                realtime: self.source.realtime,
+                looping: self.source.looping,
+            },
+            "v4l2" => Source::V4l2 {
+                device: self
+                    .source
+                    .device
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("/dev/video0")),
+            },
+            other => {
+                return Err(invalid(
+                    "source.kind",
+                    format!("{other:?} is not one of \"test\", \"uri\", \"v4l2\""),
+                ))
+            }
+        };
+        let a = &self.analysis;
+        if !(a.fps.is_finite() && a.fps > 0.0 && a.fps <= 60.0) {
+            return Err(invalid("analysis.fps", format!("must be within (0, 60], got {}", a.fps)));
+        }
+        for (key, v) in [("analysis.width", a.width), ("analysis.height", a.height)] {
+            if v < 64 || v > 1920 || v % 32 != 0 {
+                return Err(invalid(key, format!("must be a multiple of 32 within 64..=1920, got {v}")));
+            }
+        }
+        let (host, port) = parse_mqtt_url(&self.mqtt.url).map_err(|r| invalid("mqtt.url", r))?;
+        if !(5..=3600).contains(&self.mqtt.keepalive_secs) {
+            return Err(invalid("mqtt.keepalive_secs", "must be within 5..=3600"));
+        }
+        let upload = match self.upload.kind.as_str() {
+            "none" => Upload::None,
+            "hls" => Upload::Hls {
+                dir: self
+                    .upload
+                    .hls_dir
+                    .clone()
+                    .ok_or_else(|| invalid("upload.hls_dir", "required when upload.kind = \"hls\""))?,
+                bitrate_kbps: self.upload.bitrate_kbps,
+                keyframe_interval_secs: self.upload.keyframe_interval_secs,
+            },
+            other => {
+                return Err(invalid("upload.kind", format!("{other:?} is not one of \"none\", \"hls\"")))
+            }
+        };
+        Ok(AgentConfig {
+            tracker: self.tracker.validate()?,
+            mqtt: MqttConfig {
+                host,
+                port,
+                client_id: self
+                    .mqtt
+                    .client_id
+                    .clone()
+                    .unwrap_or_else(|| format!("spotter-{}-{}", self.studio, self.stream)),
+                keepalive: Duration::from_secs(self.mqtt.keepalive_secs),
+            },
+            analysis: AnalysisConfig {
+                catalog: a.catalog.clone(),
+                model: a.model.clone(),
+                fps: a.fps,
+                width: a.width,
+                height: a.height,
+            },
+            studio: self.studio,
+            stream: self.stream,
+            source,
+            upload,
+        })
+    }
+}
+
+/// Loads a file (if given) with environment overrides and validates it.
+pub fn load(path: Option<&Path>) -> Result<AgentConfig, ConfigError> {
+    let mut builder = config::Config::builder();
+    if let Some(path) = path {
+        builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+    }
+    let raw: RawConfig = builder
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()?
+        .try_deserialize()?;
+    raw.validate()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        let raw: RawConfig = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        raw.validate()
+    }
+
+    #[test]
+    fn every_shipped_example_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("agent/examples exists") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).expect("readable");
+                parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 1, "no example configs found in {}", dir.display());
+    }
+
+    #[test]
+    fn minimal_config_gets_sane_defaults() {
+        let c = parse("studio = \"s1\"\n[analysis]\ncatalog = \"cat\"\n").expect("valid");
+        assert_eq!(c.stream, "main");
+        assert_eq!(c.source, Source::Test);
+        assert_eq!(c.mqtt.port, 1883);
+        assert_eq!(c.mqtt.client_id, "spotter-s1-main");
+        assert_eq!(c.analysis.fps, 5.0);
+        assert_eq!(c.upload, Upload::None);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = parse("studio = \"s1\"\n[analysis]\ncatalog = \"c\"\nfps = 0\n").expect_err("fps 0");
+        assert!(err.to_string().contains("analysis.fps"), "{err}");
+        let err = parse("studio = \"s/1\"\n[analysis]\ncatalog = \"c\"\n").expect_err("slash");
+        assert!(err.to_string().contains("studio"), "{err}");
+        let err = parse("studio = \"s1\"\n[analysis]\ncatalog = \"c\"\ncatalgo = 1\n").expect_err("typo");
+        assert!(err.to_string().contains("catalgo"), "{err}");
+        let err = parse("studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[source]\nkind = \"uri\"\n")
+            .expect_err("no uri");
+        assert!(err.to_string().contains("source.uri"), "{err}");
+        let err = parse("studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[mqtt]\nurl = \"http://x\"\n")
+            .expect_err("scheme");
+        assert!(err.to_string().contains("mqtt.url"), "{err}");
+        let err = parse("studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[tracker]\nmin_frames = 9\n")
+            .expect_err("min_frames > window");
+        assert!(err.to_string().contains("tracker.min_frames"), "{err}");
+    }
+
+    #[test]
+    fn mqtt_urls() {
+        assert_eq!(parse_mqtt_url("mqtt://h:1884").expect("ok"), ("h".into(), 1884));
+        assert_eq!(parse_mqtt_url("mqtt://h").expect("ok"), ("h".into(), 1883));
+        assert!(parse_mqtt_url("mqtt://:1").is_err());
+        assert!(parse_mqtt_url("mqtt://h:x").is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! The Spotter studio agent as a library: the binary in `main.rs` only parses arguments.
+//!
+//! Data flow: [`pipeline`] (GStreamer) hands sampled frames to [`analysis`], which runs
+//! [`recognizer`] (candle, via `spotter-models`) and the pure [`tracker`]; events go to [`mqtt`].
+
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod analysis;
+pub mod analyze;
+pub mod backoff;
+pub mod config;
+pub mod mqtt;
+pub mod model_import;
+pub mod pipeline;
+pub mod recognizer;
+pub mod service;
+pub mod tracker;

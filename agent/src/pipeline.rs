@@ -1,0 +1,326 @@
+//! The GStreamer pipeline: source, then a tee with the upload branch on one side and, on the
+//! other, a leaky queue into an appsink that hands sampled, scaled RGB frames to recognition.
+//!
+//! ```text
+//! source ─► videoconvert ─► [clocksync] ─► tee ─┬─► queue ─► upload (x264 ─► HLS, or fakesink)
+//!                                               └─► queue(leaky) ─► videorate ─► videoscale ─►
+//!                                                   videoconvert ─► RGB WxH@fps ─► appsink(drop)
+//! ```
+//! Analysis can never stall the upload: its queue drops old frames when full and its appsink keeps
+//! one buffer (`drop=true max-buffers=1`). Offline analysis (`analyze`) has no upload branch and
+//! no dropping: every sampled frame is analysed, as fast as the model goes.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+
+use crate::config::{AnalysisConfig, Source, Upload};
+use crate::tracker::FrameTime;
+
+/// Why the pipeline could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// GStreamer itself failed to start.
+    #[error("cannot initialise GStreamer: {0}")]
+    Init(#[from] gst::glib::Error),
+    /// A plugin is missing.
+    #[error("GStreamer element `{0}` is missing: install the gstreamer1.0-plugins-{1} package")]
+    MissingElement(&'static str, &'static str),
+    /// Elements would not link or change state.
+    #[error("pipeline: {0}")]
+    Setup(String),
+}
+
+/// Live (paced, dropping analysis frames under load) or offline (every sampled frame, unpaced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The service.
+    Live,
+    /// `spotter-agent analyze`.
+    Offline,
+}
+
+/// One frame for recognition.
+#[derive(Debug)]
+pub struct Frame {
+    /// Packed RGB.
+    pub data: Vec<u8>,
+    /// Bytes between rows.
+    pub stride: usize,
+    /// When it was captured.
+    pub time: FrameTime,
+}
+
+/// A built pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// The GStreamer pipeline.
+    pub pipeline: gst::Pipeline,
+    appsink: gst_app::AppSink,
+    looping: bool,
+    mode: Mode,
+}
+
+fn make(factory: &'static str, plugins: &'static str) -> Result<gst::Element, PipelineError> {
+    gst::ElementFactory::make(factory)
+        .build()
+        .map_err(|_| PipelineError::MissingElement(factory, plugins))
+}
+
+fn setup_err(e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Setup(e.to_string())
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_utc_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Expresses a frame rate as a GStreamer fraction.
+fn fraction(fps: f64) -> gst::Fraction {
+    let den = 1000;
+    gst::Fraction::new((fps * f64::from(den)).round() as i32, den)
+}
+
+impl Pipeline {
+    /// Builds the pipeline for a source, an upload and the analysis settings.
+    pub fn build(source: &Source, upload: &Upload, analysis: &AnalysisConfig, mode: Mode) -> Result<Self, PipelineError> {
+        gst::init()?;
+        let pipeline = gst::Pipeline::with_name("spotter");
+        let convert_in = make("videoconvert", "base")?;
+        pipeline.add(&convert_in).map_err(setup_err)?;
+
+        let mut looping = false;
+        match source {
+            Source::Test => {
+                let src = gst::ElementFactory::make("videotestsrc")
+                    .property("is-live", true)
+                    .property_from_str("pattern", "ball")
+                    .build()
+                    .map_err(|_| PipelineError::MissingElement("videotestsrc", "base"))?;
+                let caps = gst::Caps::builder("video/x-raw")
+                    .field("width", 1280)
+                    .field("height", 720)
+                    .field("framerate", gst::Fraction::new(30, 1))
+                    .build();
+                let filter = gst::ElementFactory::make("capsfilter")
+                    .property("caps", &caps)
+                    .build()
+                    .map_err(|_| PipelineError::MissingElement("capsfilter", "base"))?;
+                pipeline.add_many([&src, &filter]).map_err(setup_err)?;
+                gst::Element::link_many([&src, &filter, &convert_in]).map_err(setup_err)?;
+            }
+            Source::V4l2 { device } => {
+                let src = gst::ElementFactory::make("v4l2src")
+                    .property("device", device.display().to_string())
+                    .build()
+                    .map_err(|_| PipelineError::MissingElement("v4l2src", "good"))?;
+                pipeline.add(&src).map_err(setup_err)?;
+                src.link(&convert_in).map_err(setup_err)?;
+            }
+            Source::Uri { uri, looping: l, .. } => {
+                looping = *l && mode == Mode::Live;
+                let src = gst::ElementFactory::make("uridecodebin")
+                    .property("uri", uri)
+                    .build()
+                    .map_err(|_| PipelineError::MissingElement("uridecodebin", "base"))?;
+                pipeline.add(&src).map_err(setup_err)?;
+                let sink_pad = convert_in
+                    .static_pad("sink")
+                    .ok_or_else(|| setup_err("videoconvert has no sink pad"))?;
+                src.connect_pad_added(move |_, pad| {
+                    let is_video = pad
+                        .current_caps()
+                        .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
+                        .unwrap_or(false);
+                    if is_video && !sink_pad.is_linked() {
+                        if let Err(e) = pad.link(&sink_pad) {
+                            tracing::error!(error = ?e, "cannot link the decoded video");
+                        }
+                    }
+                });
+            }
+        }
+
+        let pace = match source {
+            Source::Uri { realtime, .. } => *realtime && mode == Mode::Live,
+            _ => false,
+        };
+        let tee = make("tee", "core")?;
+        pipeline.add(&tee).map_err(setup_err)?;
+        if pace {
+            let clocksync = make("clocksync", "core")?;
+            pipeline.add(&clocksync).map_err(setup_err)?;
+            gst::Element::link_many([&convert_in, &clocksync, &tee]).map_err(setup_err)?;
+        } else {
+            convert_in.link(&tee).map_err(setup_err)?;
+        }
+
+        if mode == Mode::Live {
+            let q = make("queue", "core")?;
+            pipeline.add(&q).map_err(setup_err)?;
+            tee.link(&q).map_err(setup_err)?;
+            match upload {
+                Upload::None => {
+                    let sink = gst::ElementFactory::make("fakesink")
+                        .property("sync", false)
+                        .property("async", false)
+                        .build()
+                        .map_err(|_| PipelineError::MissingElement("fakesink", "core"))?;
+                    pipeline.add(&sink).map_err(setup_err)?;
+                    q.link(&sink).map_err(setup_err)?;
+                }
+                Upload::Hls {
+                    dir,
+                    bitrate_kbps,
+                    keyframe_interval_secs,
+                } => {
+                    std::fs::create_dir_all(dir).map_err(|e| setup_err(format!("cannot create {}: {e}", dir.display())))?;
+                    let conv = make("videoconvert", "base")?;
+                    let enc = gst::ElementFactory::make("x264enc")
+                        .property(
+                            "bitrate",
+                            *bitrate_kbps,
+                        )
+                        .property_from_str("tune", "zerolatency")
+                        .property_from_str("speed-preset", "veryfast")
+                        .property("key-int-max", 30 * *keyframe_interval_secs)
+                        .property("bframes", 0u32)
+                        .build()
+                        .map_err(|_| PipelineError::MissingElement("x264enc", "ugly"))?;
+                    let parse = make("h264parse", "bad")?;
+                    let sink = gst::ElementFactory::make("hlssink2")
+                        .property("location", dir.join("segment%05d.ts").display().to_string())
+                        .property("playlist-location", dir.join("index.m3u8").display().to_string())
+                        .property("target-duration", *keyframe_interval_secs)
+                        .property("playlist-length", 6u32)
+                        .property("max-files", 12u32)
+                        .build()
+                        .map_err(|_| PipelineError::MissingElement("hlssink2", "bad"))?;
+                    pipeline.add_many([&conv, &enc, &parse, &sink]).map_err(setup_err)?;
+                    gst::Element::link_many([&q, &conv, &enc, &parse]).map_err(setup_err)?;
+                    parse
+                        .link_pads(Some("src"), &sink, Some("video"))
+                        .map_err(setup_err)?;
+                }
+            }
+        }
+
+        let q = gst::ElementFactory::make("queue")
+            .property("max-size-buffers", if mode == Mode::Live { 2u32 } else { 4u32 })
+            .property("max-size-bytes", 0u32)
+            .property("max-size-time", 0u64)
+            .build()
+            .map_err(|_| PipelineError::MissingElement("queue", "core"))?;
+        if mode == Mode::Live {
+            q.set_property_from_str("leaky", "downstream");
+        }
+        let rate = gst::ElementFactory::make("videorate")
+            .property("drop-only", true)
+            .build()
+            .map_err(|_| PipelineError::MissingElement("videorate", "base"))?;
+        let scale = gst::ElementFactory::make("videoscale")
+            .property("add-borders", false)
+            .build()
+            .map_err(|_| PipelineError::MissingElement("videoscale", "base"))?;
+        let conv = make("videoconvert", "base")?;
+        let caps = gst::Caps::builder("video/x-raw")
+            .field("format", "RGB")
+            .field("width", analysis.width as i32)
+            .field("height", analysis.height as i32)
+            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+            .field("framerate", fraction(analysis.fps))
+            .build();
+        let appsink = gst_app::AppSink::builder()
+            .caps(&caps)
+            .max_buffers(if mode == Mode::Live { 1 } else { 2 })
+            .drop(mode == Mode::Live)
+            .sync(false)
+            .build();
+        pipeline
+            .add_many([&q, &rate, &scale, &conv, appsink.upcast_ref()])
+            .map_err(setup_err)?;
+        gst::Element::link_many([&tee, &q, &rate, &scale, &conv, appsink.upcast_ref()]).map_err(setup_err)?;
+
+        Ok(Pipeline {
+            pipeline,
+            appsink,
+            looping,
+            mode,
+        })
+    }
+
+    /// Starts playing.
+    pub fn start(&self) -> Result<(), PipelineError> {
+        self.pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|_| PipelineError::Setup("the pipeline refused to start: see the error above".into()))?;
+        Ok(())
+    }
+
+    /// Stops and releases everything (state Null).
+    pub fn stop(&self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+
+    /// Whether the source should restart at its end.
+    pub fn looping(&self) -> bool {
+        self.looping
+    }
+
+    /// Seeks back to the start without flushing, for gapless looping (on `SegmentDone`, and once at
+    /// start so the first segment ends with `SegmentDone` instead of EOS).
+    pub fn loop_seek(&self) -> Result<(), PipelineError> {
+        self.pipeline
+            .seek(
+                1.0,
+                gst::SeekFlags::SEGMENT,
+                gst::SeekType::Set,
+                gst::ClockTime::ZERO,
+                gst::SeekType::None,
+                gst::ClockTime::NONE,
+            )
+            .map_err(setup_err)
+    }
+
+    /// Whether the analysis branch has reached the end of the stream.
+    pub fn is_eos(&self) -> bool {
+        self.appsink.is_eos()
+    }
+
+    /// Waits up to `timeout` for the next analysis frame.
+    pub fn pull(&self, timeout: Duration) -> Option<Frame> {
+        let sample = self
+            .appsink
+            .try_pull_sample(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64))?;
+        let buffer = sample.buffer()?;
+        let caps = sample.caps()?;
+        let info = gst_video::VideoInfo::from_caps(caps).ok()?;
+        let segment = sample.segment()?.downcast_ref::<gst::format::Time>()?;
+        let pts = buffer.pts()?;
+        let running = segment.to_running_time(pts).unwrap_or(pts);
+        let now_ms = now_utc_ms();
+        // live: the frame was captured (running_now - running) ago; offline: analysed now
+        let captured_at_ms = match self.pipeline.current_running_time() {
+            Some(running_now) if self.mode == Mode::Live => {
+                now_ms.saturating_sub(running_now.saturating_sub(running).mseconds())
+            }
+            _ => now_ms,
+        };
+        let map = buffer.map_readable().ok()?;
+        Some(Frame {
+            data: map.as_slice().to_vec(),
+            stride: usize::try_from(info.stride()[0]).ok()?,
+            time: FrameTime {
+                pts_ms: running.mseconds(),
+                captured_at_ms,
+            },
+        })
+    }
+}

@@ -1,0 +1,145 @@
+//! `spotter-agent run`: the studio service. Pipeline, recognition thread, MQTT publisher, and an
+//! orderly shutdown on SIGTERM/SIGINT (pipeline to Null, open appearances ended and published,
+//! `stopped` status, disconnect).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use spotter_protocol::{AgentState, Catalog};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::analysis::{run_loop, Output};
+use crate::config::AgentConfig;
+use crate::mqtt;
+use crate::pipeline::{Mode, Pipeline};
+use crate::recognizer::Recognizer;
+use crate::tracker::Tracker;
+
+/// Runs until the source ends or `shutdown` is cancelled.
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let catalog = Catalog::load(&cfg.analysis.catalog).context("loading the catalog")?;
+    let (w, h) = (cfg.analysis.width as usize, cfg.analysis.height as usize);
+    let model = cfg.analysis.model.clone();
+    let recognizer = tokio::task::spawn_blocking(move || Recognizer::load(&model, &catalog, w, h))
+        .await
+        .context("recognizer loader panicked")??;
+
+    let (publisher, eventloop) = mqtt::connect(&cfg)?;
+    let tasks = TaskTracker::new();
+    let mqtt_shutdown = CancellationToken::new();
+    tasks.spawn(mqtt::drive(eventloop, publisher.clone(), mqtt_shutdown.clone()));
+
+    let pipeline = Arc::new(Pipeline::build(&cfg.source, &cfg.upload, &cfg.analysis, Mode::Live)?);
+    let bus = pipeline.pipeline.bus().context("pipeline has no bus")?;
+    pipeline.start()?;
+    tracing::info!(studio = %cfg.studio, stream = %cfg.stream, source = ?cfg.source, "pipeline started");
+
+    // the analysis thread: frames in, events out over a channel to the publisher
+    let (tx, mut rx) = mpsc::unbounded_channel::<Output>();
+    let analysis_stop = shutdown.child_token();
+    let analysis = {
+        let pipeline = pipeline.clone();
+        let stop = analysis_stop.clone();
+        let tracker_cfg = cfg.tracker.clone();
+        std::thread::Builder::new()
+            .name("analysis".into())
+            .spawn(move || {
+                let mut tracker = Tracker::new(tracker_cfg, 1);
+                let stats = run_loop(&pipeline, &recognizer, &mut tracker, &stop, |o| {
+                    let _ = tx.send(o);
+                });
+                if stats.frames > 0 {
+                    tracing::info!(
+                        frames = stats.frames,
+                        mean_inference_ms = stats.inference_ms_total / stats.frames as f64,
+                        "analysis stopped"
+                    );
+                }
+            })
+            .context("cannot start the analysis thread")?
+    };
+
+    let forward = {
+        let publisher = publisher.clone();
+        tasks.spawn(async move {
+            while let Some(Output::Events(events, onscreen)) = rx.recv().await {
+                for e in &events {
+                    tracing::info!(kind = ?e.kind, sku = %e.sku, score = e.score, event_id = %e.event_id, pts_ms = e.pts_ms, "product event");
+                    if let Err(err) = publisher.event(e).await {
+                        tracing::error!(error = %err, "cannot queue a product event");
+                    }
+                }
+                if let Err(err) = publisher.onscreen(&onscreen).await {
+                    tracing::error!(error = %err, "cannot queue the on-screen snapshot");
+                }
+            }
+        })
+    };
+
+    let mut messages = bus.stream();
+    let mut outcome = Ok(());
+    if pipeline.looping() {
+        // the first seek must wait for preroll; it is repeated on every SegmentDone
+        tracing::debug!("looping the source");
+    }
+    let mut seeked = false;
+    loop {
+        use futures_util::StreamExt as _;
+        let msg = tokio::select! {
+            () = shutdown.cancelled() => break,
+            m = messages.next() => m,
+        };
+        let Some(msg) = msg else { break };
+        match msg.view() {
+            gst::MessageView::Eos(_) => {
+                tracing::info!("source ended");
+                break;
+            }
+            gst::MessageView::Error(err) => {
+                outcome = Err(anyhow::anyhow!(
+                    "{} (from {})",
+                    err.error(),
+                    err.src().map(|s| s.path_string().to_string()).unwrap_or_default()
+                ));
+                break;
+            }
+            gst::MessageView::Warning(w) => {
+                tracing::warn!(warning = %w.error(), "pipeline warning");
+            }
+            gst::MessageView::AsyncDone(_) if pipeline.looping() && !seeked => {
+                seeked = true;
+                pipeline.loop_seek()?;
+            }
+            gst::MessageView::SegmentDone(_) if pipeline.looping() => {
+                tracing::debug!("source looped");
+                pipeline.loop_seek()?;
+            }
+            _ => {}
+        }
+    }
+
+    tracing::info!("stopping");
+    analysis_stop.cancel();
+    pipeline.stop();
+    let joined = tokio::task::spawn_blocking(move || analysis.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        tracing::error!("the analysis thread panicked");
+    }
+    // every event the analysis thread sent is forwarded before the goodbye
+    let _ = tokio::time::timeout(Duration::from_secs(5), forward).await;
+    if let Err(e) = publisher.status(AgentState::Stopped).await {
+        tracing::warn!(error = %e, "cannot queue the stopped status");
+    }
+    publisher.disconnect().await;
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.is_err() {
+        mqtt_shutdown.cancel();
+        tracing::warn!("MQTT did not finish within 5 s; pending events may be lost");
+    }
+    outcome
+}

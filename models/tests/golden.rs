@@ -1,0 +1,106 @@
+//! The candle port against the numpy reference: the ImageNet top-1 class of real photos, and the
+//! logits of each photo within 1e-3 of `testdata/golden_logits.json`.
+//!
+//! Needs the converted weights (`make setup`, or SPOTTER_MODEL pointing at them).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Module};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+use spotter_models::{preprocess, EfficientNetLite0, LiteConfig, Padding};
+
+#[derive(Deserialize)]
+struct Golden {
+    padding: String,
+    input_size: usize,
+    images: Vec<GoldenImage>,
+}
+
+#[derive(Deserialize)]
+struct GoldenImage {
+    file: String,
+    accepted_top1: Vec<usize>,
+    logits: Vec<f32>,
+}
+
+fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
+}
+
+fn model(cfg: &LiteConfig) -> EfficientNetLite0 {
+    let path = std::env::var_os("SPOTTER_MODEL").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/efficientnet-lite0.safetensors")
+    });
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}: run `make setup` to fetch and convert the weights", path.display()));
+    let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu).expect("safetensors");
+    EfficientNetLite0::load(vb, cfg).expect("weights fit the architecture")
+}
+
+fn golden() -> Golden {
+    let text = std::fs::read_to_string(testdata().join("golden_logits.json")).expect("golden file");
+    serde_json::from_str(&text).expect("golden json")
+}
+
+fn logits(model: &EfficientNetLite0, file: &str, side: usize) -> Vec<f32> {
+    let img = image::open(testdata().join(file)).expect("photo").to_rgb8();
+    assert_eq!(img.dimensions(), (side as u32, side as u32), "{file} is stored at the input size");
+    let x = preprocess::rgb_to_tensor(img.as_raw(), side, side, side * 3, &Device::Cpu).expect("tensor");
+    model.forward(&x).expect("forward").squeeze(0).expect("squeeze").to_vec1().expect("vec")
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).expect("non-empty")
+}
+
+#[test]
+fn logits_match_the_reference_and_top1_is_right() {
+    let g = golden();
+    assert_eq!(g.padding, "tf_same", "LiteConfig::default() must follow the reference");
+    let m = model(&LiteConfig::default());
+    assert!(g.images.len() >= 3);
+    for img in &g.images {
+        let got = logits(&m, &img.file, g.input_size);
+        assert_eq!(got.len(), 1000);
+        let worst = got
+            .iter()
+            .zip(&img.logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= 1e-3, "{}: logits differ from the reference by up to {worst}", img.file);
+        let top = argmax(&got);
+        assert!(img.accepted_top1.contains(&top), "{}: top-1 class {top}, expected one of {:?}", img.file, img.accepted_top1);
+    }
+}
+
+#[test]
+fn fused_depthwise_kernel_matches_candles_grouped_convolution() {
+    let g = golden();
+    let fused = model(&LiteConfig::default());
+    let grouped = model(&LiteConfig {
+        fused_depthwise: false,
+        ..LiteConfig::default()
+    });
+    let a = logits(&fused, &g.images[0].file, g.input_size);
+    let b = logits(&grouped, &g.images[0].file, g.input_size);
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(worst <= 1e-4, "fused and grouped depthwise differ by {worst}");
+}
+
+#[test]
+fn wrong_padding_is_caught_by_the_golden_logits() {
+    // the test above can fail: symmetric padding moves the logits far beyond the tolerance
+    let g = golden();
+    let m = model(&LiteConfig {
+        padding: Padding::Symmetric,
+        ..LiteConfig::default()
+    });
+    let got = logits(&m, &g.images[0].file, g.input_size);
+    let worst = got
+        .iter()
+        .zip(&g.images[0].logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst > 0.1, "symmetric padding should not match the tf_same reference (diff {worst})");
+}

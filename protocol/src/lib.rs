@@ -1,0 +1,22 @@
+//! Spotter's wire types, shared by the agent and the bridge: the only place anything is serialized.
+//!
+//! Everything here is versioned (`v` in every MQTT payload, [`PROTOCOL_VERSION`]) and decoded
+//! through functions that validate what serde alone cannot (score ranges, box geometry, id sizes)
+//! and say which field is wrong.
+
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod catalog;
+pub mod event;
+pub mod status;
+pub mod topic;
+pub mod viewer;
+
+pub use catalog::{Catalog, CatalogError, Product};
+pub use event::{BBox, DecodeError, EventType, ProductEvent};
+pub use status::{AgentState, OnScreen, OnScreenProduct, Stats, Status};
+pub use topic::{Topic, TopicError, TopicKind};
+pub use viewer::{Card, ClientMessage, ProductInfo, ServerMessage};
+
+/// The version of every payload this crate writes; decoders refuse any other.
+pub const PROTOCOL_VERSION: u32 = 1;
