@@ -30,7 +30,7 @@ browser:
 	cd tests/browser && SPOTTER_BRIDGE_BIN=$(CURDIR)/target/debug/spotter-bridge node --test
 
 bench: setup
-	$(CARGO) bench -p spotter-models --bench forward
+	$(CARGO) bench --profile dev -p spotter-models --bench forward
 
 clean:
 	$(CARGO) clean

@@ -3,7 +3,7 @@
 # (looped, written as HLS), and the viewer page. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=demo-out
+OUT="$PWD/demo-out"
 HTTP_PORT=${SPOTTER_DEMO_PORT:-8080}
 MQTT_PORT=${SPOTTER_DEMO_MQTT_PORT:-1883}
 BIN=target/debug
@@ -23,7 +23,7 @@ embedded_listen = "127.0.0.1:$MQTT_PORT"
 [catalog]
 dir = "$OUT/catalog"
 [web]
-vendor_dir = "cloud-bridge/web/node_modules/hls.js/dist"
+vendor_dir = "$PWD/cloud-bridge/web/node_modules/hls.js/dist"
 hls_dir = "$OUT/hls"
 [[stream]]
 studio = "demo"
@@ -47,7 +47,9 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-SPOTTER_AGENT__SOURCE__URI="file://$PWD/$OUT/demo.mp4" \
+SPOTTER_AGENT__SOURCE__URI="file://$OUT/demo.mp4" \
+SPOTTER_AGENT__ANALYSIS__CATALOG="$OUT/catalog" \
+SPOTTER_AGENT__UPLOAD__HLS_DIR="$OUT/hls" \
 SPOTTER_AGENT__MQTT__URL="mqtt://127.0.0.1:$MQTT_PORT" \
   "$BIN/spotter-agent" --config agent/examples/demo.toml & pids+=($!)
 

@@ -27,14 +27,19 @@ pub struct AnalyzeArgs {
 }
 
 fn file_uri(path: &Path) -> anyhow::Result<String> {
-    let abs = std::fs::canonicalize(path).with_context(|| format!("cannot open video {}", path.display()))?;
+    let abs = std::fs::canonicalize(path)
+        .with_context(|| format!("cannot open video {}", path.display()))?;
     gstreamer::glib::filename_to_uri(&abs, None)
         .map(|u| u.to_string())
         .with_context(|| format!("cannot make a URI of {}", abs.display()))
 }
 
 /// Runs the analysis and writes the events to `out`; returns how many were written.
-pub fn analyze(args: &AnalyzeArgs, shutdown: &CancellationToken, out: &mut dyn Write) -> anyhow::Result<usize> {
+pub fn analyze(
+    args: &AnalyzeArgs,
+    shutdown: &CancellationToken,
+    out: &mut dyn Write,
+) -> anyhow::Result<usize> {
     let uri = file_uri(&args.video)?;
     gstreamer::init().context("cannot initialise GStreamer")?;
     let catalog = Catalog::load(&args.analysis.catalog).context("loading the catalog")?;

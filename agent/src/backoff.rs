@@ -13,7 +13,11 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff starting at `base`, capped at `max`.
     pub fn new(base: Duration, max: Duration) -> Self {
-        Backoff { base, max, attempt: 0 }
+        Backoff {
+            base,
+            max,
+            attempt: 0,
+        }
     }
 
     /// The next delay; `unit` is a random number in [0, 1).
@@ -37,7 +41,9 @@ mod tests {
     #[test]
     fn doubles_caps_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let full: Vec<u128> = (0..6).map(|_| b.next_delay(0.999_999).as_millis()).collect();
+        let full: Vec<u128> = (0..6)
+            .map(|_| b.next_delay(0.999_999).as_millis())
+            .collect();
         assert_eq!(full, vec![99, 199, 399, 799, 999, 999]);
         b.reset();
         assert_eq!(b.next_delay(0.0), Duration::from_millis(50));

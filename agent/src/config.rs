@@ -371,7 +371,10 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 
 impl RawTracker {
     fn validate(&self) -> Result<TrackerConfig, ConfigError> {
-        for (key, v) in [("tracker.min_score", self.min_score), ("tracker.confirm_score", self.confirm_score)] {
+        for (key, v) in [
+            ("tracker.min_score", self.min_score),
+            ("tracker.confirm_score", self.confirm_score),
+        ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(invalid(key, format!("must be within 0..=1, got {v}")));
             }
@@ -379,14 +382,20 @@ impl RawTracker {
         if self.window == 0 || self.min_frames == 0 || self.min_frames > self.window {
             return Err(invalid(
                 "tracker.min_frames",
-                format!("needs 1 <= min_frames <= window, got {} and {}", self.min_frames, self.window),
+                format!(
+                    "needs 1 <= min_frames <= window, got {} and {}",
+                    self.min_frames, self.window
+                ),
             ));
         }
         let secs = |key, v: f64| {
             if v.is_finite() && v > 0.0 && v < 3600.0 {
                 Ok(Duration::from_secs_f64(v))
             } else {
-                Err(invalid(key, format!("must be a positive number of seconds, got {v}")))
+                Err(invalid(
+                    key,
+                    format!("must be a positive number of seconds, got {v}"),
+                ))
             }
         };
         Ok(TrackerConfig {
@@ -408,7 +417,11 @@ pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
         .ok_or_else(|| format!("{url:?} must start with mqtt://"))?;
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("{p:?} is not a port number"))?),
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("{p:?} is not a port number"))?,
+        ),
         None => (rest, 1883),
     };
     if host.is_empty() {
@@ -422,38 +435,43 @@ impl RawConfig {
     pub fn validate(self) -> Result<AgentConfig, ConfigError> {
         validate_segment("studio", &self.studio).map_err(|e| invalid("studio", e.to_string()))?;
         validate_segment("stream", &self.stream).map_err(|e| invalid("stream", e.to_string()))?;
-        let source = match self.source.kind.as_str() {
-            "test" => Source::Test,
-            "uri" => Source::Uri {
-                uri: self
-                    .source
-                    .uri
-                    .clone()
-                    .ok_or_else(|| invalid("source.uri", "required when source.kind = \"uri\""))?,
-                realtime: self.source.realtime,
-                looping: self.source.looping,
-            },
-            "v4l2" => Source::V4l2 {
-                device: self
-                    .source
-                    .device
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("/dev/video0")),
-            },
-            other => {
-                return Err(invalid(
-                    "source.kind",
-                    format!("{other:?} is not one of \"test\", \"uri\", \"v4l2\""),
-                ))
-            }
-        };
+        let source =
+            match self.source.kind.as_str() {
+                "test" => Source::Test,
+                "uri" => Source::Uri {
+                    uri: self.source.uri.clone().ok_or_else(|| {
+                        invalid("source.uri", "required when source.kind = \"uri\"")
+                    })?,
+                    realtime: self.source.realtime,
+                    looping: self.source.looping,
+                },
+                "v4l2" => Source::V4l2 {
+                    device: self
+                        .source
+                        .device
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from("/dev/video0")),
+                },
+                other => {
+                    return Err(invalid(
+                        "source.kind",
+                        format!("{other:?} is not one of \"test\", \"uri\", \"v4l2\""),
+                    ))
+                }
+            };
         let a = &self.analysis;
         if !(a.fps.is_finite() && a.fps > 0.0 && a.fps <= 60.0) {
-            return Err(invalid("analysis.fps", format!("must be within (0, 60], got {}", a.fps)));
+            return Err(invalid(
+                "analysis.fps",
+                format!("must be within (0, 60], got {}", a.fps),
+            ));
         }
         for (key, v) in [("analysis.width", a.width), ("analysis.height", a.height)] {
-            if v < 64 || v > 1920 || v % 32 != 0 {
-                return Err(invalid(key, format!("must be a multiple of 32 within 64..=1920, got {v}")));
+            if !(64..=1920).contains(&v) || v % 32 != 0 {
+                return Err(invalid(
+                    key,
+                    format!("must be a multiple of 32 within 64..=1920, got {v}"),
+                ));
             }
         }
         let (host, port) = parse_mqtt_url(&self.mqtt.url).map_err(|r| invalid("mqtt.url", r))?;
@@ -463,16 +481,17 @@ impl RawConfig {
         let upload = match self.upload.kind.as_str() {
             "none" => Upload::None,
             "hls" => Upload::Hls {
-                dir: self
-                    .upload
-                    .hls_dir
-                    .clone()
-                    .ok_or_else(|| invalid("upload.hls_dir", "required when upload.kind = \"hls\""))?,
+                dir: self.upload.hls_dir.clone().ok_or_else(|| {
+                    invalid("upload.hls_dir", "required when upload.kind = \"hls\"")
+                })?,
                 bitrate_kbps: self.upload.bitrate_kbps,
                 keyframe_interval_secs: self.upload.keyframe_interval_secs,
             },
             other => {
-                return Err(invalid("upload.kind", format!("{other:?} is not one of \"none\", \"hls\"")))
+                return Err(invalid(
+                    "upload.kind",
+                    format!("{other:?} is not one of \"none\", \"hls\""),
+                ))
             }
         };
         Ok(AgentConfig {
@@ -560,26 +579,33 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let err = parse("studio = \"s1\"\n[analysis]\ncatalog = \"c\"\nfps = 0\n").expect_err("fps 0");
+        let err =
+            parse("studio = \"s1\"\n[analysis]\ncatalog = \"c\"\nfps = 0\n").expect_err("fps 0");
         assert!(err.to_string().contains("analysis.fps"), "{err}");
         let err = parse("studio = \"s/1\"\n[analysis]\ncatalog = \"c\"\n").expect_err("slash");
         assert!(err.to_string().contains("studio"), "{err}");
-        let err = parse("studio = \"s1\"\n[analysis]\ncatalog = \"c\"\ncatalgo = 1\n").expect_err("typo");
+        let err =
+            parse("studio = \"s1\"\n[analysis]\ncatalog = \"c\"\ncatalgo = 1\n").expect_err("typo");
         assert!(err.to_string().contains("catalgo"), "{err}");
         let err = parse("studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[source]\nkind = \"uri\"\n")
             .expect_err("no uri");
         assert!(err.to_string().contains("source.uri"), "{err}");
-        let err = parse("studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[mqtt]\nurl = \"http://x\"\n")
-            .expect_err("scheme");
+        let err =
+            parse("studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[mqtt]\nurl = \"http://x\"\n")
+                .expect_err("scheme");
         assert!(err.to_string().contains("mqtt.url"), "{err}");
-        let err = parse("studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[tracker]\nmin_frames = 9\n")
-            .expect_err("min_frames > window");
+        let err =
+            parse("studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[tracker]\nmin_frames = 9\n")
+                .expect_err("min_frames > window");
         assert!(err.to_string().contains("tracker.min_frames"), "{err}");
     }
 
     #[test]
     fn mqtt_urls() {
-        assert_eq!(parse_mqtt_url("mqtt://h:1884").expect("ok"), ("h".into(), 1884));
+        assert_eq!(
+            parse_mqtt_url("mqtt://h:1884").expect("ok"),
+            ("h".into(), 1884)
+        );
         assert_eq!(parse_mqtt_url("mqtt://h").expect("ok"), ("h".into(), 1883));
         assert!(parse_mqtt_url("mqtt://:1").is_err());
         assert!(parse_mqtt_url("mqtt://h:x").is_err());

@@ -84,7 +84,9 @@ enum ModelCmd {
 fn init_tracing(to_stderr: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     if to_stderr {
         builder.with_writer(std::io::stderr).init();
     } else {
@@ -99,15 +101,16 @@ fn shutdown_on_signals() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    t.cancel();
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        t.cancel();
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = ctrl_c => {},
                 _ = term.recv() => {},
@@ -149,7 +152,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Validate => {
             let cfg = config::load(cli.config.as_deref()).context("invalid configuration")?;
-            let catalog = spotter_protocol::Catalog::load(&cfg.analysis.catalog).context("invalid catalog")?;
+            let catalog = spotter_protocol::Catalog::load(&cfg.analysis.catalog)
+                .context("invalid catalog")?;
             if !cfg.analysis.model.is_file() {
                 anyhow::bail!(
                     "model weights {} not found: run `make setup` or `spotter-agent model import`",

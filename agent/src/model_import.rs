@@ -71,7 +71,13 @@ struct Entry {
 }
 
 /// Copies a strided view of `storage` into a contiguous row-major buffer.
-fn gather(storage: &[u8], elem: usize, start: usize, shape: &[usize], stride: &[usize]) -> Option<Vec<u8>> {
+fn gather(
+    storage: &[u8],
+    elem: usize,
+    start: usize,
+    shape: &[usize],
+    stride: &[usize],
+) -> Option<Vec<u8>> {
     let count: usize = shape.iter().product();
     let mut out = Vec::with_capacity(count * elem);
     let mut index = vec![0usize; shape.len()];
@@ -97,7 +103,8 @@ pub fn read_legacy_checkpoint(path: &Path) -> Result<Vec<(String, Tensor)>, Impo
     let mut r = BufReader::new(file);
 
     let mut magic = [0u8; LEGACY_MAGIC_PICKLE.len()];
-    r.read_exact(&mut magic).map_err(|e| ImportError::Io(shown.clone(), e))?;
+    r.read_exact(&mut magic)
+        .map_err(|e| ImportError::Io(shown.clone(), e))?;
     if magic != LEGACY_MAGIC_PICKLE {
         return Err(ImportError::Format(format!(
             "{shown} does not start with the legacy magic number (a zip checkpoint? candle reads those directly)"
@@ -105,7 +112,9 @@ pub fn read_legacy_checkpoint(path: &Path) -> Result<Vec<(String, Tensor)>, Impo
     }
     let protocol = read_pickle(&mut r, "protocol version")?;
     if as_int(&protocol) != Some(LEGACY_PROTOCOL) {
-        return Err(ImportError::Format(format!("unsupported protocol version {protocol:?}")));
+        return Err(ImportError::Format(format!(
+            "unsupported protocol version {protocol:?}"
+        )));
     }
     let _sys_info = read_pickle(&mut r, "system info")?;
     let state = read_pickle(&mut r, "state dict")?;
@@ -138,12 +147,16 @@ pub fn read_legacy_checkpoint(path: &Path) -> Result<Vec<(String, Tensor)>, Impo
     }
 
     let Object::List(keys) = keys else {
-        return Err(ImportError::Format("the storage key list is not a list".into()));
+        return Err(ImportError::Format(
+            "the storage key list is not a list".into(),
+        ));
     };
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     for key in keys {
         let Object::Unicode(key) = key else {
-            return Err(ImportError::Format(format!("storage key {key:?} is not a string")));
+            return Err(ImportError::Format(format!(
+                "storage key {key:?} is not a string"
+            )));
         };
         let dtype = entries
             .iter()
@@ -151,11 +164,13 @@ pub fn read_legacy_checkpoint(path: &Path) -> Result<Vec<(String, Tensor)>, Impo
             .map(|e| e.dtype)
             .ok_or_else(|| ImportError::Format(format!("storage {key} belongs to no tensor")))?;
         let mut count = [0u8; 8];
-        r.read_exact(&mut count).map_err(|e| ImportError::Io(shown.clone(), e))?;
+        r.read_exact(&mut count)
+            .map_err(|e| ImportError::Io(shown.clone(), e))?;
         let count = usize::try_from(i64::from_le_bytes(count))
             .map_err(|_| ImportError::Format(format!("storage {key} has a negative size")))?;
         let mut bytes = vec![0u8; count * dtype.size_in_bytes()];
-        r.read_exact(&mut bytes).map_err(|e| ImportError::Io(shown.clone(), e))?;
+        r.read_exact(&mut bytes)
+            .map_err(|e| ImportError::Io(shown.clone(), e))?;
         storages.insert(key, bytes);
     }
 
@@ -164,11 +179,17 @@ pub fn read_legacy_checkpoint(path: &Path) -> Result<Vec<(String, Tensor)>, Impo
         if !matches!(e.dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {
             continue;
         }
-        let bytes = storages
-            .get(&e.key)
-            .ok_or_else(|| ImportError::Format(format!("no data for storage {} ({})", e.key, e.name)))?;
-        let data = gather(bytes, e.dtype.size_in_bytes(), e.start_bytes, &e.shape, &e.stride)
-            .ok_or_else(|| ImportError::Format(format!("tensor {} runs past its storage", e.name)))?;
+        let bytes = storages.get(&e.key).ok_or_else(|| {
+            ImportError::Format(format!("no data for storage {} ({})", e.key, e.name))
+        })?;
+        let data = gather(
+            bytes,
+            e.dtype.size_in_bytes(),
+            e.start_bytes,
+            &e.shape,
+            &e.stride,
+        )
+        .ok_or_else(|| ImportError::Format(format!("tensor {} runs past its storage", e.name)))?;
         let t = Tensor::from_raw_buffer(&data, e.dtype, &e.shape, &Device::Cpu)
             .and_then(|t| t.to_dtype(DType::F32))
             .map_err(|source| ImportError::Pickle {
@@ -178,6 +199,19 @@ pub fn read_legacy_checkpoint(path: &Path) -> Result<Vec<(String, Tensor)>, Impo
         out.push((e.name, t));
     }
     Ok(out)
+}
+
+/// Converts `from` (legacy .pth) to `to` (safetensors); returns the number of tensors written.
+pub fn import(from: &Path, to: &Path) -> Result<usize, ImportError> {
+    let tensors = read_legacy_checkpoint(from)?;
+    let n = tensors.len();
+    let map: HashMap<String, Tensor> = tensors.into_iter().collect();
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ImportError::Io(dir.display().to_string(), e))?;
+    }
+    candle_core::safetensors::save(&map, to)
+        .map_err(|e| ImportError::Write(to.display().to_string(), e))?;
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -190,18 +224,9 @@ mod tests {
         let storage = [0u8, 3, 1, 4, 2, 5];
         let out = gather(&storage, 1, 0, &[2, 3], &[1, 2]).expect("in bounds");
         assert_eq!(out, vec![0, 1, 2, 3, 4, 5]);
-        assert!(gather(&storage, 1, 1, &[2, 3], &[1, 2]).is_none(), "past the end");
+        assert!(
+            gather(&storage, 1, 1, &[2, 3], &[1, 2]).is_none(),
+            "past the end"
+        );
     }
-}
-
-/// Converts `from` (legacy .pth) to `to` (safetensors); returns the number of tensors written.
-pub fn import(from: &Path, to: &Path) -> Result<usize, ImportError> {
-    let tensors = read_legacy_checkpoint(from)?;
-    let n = tensors.len();
-    let map: HashMap<String, Tensor> = tensors.into_iter().collect();
-    if let Some(dir) = to.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| ImportError::Io(dir.display().to_string(), e))?;
-    }
-    candle_core::safetensors::save(&map, to).map_err(|e| ImportError::Write(to.display().to_string(), e))?;
-    Ok(n)
 }

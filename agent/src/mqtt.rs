@@ -118,7 +118,10 @@ pub async fn drive(mut eventloop: EventLoop, publisher: Publisher, shutdown: Can
                 return;
             }
             Some(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
-                tracing::info!(session_present = ack.session_present, "connected to the MQTT broker");
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to the MQTT broker"
+                );
                 backoff.reset();
                 let p = publisher.clone();
                 tokio::spawn(async move {

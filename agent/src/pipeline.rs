@@ -90,7 +90,12 @@ fn fraction(fps: f64) -> gst::Fraction {
 
 impl Pipeline {
     /// Builds the pipeline for a source, an upload and the analysis settings.
-    pub fn build(source: &Source, upload: &Upload, analysis: &AnalysisConfig, mode: Mode) -> Result<Self, PipelineError> {
+    pub fn build(
+        source: &Source,
+        upload: &Upload,
+        analysis: &AnalysisConfig,
+        mode: Mode,
+    ) -> Result<Self, PipelineError> {
         gst::init()?;
         let pipeline = gst::Pipeline::with_name("spotter");
         let convert_in = make("videoconvert", "base")?;
@@ -124,7 +129,9 @@ impl Pipeline {
                 pipeline.add(&src).map_err(setup_err)?;
                 src.link(&convert_in).map_err(setup_err)?;
             }
-            Source::Uri { uri, looping: l, .. } => {
+            Source::Uri {
+                uri, looping: l, ..
+            } => {
                 looping = *l && mode == Mode::Live;
                 let src = gst::ElementFactory::make("uridecodebin")
                     .property("uri", uri)
@@ -181,13 +188,11 @@ impl Pipeline {
                     bitrate_kbps,
                     keyframe_interval_secs,
                 } => {
-                    std::fs::create_dir_all(dir).map_err(|e| setup_err(format!("cannot create {}: {e}", dir.display())))?;
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| setup_err(format!("cannot create {}: {e}", dir.display())))?;
                     let conv = make("videoconvert", "base")?;
                     let enc = gst::ElementFactory::make("x264enc")
-                        .property(
-                            "bitrate",
-                            *bitrate_kbps,
-                        )
+                        .property("bitrate", *bitrate_kbps)
                         .property_from_str("tune", "zerolatency")
                         .property_from_str("speed-preset", "veryfast")
                         .property("key-int-max", 30 * *keyframe_interval_secs)
@@ -197,13 +202,18 @@ impl Pipeline {
                     let parse = make("h264parse", "bad")?;
                     let sink = gst::ElementFactory::make("hlssink2")
                         .property("location", dir.join("segment%05d.ts").display().to_string())
-                        .property("playlist-location", dir.join("index.m3u8").display().to_string())
+                        .property(
+                            "playlist-location",
+                            dir.join("index.m3u8").display().to_string(),
+                        )
                         .property("target-duration", *keyframe_interval_secs)
                         .property("playlist-length", 6u32)
                         .property("max-files", 12u32)
                         .build()
                         .map_err(|_| PipelineError::MissingElement("hlssink2", "bad"))?;
-                    pipeline.add_many([&conv, &enc, &parse, &sink]).map_err(setup_err)?;
+                    pipeline
+                        .add_many([&conv, &enc, &parse, &sink])
+                        .map_err(setup_err)?;
                     gst::Element::link_many([&q, &conv, &enc, &parse]).map_err(setup_err)?;
                     parse
                         .link_pads(Some("src"), &sink, Some("video"))
@@ -213,7 +223,10 @@ impl Pipeline {
         }
 
         let q = gst::ElementFactory::make("queue")
-            .property("max-size-buffers", if mode == Mode::Live { 2u32 } else { 4u32 })
+            .property(
+                "max-size-buffers",
+                if mode == Mode::Live { 2u32 } else { 4u32 },
+            )
             .property("max-size-bytes", 0u32)
             .property("max-size-time", 0u64)
             .build()
@@ -246,7 +259,8 @@ impl Pipeline {
         pipeline
             .add_many([&q, &rate, &scale, &conv, appsink.upcast_ref()])
             .map_err(setup_err)?;
-        gst::Element::link_many([&tee, &q, &rate, &scale, &conv, appsink.upcast_ref()]).map_err(setup_err)?;
+        gst::Element::link_many([&tee, &q, &rate, &scale, &conv, appsink.upcast_ref()])
+            .map_err(setup_err)?;
 
         Ok(Pipeline {
             pipeline,
@@ -258,9 +272,9 @@ impl Pipeline {
 
     /// Starts playing.
     pub fn start(&self) -> Result<(), PipelineError> {
-        self.pipeline
-            .set_state(gst::State::Playing)
-            .map_err(|_| PipelineError::Setup("the pipeline refused to start: see the error above".into()))?;
+        self.pipeline.set_state(gst::State::Playing).map_err(|_| {
+            PipelineError::Setup("the pipeline refused to start: see the error above".into())
+        })?;
         Ok(())
     }
 

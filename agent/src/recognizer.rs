@@ -18,7 +18,9 @@ use crate::tracker::Detection;
 #[derive(Debug, thiserror::Error)]
 pub enum RecognizerError {
     /// The weights file is missing or unreadable.
-    #[error("cannot read model weights {path}: {source} (run `make setup` to fetch and convert them)")]
+    #[error(
+        "cannot read model weights {path}: {source} (run `make setup` to fetch and convert them)"
+    )]
     Weights {
         /// The file.
         path: String,
@@ -39,7 +41,9 @@ pub enum RecognizerError {
         source: image::ImageError,
     },
     /// A catalog with nothing to look for.
-    #[error("catalog {0} has no product with a reference photo: add `images = [...]` to its products")]
+    #[error(
+        "catalog {0} has no product with a reference photo: add `images = [...]` to its products"
+    )]
     EmptyIndex(String),
     /// candle failed (shapes, weights of the wrong shape...).
     #[error("model: {0}")]
@@ -93,7 +97,10 @@ pub fn photo_to_rgb(path: &Path, side: u32) -> Result<image::RgbImage, image::Im
     let img = image::open(path)?.to_rgba8();
     let (w, h) = img.dimensions();
     let scale = side as f32 / w.max(h) as f32;
-    let (nw, nh) = (((w as f32 * scale).round() as u32).max(1), ((h as f32 * scale).round() as u32).max(1));
+    let (nw, nh) = (
+        ((w as f32 * scale).round() as u32).max(1),
+        ((h as f32 * scale).round() as u32).max(1),
+    );
     let resized = image::imageops::resize(&img, nw, nh, image::imageops::FilterType::Triangle);
     let mut canvas = image::RgbImage::from_pixel(side, side, image::Rgb([127, 127, 127]));
     let (ox, oy) = ((side - nw) / 2, (side - nh) / 2);
@@ -115,16 +122,23 @@ const REFERENCE_SIDE: u32 = 224;
 
 impl Recognizer {
     /// Loads the model and indexes every reference photo of the catalog.
-    pub fn load(model_path: &Path, catalog: &Catalog, width: usize, height: usize) -> Result<Self, RecognizerError> {
+    pub fn load(
+        model_path: &Path,
+        catalog: &Catalog,
+        width: usize,
+        height: usize,
+    ) -> Result<Self, RecognizerError> {
         let device = device();
         let model = load_model(model_path, &device)?;
         let mut refs = Vec::new();
         for product in &catalog.products {
             for path in catalog.image_paths(product) {
-                let rgb = photo_to_rgb(&path, REFERENCE_SIDE).map_err(|source| RecognizerError::Photo {
-                    sku: product.sku.clone(),
-                    path: path.display().to_string(),
-                    source,
+                let rgb = photo_to_rgb(&path, REFERENCE_SIDE).map_err(|source| {
+                    RecognizerError::Photo {
+                        sku: product.sku.clone(),
+                        path: path.display().to_string(),
+                        source,
+                    }
                 })?;
                 let side = REFERENCE_SIDE as usize;
                 let x = preprocess::rgb_to_tensor(rgb.as_raw(), side, side, side * 3, &device)?;
@@ -133,7 +147,9 @@ impl Recognizer {
             }
         }
         if refs.is_empty() {
-            return Err(RecognizerError::EmptyIndex(catalog.dir.display().to_string()));
+            return Err(RecognizerError::EmptyIndex(
+                catalog.dir.display().to_string(),
+            ));
         }
         let index = CatalogIndex::new(refs, &device)?;
         tracing::info!(
@@ -155,7 +171,8 @@ impl Recognizer {
     /// Recognises products in one packed-RGB frame of `width x height` (rows `stride` bytes apart).
     pub fn recognise(&self, rgb: &[u8], stride: usize) -> Result<Recognition, RecognizerError> {
         let start = Instant::now();
-        let x: Tensor = preprocess::rgb_to_tensor(rgb, self.width, self.height, stride, &self.device)?;
+        let x: Tensor =
+            preprocess::rgb_to_tensor(rgb, self.width, self.height, stride, &self.device)?;
         let features = self.model.features(&x)?;
         let regions = regional_descriptors(&features, &self.grid)?;
         let matches = self.index.best_per_product(&regions)?;
@@ -176,7 +193,11 @@ impl Recognizer {
 
 /// Prints the ImageNet top-5 class indices and probabilities of each photo (centre-cropped and
 /// resized to 224x224).
-pub fn classify(model_path: &Path, images: &[std::path::PathBuf], out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+pub fn classify(
+    model_path: &Path,
+    images: &[std::path::PathBuf],
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
     use candle_core::Module;
     let device = device();
     let model = load_model(model_path, &device)?;
@@ -184,13 +205,20 @@ pub fn classify(model_path: &Path, images: &[std::path::PathBuf], out: &mut dyn 
         let img = image::open(path)?.to_rgb8();
         let (w, h) = img.dimensions();
         let side = w.min(h);
-        let crop = image::imageops::crop_imm(&img, (w - side) / 2, (h - side) / 2, side, side).to_image();
+        let crop =
+            image::imageops::crop_imm(&img, (w - side) / 2, (h - side) / 2, side, side).to_image();
         let rgb = image::imageops::resize(&crop, 224, 224, image::imageops::FilterType::Triangle);
         let x = preprocess::rgb_to_tensor(rgb.as_raw(), 224, 224, 224 * 3, &device)?;
-        let probs = candle_nn::ops::softmax(&model.forward(&x)?, 1)?.squeeze(0)?.to_vec1::<f32>()?;
+        let probs = candle_nn::ops::softmax(&model.forward(&x)?, 1)?
+            .squeeze(0)?
+            .to_vec1::<f32>()?;
         let mut ranked: Vec<(usize, f32)> = probs.into_iter().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let top: Vec<String> = ranked.iter().take(5).map(|(i, p)| format!("{i}:{p:.3}")).collect();
+        let top: Vec<String> = ranked
+            .iter()
+            .take(5)
+            .map(|(i, p)| format!("{i}:{p:.3}"))
+            .collect();
         writeln!(out, "{}\t{}", path.display(), top.join(" "))?;
     }
     Ok(())

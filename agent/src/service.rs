@@ -32,9 +32,18 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     let (publisher, eventloop) = mqtt::connect(&cfg)?;
     let tasks = TaskTracker::new();
     let mqtt_shutdown = CancellationToken::new();
-    tasks.spawn(mqtt::drive(eventloop, publisher.clone(), mqtt_shutdown.clone()));
+    tasks.spawn(mqtt::drive(
+        eventloop,
+        publisher.clone(),
+        mqtt_shutdown.clone(),
+    ));
 
-    let pipeline = Arc::new(Pipeline::build(&cfg.source, &cfg.upload, &cfg.analysis, Mode::Live)?);
+    let pipeline = Arc::new(Pipeline::build(
+        &cfg.source,
+        &cfg.upload,
+        &cfg.analysis,
+        Mode::Live,
+    )?);
     let bus = pipeline.pipeline.bus().context("pipeline has no bus")?;
     pipeline.start()?;
     tracing::info!(studio = %cfg.studio, stream = %cfg.stream, source = ?cfg.source, "pipeline started");
@@ -104,7 +113,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
                 outcome = Err(anyhow::anyhow!(
                     "{} (from {})",
                     err.error(),
-                    err.src().map(|s| s.path_string().to_string()).unwrap_or_default()
+                    err.src()
+                        .map(|s| s.path_string().to_string())
+                        .unwrap_or_default()
                 ));
                 break;
             }
@@ -137,7 +148,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     }
     publisher.disconnect().await;
     tasks.close();
-    if tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .is_err()
+    {
         mqtt_shutdown.cancel();
         tracing::warn!("MQTT did not finish within 5 s; pending events may be lost");
     }

@@ -9,7 +9,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use spotter_protocol::{BBox, EventType, OnScreen, OnScreenProduct, ProductEvent, PROTOCOL_VERSION};
+use spotter_protocol::{
+    BBox, EventType, OnScreen, OnScreenProduct, ProductEvent, PROTOCOL_VERSION,
+};
 
 use crate::config::TrackerConfig;
 
@@ -113,7 +115,15 @@ impl Tracker {
         }
     }
 
-    fn event(&mut self, kind: EventType, event_id: &str, sku: &str, score: f32, bbox: [f32; 4], t: FrameTime) -> ProductEvent {
+    fn event(
+        &mut self,
+        kind: EventType,
+        event_id: &str,
+        sku: &str,
+        score: f32,
+        bbox: [f32; 4],
+        t: FrameTime,
+    ) -> ProductEvent {
         let seq = self.next_seq;
         self.next_seq += 1;
         ProductEvent {
@@ -161,7 +171,9 @@ impl Tracker {
         let mut finished = Vec::new();
         let skus: Vec<String> = self.tracks.keys().cloned().collect();
         for sku in skus {
-            let Some(track) = self.tracks.get(&sku) else { continue };
+            let Some(track) = self.tracks.get(&sku) else {
+                continue;
+            };
             let seen_now = track.window.back().is_some_and(Option::is_some);
             let gone_for = now.saturating_sub(track.last_seen_ms);
             let (score, bbox) = (track.score, track.bbox);
@@ -256,7 +268,9 @@ impl Tracker {
                 .tracks
                 .iter()
                 .filter_map(|(sku, t)| match &t.phase {
-                    Phase::Confirmed { event_id, since_ms, .. } => Some(OnScreenProduct {
+                    Phase::Confirmed {
+                        event_id, since_ms, ..
+                    } => Some(OnScreenProduct {
                         event_id: event_id.clone(),
                         sku: sku.clone(),
                         score: t.score,
@@ -302,17 +316,33 @@ mod tests {
     }
 
     /// Runs frames every 200 ms; `f(i)` gives frame i's detections.
-    fn run(tr: &mut Tracker, frames: usize, f: impl Fn(usize) -> Vec<Detection>) -> Vec<ProductEvent> {
-        (0..frames).flat_map(|i| tr.observe(t(i as u64 * 200), &f(i))).collect()
+    fn run(
+        tr: &mut Tracker,
+        frames: usize,
+        f: impl Fn(usize) -> Vec<Detection>,
+    ) -> Vec<ProductEvent> {
+        (0..frames)
+            .flat_map(|i| tr.observe(t(i as u64 * 200), &f(i)))
+            .collect()
     }
 
     #[test]
     fn confirms_after_min_frames_and_ends_after_absence() {
         let mut tr = Tracker::new(cfg(), 1);
-        let events = run(&mut tr, 30, |i| if (5..15).contains(&i) { seen("A", 0.8) } else { vec![] });
+        let events = run(&mut tr, 30, |i| {
+            if (5..15).contains(&i) {
+                seen("A", 0.8)
+            } else {
+                vec![]
+            }
+        });
         let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
         assert_eq!(kinds, vec![EventType::New, EventType::End]);
-        assert_eq!(events[0].pts_ms, 6 * 200, "confirmed on the second sighting");
+        assert_eq!(
+            events[0].pts_ms,
+            6 * 200,
+            "confirmed on the second sighting"
+        );
         assert_eq!(events[0].event_id, events[1].event_id);
         assert_eq!(events[1].seq, events[0].seq + 1);
         // last seen at frame 14 (2800 ms); ends once 1500 ms have passed
@@ -340,7 +370,13 @@ mod tests {
     #[test]
     fn a_single_flicker_is_not_confirmed() {
         let mut tr = Tracker::new(cfg(), 1);
-        let events = run(&mut tr, 30, |i| if i == 3 || i == 12 { seen("A", 0.9) } else { vec![] });
+        let events = run(&mut tr, 30, |i| {
+            if i == 3 || i == 12 {
+                seen("A", 0.9)
+            } else {
+                vec![]
+            }
+        });
         assert!(events.is_empty(), "{events:?}");
     }
 
@@ -355,7 +391,10 @@ mod tests {
     fn heartbeat_updates_while_on_screen_and_significant_moves() {
         let mut tr = Tracker::new(cfg(), 1);
         let events = run(&mut tr, 60, |_| seen("A", 0.8));
-        let updates: Vec<_> = events.iter().filter(|e| e.kind == EventType::Update).collect();
+        let updates: Vec<_> = events
+            .iter()
+            .filter(|e| e.kind == EventType::Update)
+            .collect();
         // confirmed at 200 ms; heartbeats every 5 s up to 11.8 s
         assert_eq!(updates.len(), 2, "{events:?}");
         let mut tr = Tracker::new(cfg(), 1);
@@ -366,7 +405,10 @@ mod tests {
             }
             d
         });
-        let update = events.iter().find(|e| e.kind == EventType::Update).expect("moved");
+        let update = events
+            .iter()
+            .find(|e| e.kind == EventType::Update)
+            .expect("moved");
         assert_eq!(update.pts_ms, 2000);
         assert_eq!(update.bbox, BBox([0.6, 0.1, 0.95, 0.5]));
     }

@@ -11,9 +11,11 @@ use candle_nn::VarBuilder;
 use spotter_models::{EfficientNetLite0, LiteConfig};
 
 fn weights() -> Vec<u8> {
-    let path = std::env::var_os("SPOTTER_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/efficientnet-lite0.safetensors")
-    });
+    let path = std::env::var_os("SPOTTER_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/efficientnet-lite0.safetensors")
+        });
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run `make setup`)", path.display()))
 }
 
@@ -37,21 +39,43 @@ fn main() {
     let device = Device::Cpu;
     let bytes = weights();
     let load = |fused| {
-        let vb = VarBuilder::from_slice_safetensors(&bytes, DType::F32, &device).expect("safetensors");
-        EfficientNetLite0::load(vb, &LiteConfig { fused_depthwise: fused, ..LiteConfig::default() }).expect("load")
+        let vb =
+            VarBuilder::from_slice_safetensors(&bytes, DType::F32, &device).expect("safetensors");
+        EfficientNetLite0::load(
+            vb,
+            &LiteConfig {
+                fused_depthwise: fused,
+                ..LiteConfig::default()
+            },
+        )
+        .expect("load")
     };
     let fused = load(true);
     let grouped = load(false);
-    println!("EfficientNet-Lite0 backbone (to the 1280-channel head), candle, {} threads", rayon_threads());
-    println!("{:>10} {:>14} {:>16} {:>8}", "input", "fused dw (ms)", "grouped dw (ms)", "ratio");
+    println!(
+        "EfficientNet-Lite0 backbone (to the 1280-channel head), candle, {} threads",
+        rayon_threads()
+    );
+    println!(
+        "{:>10} {:>14} {:>16} {:>8}",
+        "input", "fused dw (ms)", "grouped dw (ms)", "ratio"
+    );
     for (w, h) in [(224, 224), (384, 224), (448, 256)] {
         let x = Tensor::randn(0f32, 1f32, (1, 3, h, w), &device).expect("input");
         let a = time_ms(&fused, &x, 3, 15);
         let b = time_ms(&grouped, &x, 1, 5);
-        println!("{:>10} {:>14.1} {:>16.1} {:>8.3}", format!("{w}x{h}"), a, b, a / b);
+        println!(
+            "{:>10} {:>14.1} {:>16.1} {:>8.3}",
+            format!("{w}x{h}"),
+            a,
+            b,
+            a / b
+        );
     }
 }
 
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

@@ -46,10 +46,17 @@ impl CustomOp1 for DepthwiseRelu6 {
         "depthwise-relu6"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = layout.shape().dims4()?;
         if c != self.bias.len() {
-            candle_core::bail!("depthwise: input has {c} channels, weights {}", self.bias.len());
+            candle_core::bail!(
+                "depthwise: input has {c} channels, weights {}",
+                self.bias.len()
+            );
         }
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("depthwise: input must be contiguous");
@@ -85,7 +92,9 @@ impl CustomOp1 for DepthwiseRelu6 {
                             let ix0 = lo * s + kx - p.left;
                             if s == 1 {
                                 let len = hi_excl - lo;
-                                for (o, i) in row[lo..hi_excl].iter_mut().zip(&src_row[ix0..ix0 + len]) {
+                                for (o, i) in
+                                    row[lo..hi_excl].iter_mut().zip(&src_row[ix0..ix0 + len])
+                                {
                                     *o += wgt * i;
                                 }
                             } else {

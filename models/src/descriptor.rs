@@ -149,7 +149,11 @@ impl CatalogIndex {
             flat.extend(d);
         }
         let references_t = match dim {
-            Some(c) => Some(Tensor::from_vec(flat, (owners.len(), c), device)?.t()?.contiguous()?),
+            Some(c) => Some(
+                Tensor::from_vec(flat, (owners.len(), c), device)?
+                    .t()?
+                    .contiguous()?,
+            ),
             None => None,
         };
         Ok(CatalogIndex {
@@ -227,7 +231,10 @@ mod tests {
         let f = Tensor::from_vec(map, (1, 4, 2, 2), &Device::Cpu).expect("tensor");
         let regions = regional_descriptors(&f, &RegionGrid { levels: 2 }).expect("regions");
         let index = CatalogIndex::new(
-            vec![("a".into(), vec![1.0, 0.0, 0.0, 0.0]), ("b".into(), vec![0.0, 1.0, 0.0, 0.0])],
+            vec![
+                ("a".into(), vec![1.0, 0.0, 0.0, 0.0]),
+                ("b".into(), vec![0.0, 1.0, 0.0, 0.0]),
+            ],
             &Device::Cpu,
         )
         .expect("index");

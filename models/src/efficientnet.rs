@@ -104,8 +104,17 @@ struct Pointwise {
 }
 
 impl Pointwise {
-    fn load(conv: VarBuilder, bn: VarBuilder, cin: usize, cout: usize, relu6: bool, eps: f64) -> Result<Self> {
-        let w = conv.get((cout, cin, 1, 1), "weight")?.reshape((cout, cin))?;
+    fn load(
+        conv: VarBuilder,
+        bn: VarBuilder,
+        cin: usize,
+        cout: usize,
+        relu6: bool,
+        eps: f64,
+    ) -> Result<Self> {
+        let w = conv
+            .get((cout, cin, 1, 1), "weight")?
+            .reshape((cout, cin))?;
         let (scale, shift) = folded_bn(&bn, cout, eps)?;
         Ok(Pointwise {
             weight: w.broadcast_mul(&scale.unsqueeze(1)?)?,
@@ -138,7 +147,14 @@ struct Depthwise {
 }
 
 impl Depthwise {
-    fn load(conv: VarBuilder, bn: VarBuilder, ch: usize, k: usize, stride: usize, cfg: &LiteConfig) -> Result<Self> {
+    fn load(
+        conv: VarBuilder,
+        bn: VarBuilder,
+        ch: usize,
+        k: usize,
+        stride: usize,
+        cfg: &LiteConfig,
+    ) -> Result<Self> {
         let (scale, shift) = folded_bn(&bn, ch, cfg.bn_eps)?;
         let weight = conv
             .get((ch, 1, k, k), "weight")?
@@ -238,20 +254,48 @@ impl EfficientNetLite0 {
                 let stride = if r == 0 { first_stride } else { 1 };
                 let mid = cin * expand;
                 let expand_layer = if expand != 1 {
-                    Some(Pointwise::load(b.pp("_expand_conv"), b.pp("_bn0"), cin, mid, true, cfg.bn_eps)?)
+                    Some(Pointwise::load(
+                        b.pp("_expand_conv"),
+                        b.pp("_bn0"),
+                        cin,
+                        mid,
+                        true,
+                        cfg.bn_eps,
+                    )?)
                 } else {
                     None
                 };
                 blocks.push(MbConv {
                     expand: expand_layer,
-                    depthwise: Depthwise::load(b.pp("_depthwise_conv"), b.pp("_bn1"), mid, k, stride, cfg)?,
-                    project: Pointwise::load(b.pp("_project_conv"), b.pp("_bn2"), mid, cout, false, cfg.bn_eps)?,
+                    depthwise: Depthwise::load(
+                        b.pp("_depthwise_conv"),
+                        b.pp("_bn1"),
+                        mid,
+                        k,
+                        stride,
+                        cfg,
+                    )?,
+                    project: Pointwise::load(
+                        b.pp("_project_conv"),
+                        b.pp("_bn2"),
+                        mid,
+                        cout,
+                        false,
+                        cfg.bn_eps,
+                    )?,
                     residual: stride == 1 && cin == cout,
                 });
                 cin = cout;
             }
         }
-        let head = Pointwise::load(vb.pp("_conv_head"), vb.pp("_bn1"), cin, FEATURE_CHANNELS, true, cfg.bn_eps)?;
+        let head = Pointwise::load(
+            vb.pp("_conv_head"),
+            vb.pp("_bn1"),
+            cin,
+            FEATURE_CHANNELS,
+            true,
+            cfg.bn_eps,
+        )?;
         let fc = candle_nn::linear(FEATURE_CHANNELS, NUM_CLASSES, vb.pp("_fc"))?;
         Ok(EfficientNetLite0 {
             stem_weight,

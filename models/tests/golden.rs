@@ -29,12 +29,19 @@ fn testdata() -> PathBuf {
 }
 
 fn model(cfg: &LiteConfig) -> EfficientNetLite0 {
-    let path = std::env::var_os("SPOTTER_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/efficientnet-lite0.safetensors")
+    let path = std::env::var_os("SPOTTER_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/efficientnet-lite0.safetensors")
+        });
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: run `make setup` to fetch and convert the weights",
+            path.display()
+        )
     });
-    let bytes = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}: run `make setup` to fetch and convert the weights", path.display()));
-    let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu).expect("safetensors");
+    let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu)
+        .expect("safetensors");
     EfficientNetLite0::load(vb, cfg).expect("weights fit the architecture")
 }
 
@@ -45,19 +52,37 @@ fn golden() -> Golden {
 
 fn logits(model: &EfficientNetLite0, file: &str, side: usize) -> Vec<f32> {
     let img = image::open(testdata().join(file)).expect("photo").to_rgb8();
-    assert_eq!(img.dimensions(), (side as u32, side as u32), "{file} is stored at the input size");
-    let x = preprocess::rgb_to_tensor(img.as_raw(), side, side, side * 3, &Device::Cpu).expect("tensor");
-    model.forward(&x).expect("forward").squeeze(0).expect("squeeze").to_vec1().expect("vec")
+    assert_eq!(
+        img.dimensions(),
+        (side as u32, side as u32),
+        "{file} is stored at the input size"
+    );
+    let x = preprocess::rgb_to_tensor(img.as_raw(), side, side, side * 3, &Device::Cpu)
+        .expect("tensor");
+    model
+        .forward(&x)
+        .expect("forward")
+        .squeeze(0)
+        .expect("squeeze")
+        .to_vec1()
+        .expect("vec")
 }
 
 fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).expect("non-empty")
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .expect("non-empty")
 }
 
 #[test]
 fn logits_match_the_reference_and_top1_is_right() {
     let g = golden();
-    assert_eq!(g.padding, "tf_same", "LiteConfig::default() must follow the reference");
+    assert_eq!(
+        g.padding, "tf_same",
+        "LiteConfig::default() must follow the reference"
+    );
     let m = model(&LiteConfig::default());
     assert!(g.images.len() >= 3);
     for img in &g.images {
@@ -68,9 +93,18 @@ fn logits_match_the_reference_and_top1_is_right() {
             .zip(&img.logits)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        assert!(worst <= 1e-3, "{}: logits differ from the reference by up to {worst}", img.file);
+        assert!(
+            worst <= 1e-3,
+            "{}: logits differ from the reference by up to {worst}",
+            img.file
+        );
         let top = argmax(&got);
-        assert!(img.accepted_top1.contains(&top), "{}: top-1 class {top}, expected one of {:?}", img.file, img.accepted_top1);
+        assert!(
+            img.accepted_top1.contains(&top),
+            "{}: top-1 class {top}, expected one of {:?}",
+            img.file,
+            img.accepted_top1
+        );
     }
 }
 
@@ -84,8 +118,15 @@ fn fused_depthwise_kernel_matches_candles_grouped_convolution() {
     });
     let a = logits(&fused, &g.images[0].file, g.input_size);
     let b = logits(&grouped, &g.images[0].file, g.input_size);
-    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    assert!(worst <= 1e-4, "fused and grouped depthwise differ by {worst}");
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= 1e-4,
+        "fused and grouped depthwise differ by {worst}"
+    );
 }
 
 #[test]
@@ -102,5 +143,8 @@ fn wrong_padding_is_caught_by_the_golden_logits() {
         .zip(&g.images[0].logits)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
-    assert!(worst > 0.1, "symmetric padding should not match the tf_same reference (diff {worst})");
+    assert!(
+        worst > 0.1,
+        "symmetric padding should not match the tf_same reference (diff {worst})"
+    );
 }

@@ -113,7 +113,10 @@ impl Catalog {
             };
             check_id("sku", &p.sku).map_err(|e| bad("sku", e.to_string()))?;
             if !seen.insert(p.sku.as_str()) {
-                return Err(bad("sku", "duplicate SKU: each product needs its own".into()));
+                return Err(bad(
+                    "sku",
+                    "duplicate SKU: each product needs its own".into(),
+                ));
             }
             if p.name.trim().is_empty() {
                 return Err(bad("name", "must not be empty".into()));
@@ -126,12 +129,14 @@ impl Catalog {
                 ));
             }
             if !(p.url.starts_with("https://") || p.url.starts_with("http://")) {
-                return Err(bad("url", format!("{:?} must start with https:// or http://", p.url)));
+                return Err(bad(
+                    "url",
+                    format!("{:?} must start with https:// or http://", p.url),
+                ));
             }
             for img in &p.images {
                 let rel = Path::new(img);
-                if rel.is_absolute()
-                    || rel.components().any(|c| !matches!(c, Component::Normal(_)))
+                if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_)))
                 {
                     return Err(bad(
                         "images",
@@ -214,7 +219,10 @@ images = ["mug-front.png", "mug-side.png"]   # reference photos, relative to the
         let err = Catalog::parse(d.path(), Path::new("catalog.toml"), MINIMAL)
             .expect_err("missing image");
         let msg = err.to_string();
-        assert!(msg.contains("MUG-001") && msg.contains("images") && msg.contains("mug-side.png"), "{msg}");
+        assert!(
+            msg.contains("MUG-001") && msg.contains("images") && msg.contains("mug-side.png"),
+            "{msg}"
+        );
 
         let bad_price = MINIMAL.replace("\"14.00\"", "\"14,00\"");
         let d = dir_with(&["mug-front.png", "mug-side.png"]);
@@ -227,7 +235,10 @@ images = ["mug-front.png", "mug-side.png"]   # reference photos, relative to the
         let msg = Catalog::parse(d.path(), Path::new("c.toml"), &dup)
             .expect_err("duplicate")
             .to_string();
-        assert!(msg.contains("product #2") && msg.contains("duplicate"), "{msg}");
+        assert!(
+            msg.contains("product #2") && msg.contains("duplicate"),
+            "{msg}"
+        );
 
         let escape = MINIMAL.replace("mug-side.png", "../etc/passwd");
         let msg = Catalog::parse(d.path(), Path::new("c.toml"), &escape)

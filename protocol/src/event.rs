@@ -33,8 +33,15 @@ impl BBox {
 
     fn validate(&self) -> Result<(), String> {
         let [x0, y0, x1, y1] = self.0;
-        if !self.0.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)) {
-            return Err(format!("coordinates must be within 0..=1, got {:?}", self.0));
+        if !self
+            .0
+            .iter()
+            .all(|v| v.is_finite() && (0.0..=1.0).contains(v))
+        {
+            return Err(format!(
+                "coordinates must be within 0..=1, got {:?}",
+                self.0
+            ));
         }
         if x0 >= x1 || y0 >= y1 {
             return Err(format!("needs x0 < x1 and y0 < y1, got {:?}", self.0));
@@ -97,7 +104,10 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> DecodeError {
 /// Checks an identifier-like field: printable ASCII, no spaces, 1-64 bytes.
 pub(crate) fn check_id(field: &'static str, value: &str) -> Result<(), DecodeError> {
     if value.is_empty() || value.len() > 64 {
-        return Err(invalid(field, format!("must be 1-64 bytes, got {}", value.len())));
+        return Err(invalid(
+            field,
+            format!("must be 1-64 bytes, got {}", value.len()),
+        ));
     }
     if let Some(pos) = value.bytes().position(|b| !b.is_ascii_graphic()) {
         return Err(invalid(
@@ -114,13 +124,19 @@ impl ProductEvent {
         if self.v != PROTOCOL_VERSION {
             return Err(invalid(
                 "v",
-                format!("version {} is not supported (this build speaks {PROTOCOL_VERSION})", self.v),
+                format!(
+                    "version {} is not supported (this build speaks {PROTOCOL_VERSION})",
+                    self.v
+                ),
             ));
         }
         check_id("event_id", &self.event_id)?;
         check_id("sku", &self.sku)?;
         if !(self.score.is_finite() && (0.0..=1.0).contains(&self.score)) {
-            return Err(invalid("score", format!("must be within 0..=1, got {}", self.score)));
+            return Err(invalid(
+                "score",
+                format!("must be within 0..=1, got {}", self.score),
+            ));
         }
         self.bbox.validate().map_err(|r| invalid("bbox", r))
     }
@@ -137,7 +153,8 @@ impl ProductEvent {
 
     /// Encodes for publishing (compact JSON, one line).
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a ProductEvent always serializes: no maps with non-string keys")
+        serde_json::to_vec(self)
+            .expect("a ProductEvent always serializes: no maps with non-string keys")
     }
 }
 
@@ -164,7 +181,10 @@ mod tests {
     fn golden_json_is_stable() {
         let golden = include_str!("../tests/golden/event_new.json").trim();
         assert_eq!(String::from_utf8(sample().encode()).expect("utf8"), golden);
-        assert_eq!(ProductEvent::decode(golden.as_bytes()).expect("decodes"), sample());
+        assert_eq!(
+            ProductEvent::decode(golden.as_bytes()).expect("decodes"),
+            sample()
+        );
     }
 
     #[test]
@@ -182,7 +202,10 @@ mod tests {
         let mut e = sample();
         e.sku = "MUG 001".into();
         let err = ProductEvent::decode(&e.encode()).expect_err("space in sku");
-        assert!(err.to_string().contains("sku") && err.to_string().contains("byte 3"), "{err}");
+        assert!(
+            err.to_string().contains("sku") && err.to_string().contains("byte 3"),
+            "{err}"
+        );
 
         let err = ProductEvent::decode(br#"{"v":1,"type":"new"}"#).expect_err("missing fields");
         assert!(err.to_string().contains("missing field"), "{err}");
@@ -198,7 +221,10 @@ mod tests {
         let err = ProductEvent::decode(&e.encode()).expect_err("v2");
         assert!(err.to_string().contains("version 2"), "{err}");
         let big = vec![b' '; MAX_EVENT_BYTES + 1];
-        assert!(matches!(ProductEvent::decode(&big), Err(DecodeError::TooLarge(_))));
+        assert!(matches!(
+            ProductEvent::decode(&big),
+            Err(DecodeError::TooLarge(_))
+        ));
     }
 
     proptest! {

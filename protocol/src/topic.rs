@@ -45,7 +45,9 @@ pub struct Topic {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TopicError {
     /// A studio or stream name that cannot be a single topic level.
-    #[error("{field} {value:?} is not a valid topic segment: use 1-64 characters from [A-Za-z0-9_-]")]
+    #[error(
+        "{field} {value:?} is not a valid topic segment: use 1-64 characters from [A-Za-z0-9_-]"
+    )]
     BadSegment {
         /// `studio` or `stream`.
         field: &'static str,
@@ -157,7 +159,10 @@ mod tests {
         }
         let stats = Topic::stats("studio-1").expect("valid");
         assert_eq!(stats.to_string(), "spotter/v1/studio-1/stats");
-        assert_eq!(Topic::parse("spotter/v1/studio-1/stats").expect("parses"), stats);
+        assert_eq!(
+            Topic::parse("spotter/v1/studio-1/stats").expect("parses"),
+            stats
+        );
     }
 
     #[test]

@@ -166,10 +166,15 @@ mod tests {
             stream: "main".into(),
             video_url: None,
         };
-        assert_eq!(info.encode(), r#"{"studio":"demo","stream":"main","video_url":null}"#);
+        assert_eq!(
+            info.encode(),
+            r#"{"studio":"demo","stream":"main","video_url":null}"#
+        );
         let back: StreamInfo = serde_json::from_str(&info.encode()).expect("decodes");
         assert_eq!(back, info);
-        let err = ApiError { error: "no such stream".into() };
+        let err = ApiError {
+            error: "no such stream".into(),
+        };
         assert_eq!(err.encode(), r#"{"error":"no such stream"}"#);
     }
 }

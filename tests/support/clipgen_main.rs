@@ -1,1 +1,232 @@
-fn main(){}
+//! `spotter-clipgen`: makes test catalogs and clips with ground truth for Spotter.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use spotter_protocol::Catalog;
+use spotter_tests::clipgen::{
+    build_catalog, decode_frames, make_clip, make_demo, parse_size, preset, preset_names,
+    truth_path, ClipSpec, ProductSource, Show, SPEED_PRESETS,
+};
+
+/// Makes Spotter's test material: product catalogs from clip art, and H.264 clips in which those
+/// products come and go on cue, each with a ground-truth file.
+///
+/// Catalogs follow the protocol's format (catalog.toml plus reference photos). Clips are
+/// 4:2:0 H.264 in MP4 with an IDR frame every 2 s and no B-frames, like a stream sent to IVS; next
+/// to `clip.mp4` goes `clip.truth.json`: [{sku, start_ms, end_ms, bbox}], bbox normalised
+/// [x0, y0, x1, y1] covering the product for the whole appearance.
+#[derive(Parser, Debug)]
+#[command(name = "spotter-clipgen", version, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+const EXAMPLES: &str = "Examples:
+  spotter-clipgen catalog --out /tmp/cat --preset demo
+  spotter-clipgen catalog --out /tmp/cat --products MUG-001 'BALL-1=/usr/share/openclipart/png/recreation/sports/baseball_anthony_liekens_01.png:Baseball:9.99'
+  spotter-clipgen clip --catalog /tmp/cat --out /tmp/clip.mp4 --duration-secs 12 --show MUG-001@3-9
+  spotter-clipgen demo --out /tmp/demo
+  spotter-clipgen frames /tmp/clip.mp4 --at 1 --at 5.5 --out /tmp/frames";
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Build a catalog directory (catalog.toml and reference photos) from clip art.
+    ///
+    /// For each product: <sku>-front.png (the source as is), <sku>-white.png (flattened onto
+    /// white) and <sku>-tilt.png (rotated 8 degrees, smaller, on pale grey); price in USD, url
+    /// https://shop.example/<sku in lower case>.
+    Catalog {
+        /// Directory to write (created if missing; existing files of the same names are replaced).
+        #[arg(long)]
+        out: PathBuf,
+        /// A built-in product set ("demo": mug, guitar, tennis shoes, camera, desk lamp).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(preset_names().iter().copied()))]
+        preset: Option<String>,
+        /// Products to add: a preset SKU (MUG-001, GTR-001, SHOE-001, CAM-001, LAMP-001) or
+        /// SKU=PATH[:NAME[:PRICE]] with PATH a PNG with transparency.
+        #[arg(long, num_args = 1..)]
+        products: Vec<String>,
+    },
+    /// Render and encode a clip with products on cue, and write its truth file next to it.
+    Clip {
+        /// Catalog directory (from `catalog`); each product is drawn from its first image.
+        #[arg(long)]
+        catalog: PathBuf,
+        /// Output file (.mp4); the truth goes to the same name with .truth.json.
+        #[arg(long)]
+        out: PathBuf,
+        /// Length in seconds.
+        #[arg(long)]
+        duration_secs: f64,
+        /// Frames per second.
+        #[arg(long, default_value_t = 30)]
+        fps: u32,
+        /// Frame size, WIDTHxHEIGHT.
+        #[arg(long, default_value = "1280x720")]
+        size: String,
+        /// An appearance: SKU@START-END[@X,Y,SCALE], times in seconds, X,Y the centre (0..1),
+        /// SCALE the height as a fraction of the frame (default 0.5,0.5,0.45). Repeatable.
+        #[arg(long = "show", num_args = 1..)]
+        shows: Vec<Show>,
+        /// Seed for the studio set's layout and texture.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// H.264 bitrate in kbit/s.
+        #[arg(long, default_value_t = 4000)]
+        bitrate_kbps: u32,
+        /// x264 speed preset: faster ones encode sooner at lower quality for the bitrate.
+        #[arg(long, default_value = "veryfast", value_parser = clap::builder::PossibleValuesParser::new(SPEED_PRESETS.iter().copied()))]
+        speed_preset: String,
+    },
+    /// The demo: the `demo` catalog in OUT/catalog and a 1280x720 30 fps clip OUT/demo.mp4 in
+    /// which the products come and go one or two at a time, with empty stretches.
+    Demo {
+        /// Directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Length in seconds (the schedule fills 60 s; shorter keeps the shows that fit).
+        #[arg(long, default_value_t = 60.0)]
+        duration_secs: f64,
+    },
+    /// Extract frames of a clip as PNG, to look at what was rendered.
+    Frames {
+        /// The clip.
+        clip: PathBuf,
+        /// Times in seconds (repeatable); the nearest frame is written.
+        #[arg(long = "at", required = true, num_args = 1..)]
+        at_secs: Vec<f64>,
+        /// Directory to write frame-<ms>.png into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn secs_to_ms(secs: f64, what: &str) -> anyhow::Result<u64> {
+    if !(secs.is_finite() && secs > 0.0 && secs < 86_400.0) {
+        bail!("{what} must be a positive number of seconds, got {secs}");
+    }
+    Ok((secs * 1000.0).round() as u64)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let started = Instant::now();
+    match cli.command {
+        Cmd::Catalog {
+            out,
+            preset: set,
+            products,
+        } => {
+            let mut sources: Vec<ProductSource> = match set {
+                Some(name) => preset(&name).with_context(|| format!("no preset {name:?}"))?,
+                None => Vec::new(),
+            };
+            for spec in &products {
+                sources.push(ProductSource::parse(spec)?);
+            }
+            if sources.is_empty() {
+                bail!("no products: pass --preset demo and/or --products SPEC...");
+            }
+            let catalog = build_catalog(&out, &sources)
+                .with_context(|| format!("cannot build the catalog in {}", out.display()))?;
+            println!(
+                "wrote {} with {} products in {:.1} s",
+                out.join("catalog.toml").display(),
+                catalog.products.len(),
+                started.elapsed().as_secs_f32()
+            );
+        }
+        Cmd::Clip {
+            catalog,
+            out,
+            duration_secs,
+            fps,
+            size,
+            shows,
+            seed,
+            bitrate_kbps,
+            speed_preset,
+        } => {
+            let (width, height) = parse_size(&size)?;
+            if !(1..=120).contains(&fps) {
+                bail!("--fps must be within 1..=120, got {fps}");
+            }
+            let catalog = Catalog::load(&catalog).context("cannot load the catalog")?;
+            let spec = ClipSpec {
+                width,
+                height,
+                fps,
+                duration_ms: secs_to_ms(duration_secs, "--duration-secs")?,
+                seed,
+                bitrate_kbps,
+                speed_preset,
+                shows,
+            };
+            let truth = make_clip(&catalog, &spec, &out)
+                .with_context(|| format!("cannot make {}", out.display()))?;
+            println!(
+                "wrote {} and {} ({} appearances) in {:.1} s",
+                out.display(),
+                truth_path(&out).display(),
+                truth.len(),
+                started.elapsed().as_secs_f32()
+            );
+        }
+        Cmd::Demo { out, duration_secs } => {
+            let demo = make_demo(&out, secs_to_ms(duration_secs, "--duration-secs")?)
+                .with_context(|| format!("cannot make the demo in {}", out.display()))?;
+            println!(
+                "wrote {} ({} products), {} and {} ({} appearances) in {:.1} s",
+                demo.catalog.dir.display(),
+                demo.catalog.products.len(),
+                demo.clip.display(),
+                demo.truth_file.display(),
+                demo.truth.len(),
+                started.elapsed().as_secs_f32()
+            );
+        }
+        Cmd::Frames { clip, at_secs, out } => {
+            let at_ms = at_secs
+                .iter()
+                .map(|&s| {
+                    if s >= 0.0 {
+                        Ok((s * 1000.0).round() as u64)
+                    } else {
+                        Err(anyhow::anyhow!("--at must not be negative, got {s}"))
+                    }
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            for (pts, img) in decode_frames(&clip, &at_ms)? {
+                let path = out.join(format!("frame-{pts:06}.png"));
+                img.save(&path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                println!("{}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spotter-clipgen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

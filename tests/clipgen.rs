@@ -1,0 +1,218 @@
+//! The clip generator's own tests: catalogs load through the protocol's loader, and clips show
+//! each product where and when their truth file says, and nothing else.
+
+use std::path::Path;
+use std::process::Command;
+
+use image::RgbImage;
+use spotter_protocol::Catalog;
+use spotter_tests::clipgen::{
+    build_catalog, decode_frames, make_clip, preset, read_truth, truth_path, ClipSpec, Show,
+};
+
+/// Mean absolute difference of two frames over the rectangle `[x0, y0, x1, y1]` (normalised).
+fn mean_diff(a: &RgbImage, b: &RgbImage, rect: [f32; 4]) -> f32 {
+    let (w, h) = (a.width() as f32, a.height() as f32);
+    let (x0, y0) = ((rect[0] * w) as u32, (rect[1] * h) as u32);
+    let (x1, y1) = ((rect[2] * w) as u32, (rect[3] * h) as u32);
+    let mut sum = 0u64;
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let (p, q) = (a.get_pixel(x, y), b.get_pixel(x, y));
+            sum += (0..3).map(|c| u64::from(p[c].abs_diff(q[c]))).sum::<u64>();
+        }
+    }
+    sum as f32 / (3 * (x1 - x0) * (y1 - y0)).max(1) as f32
+}
+
+#[test]
+fn demo_catalog_loads_with_three_reference_photos_each() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let products = preset("demo").expect("demo preset");
+    build_catalog(dir.path(), &products).expect("catalog builds");
+    let catalog = Catalog::load(dir.path()).expect("the protocol's loader accepts it");
+    assert_eq!(catalog.products.len(), products.len());
+    for (p, src) in catalog.products.iter().zip(&products) {
+        assert_eq!(
+            (p.sku.as_str(), p.name.as_str(), p.currency.as_str()),
+            (src.sku.as_str(), src.name.as_str(), "USD")
+        );
+        assert_eq!(
+            p.url,
+            format!("https://shop.example/{}", p.sku.to_lowercase())
+        );
+        assert_eq!(p.images.len(), 3, "{p:?}");
+        let front = std::fs::read(catalog.dir.join(&p.images[0])).expect("front photo");
+        assert_eq!(
+            front,
+            std::fs::read(&src.image).expect("source"),
+            "front photo is the source"
+        );
+        let white = image::open(catalog.dir.join(&p.images[1]))
+            .expect("white photo decodes")
+            .to_rgb8();
+        assert_eq!(
+            white.get_pixel(0, 0).0,
+            [255, 255, 255],
+            "{}: corner is white",
+            p.images[1]
+        );
+        let tilt = image::open(catalog.dir.join(&p.images[2]))
+            .expect("tilt photo decodes")
+            .to_rgb8();
+        assert!(
+            tilt.width() > white.width(),
+            "tilted photo has extra margin"
+        );
+        assert_ne!(white.as_raw(), tilt.as_raw());
+    }
+}
+
+#[test]
+fn clip_shows_the_product_where_and_when_the_truth_says() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let products: Vec<_> = preset("demo")
+        .expect("demo preset")
+        .into_iter()
+        .take(2)
+        .collect();
+    let catalog = build_catalog(&dir.path().join("catalog"), &products).expect("catalog builds");
+    let sku = products[0].sku.as_str();
+    let clip = dir.path().join("clip.mp4");
+    let spec = ClipSpec {
+        width: 640,
+        height: 360,
+        duration_ms: 3_000,
+        ..ClipSpec::new(0, vec![Show::new(sku, 1_000, 2_000)])
+    };
+    let truth = make_clip(&catalog, &spec, &clip).expect("clip renders");
+    assert_eq!(read_truth(&truth_path(&clip)).expect("truth file"), truth);
+    assert_eq!(truth.len(), 1);
+    let t = &truth[0];
+    assert_eq!((t.sku.as_str(), t.start_ms, t.end_ms), (sku, 1_000, 2_000));
+    let [x0, y0, x1, y1] = t.bbox;
+    let height = y1 - y0;
+    assert!(
+        (0.44..0.50).contains(&height),
+        "default scale is ~45% of the height: {height}"
+    );
+    assert!(
+        x0 > 0.0 && x1 < 1.0 && x0 < 0.5 && x1 > 0.5,
+        "centred: {:?}",
+        t.bbox
+    );
+
+    let frames = decode_frames(&clip, &[500, 1_300, 1_700, 2_500]).expect("decodes");
+    let (before, during, later, after) = (&frames[0].1, &frames[1].1, &frames[2].1, &frames[3].1);
+    assert_eq!(before.dimensions(), (640, 360));
+    assert_eq!(
+        frames.iter().map(|f| f.0).collect::<Vec<_>>(),
+        [500, 1_300, 1_700, 2_500]
+    );
+    let inside = mean_diff(before, during, t.bbox);
+    assert!(
+        inside > 25.0,
+        "the product changes its box: mean difference {inside}"
+    );
+    let above = [0.0, 0.0, 1.0, y0 - 0.02];
+    let outside = mean_diff(before, during, above);
+    assert!(
+        outside < 3.0,
+        "nothing changes above the box: mean difference {outside}"
+    );
+    let moved = mean_diff(during, later, t.bbox);
+    assert!(moved > 1.0, "the product moves while shown: {moved}");
+    let gone = mean_diff(before, after, [0.0, 0.0, 1.0, 1.0]);
+    assert!(
+        gone < 3.0,
+        "the frame is back to the empty set afterwards: {gone}"
+    );
+}
+
+fn clipgen() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_spotter-clipgen"))
+}
+
+#[test]
+fn cli_builds_a_catalog_and_a_clip_and_explains_bad_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cat = dir.path().join("cat");
+    let out = clipgen()
+        .args(["catalog", "--out"])
+        .arg(&cat)
+        .args(["--products", "LAMP-001", "MUG-001"])
+        .output()
+        .expect("clipgen runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        Catalog::load(&cat).expect("valid catalog").products.len(),
+        2
+    );
+
+    let clip = dir.path().join("c.mp4");
+    let out = clipgen()
+        .args(["clip", "--catalog"])
+        .arg(&cat)
+        .arg("--out")
+        .arg(&clip)
+        .args([
+            "--duration-secs",
+            "1",
+            "--size",
+            "320x180",
+            "--show",
+            "LAMP-001@0.2-0.8@0.4,0.5,0.5",
+        ])
+        .output()
+        .expect("clipgen runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(Path::new(&clip).is_file() && truth_path(&clip).is_file());
+
+    let out = clipgen()
+        .args(["clip", "--catalog"])
+        .arg(&cat)
+        .arg("--out")
+        .arg(&clip)
+        .args(["--duration-secs", "1", "--show", "GTR-001@0-1"])
+        .output()
+        .expect("clipgen runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("GTR-001") && err.contains("LAMP-001"),
+        "{err}"
+    );
+
+    let out = clipgen()
+        .args([
+            "clip",
+            "--catalog",
+            "x",
+            "--out",
+            "y",
+            "--duration-secs",
+            "1",
+            "--show",
+            "MUG@9-3",
+        ])
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("SKU@START-END"),
+        "{err}"
+    );
+
+    let out = clipgen().arg("--help").output().expect("runs");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for sub in ["catalog", "clip", "demo", "frames"] {
+        assert!(help.contains(sub), "--help lists {sub}: {help}");
+    }
+}
