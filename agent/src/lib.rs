@@ -9,6 +9,7 @@ pub mod analysis;
 pub mod analyze;
 pub mod backoff;
 pub mod config;
+pub mod doctor;
 pub mod model_import;
 pub mod mqtt;
 pub mod pipeline;

@@ -31,6 +31,9 @@ enum Command {
     Run,
     /// Check the configuration and the catalog, print a summary, and exit.
     Validate,
+    /// Check everything a studio needs before going live: GStreamer elements, the source, the
+    /// model, the catalog, inference speed, the broker, the clock.
+    Doctor,
     /// Recognise products in a video file offline and print one JSON event per line on stdout.
     Analyze(AnalyzeCmd),
     /// Model files: import the ImageNet checkpoint, classify photos.
@@ -173,6 +176,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 photos
             );
             Ok(())
+        }
+        Command::Doctor => {
+            let cfg = config::load(cli.config.as_deref()).context("invalid configuration")?;
+            let checks = spotter_agent::doctor::run_checks(&cfg);
+            if spotter_agent::doctor::report(&checks, &mut std::io::stdout().lock())? {
+                Ok(())
+            } else {
+                anyhow::bail!("some checks failed: fix them before going live")
+            }
         }
         Command::Analyze(a) => {
             let args = AnalyzeArgs {

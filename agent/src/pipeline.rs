@@ -25,7 +25,7 @@ use crate::tracker::FrameTime;
 pub enum PipelineError {
     /// GStreamer itself failed to start.
     #[error("cannot initialise GStreamer: {0}")]
-    Init(#[from] gst::glib::Error),
+    Init(gst::glib::Error),
     /// A plugin is missing.
     #[error("GStreamer element `{0}` is missing: install the gstreamer1.0-plugins-{1} package")]
     MissingElement(&'static str, &'static str),
@@ -96,7 +96,7 @@ impl Pipeline {
         analysis: &AnalysisConfig,
         mode: Mode,
     ) -> Result<Self, PipelineError> {
-        gst::init()?;
+        gst::init().map_err(PipelineError::Init)?;
         let pipeline = gst::Pipeline::with_name("spotter");
         let convert_in = make("videoconvert", "base")?;
         pipeline.add(&convert_in).map_err(setup_err)?;

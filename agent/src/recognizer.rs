@@ -19,26 +19,26 @@ use crate::tracker::Detection;
 pub enum RecognizerError {
     /// The weights file is missing or unreadable.
     #[error(
-        "cannot read model weights {path}: {source} (run `make setup` to fetch and convert them)"
+        "cannot read model weights {path}: {cause} (run `make setup` to fetch and convert them)"
     )]
     Weights {
         /// The file.
         path: String,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The catalog did not load.
     #[error(transparent)]
     Catalog(#[from] spotter_protocol::CatalogError),
     /// A reference photo could not be decoded.
-    #[error("product {sku}: cannot decode reference photo {path}: {source}")]
+    #[error("product {sku}: cannot decode reference photo {path}: {cause}")]
     Photo {
         /// Product.
         sku: String,
         /// File.
         path: String,
         /// Decoder error.
-        source: image::ImageError,
+        cause: image::ImageError,
     },
     /// A catalog with nothing to look for.
     #[error(
@@ -47,7 +47,13 @@ pub enum RecognizerError {
     EmptyIndex(String),
     /// candle failed (shapes, weights of the wrong shape...).
     #[error("model: {0}")]
-    Model(#[from] candle_core::Error),
+    Model(candle_core::Error),
+}
+
+impl From<candle_core::Error> for RecognizerError {
+    fn from(e: candle_core::Error) -> Self {
+        RecognizerError::Model(e)
+    }
 }
 
 /// The backbone plus the catalog index.
@@ -83,9 +89,9 @@ pub fn device() -> Device {
 
 /// Loads the weights file into the backbone.
 pub fn load_model(path: &Path, device: &Device) -> Result<EfficientNetLite0, RecognizerError> {
-    let bytes = std::fs::read(path).map_err(|source| RecognizerError::Weights {
+    let bytes = std::fs::read(path).map_err(|cause| RecognizerError::Weights {
         path: path.display().to_string(),
-        source,
+        cause,
     })?;
     let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)?;
     Ok(EfficientNetLite0::load(vb, &LiteConfig::default())?)
@@ -133,11 +139,11 @@ impl Recognizer {
         let mut refs = Vec::new();
         for product in &catalog.products {
             for path in catalog.image_paths(product) {
-                let rgb = photo_to_rgb(&path, REFERENCE_SIDE).map_err(|source| {
+                let rgb = photo_to_rgb(&path, REFERENCE_SIDE).map_err(|cause| {
                     RecognizerError::Photo {
                         sku: product.sku.clone(),
                         path: path.display().to_string(),
-                        source,
+                        cause,
                     }
                 })?;
                 let side = REFERENCE_SIDE as usize;

@@ -36,6 +36,17 @@ fn time_ms(model: &EfficientNetLite0, x: &Tensor, warmup: usize, runs: usize) ->
 }
 
 fn main() {
+    // `cargo test --all-targets` runs this too, without `--bench`: one pass as a smoke test
+    if !std::env::args().any(|a| a == "--bench") {
+        let vb = VarBuilder::from_buffered_safetensors(weights(), DType::F32, &Device::Cpu)
+            .expect("safetensors");
+        let model = EfficientNetLite0::load(vb, &LiteConfig::default()).expect("load");
+        let x = Tensor::zeros((1, 3, 224, 384), DType::F32, &Device::Cpu).expect("input");
+        let f = model.features(&x).expect("forward");
+        assert_eq!(f.dims(), &[1, 1280, 7, 12]);
+        println!("forward bench: smoke run passed (timings: make bench)");
+        return;
+    }
     let device = Device::Cpu;
     let bytes = weights();
     let load = |fused| {

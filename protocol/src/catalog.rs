@@ -53,20 +53,20 @@ pub struct Catalog {
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, not the error chain, so `{:#}` prints it once).
+        cause: std::io::Error,
     },
     /// Not valid TOML or not the catalog's shape (the message has line and column).
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Parse {
         /// The file.
         path: PathBuf,
         /// The TOML error.
-        source: toml::de::Error,
+        cause: toml::de::Error,
     },
     /// A product with a bad value.
     #[error("{path}: product #{index} ({sku:?}): field `{field}`: {reason}")]
@@ -89,18 +89,18 @@ impl Catalog {
     /// decoding them is the reader's job.
     pub fn load(dir: &Path) -> Result<Self, CatalogError> {
         let path = dir.join(CATALOG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| CatalogError::Read {
+        let text = std::fs::read_to_string(&path).map_err(|cause| CatalogError::Read {
             path: path.clone(),
-            source,
+            cause,
         })?;
         Self::parse(dir, &path, &text)
     }
 
     /// Parses catalog text; `dir` resolves image paths, `path` is only for messages.
     pub fn parse(dir: &Path, path: &Path, text: &str) -> Result<Self, CatalogError> {
-        let file: CatalogFile = toml::from_str(text).map_err(|source| CatalogError::Parse {
+        let file: CatalogFile = toml::from_str(text).map_err(|cause| CatalogError::Parse {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         let mut seen = HashSet::new();
         for (i, p) in file.product.iter().enumerate() {

@@ -83,7 +83,7 @@ pub enum DecodeError {
     TooLarge(usize),
     /// Not JSON of the right shape; serde's message names the field, line and column.
     #[error("malformed payload: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     /// JSON of the right shape with a value out of range.
     #[error("field `{field}`: {reason}")]
     Invalid {
@@ -92,6 +92,12 @@ pub enum DecodeError {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+impl From<serde_json::Error> for DecodeError {
+    fn from(e: serde_json::Error) -> Self {
+        DecodeError::Json(e)
+    }
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> DecodeError {

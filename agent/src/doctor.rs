@@ -1,0 +1,272 @@
+//! `spotter-agent doctor`: checks what a studio needs before going live and says what to fix.
+//!
+//! Each check is independent and reports `ok`, `warn` or `FAIL` with a one-line reason; the
+//! command fails if any check fails. Nothing here changes state.
+
+use std::net::ToSocketAddrs;
+use std::time::Duration;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
+use crate::config::{AgentConfig, Source, Upload};
+
+/// How a check went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Fine.
+    Ok,
+    /// Works, but worth a look.
+    Warn,
+    /// Will not work: fix before going live.
+    Fail,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// What was checked.
+    pub name: &'static str,
+    /// How it went.
+    pub verdict: Verdict,
+    /// Why, and what to do.
+    pub detail: String,
+}
+
+fn check(name: &'static str, verdict: Verdict, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        verdict,
+        detail: detail.into(),
+    }
+}
+
+/// GStreamer elements the configuration needs, with the Debian package that has each.
+fn needed_elements(cfg: &AgentConfig) -> Vec<(&'static str, &'static str)> {
+    let mut v = vec![
+        ("videoconvert", "gstreamer1.0-plugins-base"),
+        ("videoscale", "gstreamer1.0-plugins-base"),
+        ("videorate", "gstreamer1.0-plugins-base"),
+        ("appsink", "gstreamer1.0-plugins-base"),
+        ("tee", "libgstreamer1.0-0"),
+        ("queue", "libgstreamer1.0-0"),
+    ];
+    match cfg.source {
+        Source::Test => v.push(("videotestsrc", "gstreamer1.0-plugins-base")),
+        Source::Uri { .. } => {
+            v.push(("uridecodebin", "gstreamer1.0-plugins-base"));
+            v.push(("avdec_h264", "gstreamer1.0-libav"));
+        }
+        Source::V4l2 { .. } => v.push(("v4l2src", "gstreamer1.0-plugins-good")),
+    }
+    if let Upload::Hls { .. } = cfg.upload {
+        v.push(("x264enc", "gstreamer1.0-plugins-ugly"));
+        v.push(("h264parse", "gstreamer1.0-plugins-bad"));
+        v.push(("hlssink2", "gstreamer1.0-plugins-bad"));
+    }
+    v
+}
+
+fn check_elements(cfg: &AgentConfig) -> Check {
+    if let Err(e) = gst::init() {
+        return check(
+            "gstreamer",
+            Verdict::Fail,
+            format!("cannot initialise GStreamer: {e}"),
+        );
+    }
+    let missing: Vec<String> = needed_elements(cfg)
+        .into_iter()
+        .filter(|(name, _)| gst::ElementFactory::find(name).is_none())
+        .map(|(name, pkg)| format!("{name} (apt-get install {pkg})"))
+        .collect();
+    if missing.is_empty() {
+        let (major, minor, micro, _) = gst::version();
+        check(
+            "gstreamer",
+            Verdict::Ok,
+            format!("GStreamer {major}.{minor}.{micro}, every element present"),
+        )
+    } else {
+        check(
+            "gstreamer",
+            Verdict::Fail,
+            format!("missing: {}", missing.join(", ")),
+        )
+    }
+}
+
+fn check_source(cfg: &AgentConfig) -> Check {
+    let launch = match &cfg.source {
+        Source::Test => return check("source", Verdict::Ok, "test pattern"),
+        Source::Uri { uri, .. } => format!("uridecodebin uri=\"{uri}\" ! fakesink"),
+        Source::V4l2 { device } => format!(
+            "v4l2src device=\"{}\" num-buffers=1 ! fakesink",
+            device.display()
+        ),
+    };
+    let pipeline = match gst::parse::launch(&launch) {
+        Ok(p) => p,
+        Err(e) => {
+            return check(
+                "source",
+                Verdict::Fail,
+                format!("cannot build a pipeline for it: {e}"),
+            )
+        }
+    };
+    let _ = pipeline.set_state(gst::State::Paused);
+    let (result, state, _) = pipeline.state(gst::ClockTime::from_seconds(10));
+    let bus_error = pipeline.bus().and_then(|bus| {
+        bus.pop_filtered(&[gst::MessageType::Error])
+            .and_then(|m| match m.view() {
+                gst::MessageView::Error(e) => Some(e.error().to_string()),
+                _ => None,
+            })
+    });
+    let _ = pipeline.set_state(gst::State::Null);
+    match (result, bus_error) {
+        (_, Some(err)) => check(
+            "source",
+            Verdict::Fail,
+            format!("{launch:?} does not open: {err}"),
+        ),
+        (Ok(_), None) if state >= gst::State::Paused => {
+            check("source", Verdict::Ok, "opens and delivers video")
+        }
+        _ => check(
+            "source",
+            Verdict::Fail,
+            "did not deliver a frame within 10 s",
+        ),
+    }
+}
+
+fn check_model_and_catalog(cfg: &AgentConfig) -> Vec<Check> {
+    let mut out = Vec::new();
+    let catalog = match spotter_protocol::Catalog::load(&cfg.analysis.catalog) {
+        Ok(c) => {
+            let photos: usize = c.products.iter().map(|p| p.images.len()).sum();
+            out.push(check(
+                "catalog",
+                Verdict::Ok,
+                format!("{} products, {photos} photos", c.products.len()),
+            ));
+            Some(c)
+        }
+        Err(e) => {
+            out.push(check("catalog", Verdict::Fail, e.to_string()));
+            None
+        }
+    };
+    let device = crate::recognizer::device();
+    match crate::recognizer::load_model(&cfg.analysis.model, &device) {
+        Ok(_) => out.push(check(
+            "model",
+            Verdict::Ok,
+            format!("{} loads on {device:?}", cfg.analysis.model.display()),
+        )),
+        Err(e) => out.push(check("model", Verdict::Fail, e.to_string())),
+    }
+    if let Some(c) = catalog {
+        let w = cfg.analysis.width as usize;
+        let h = cfg.analysis.height as usize;
+        match crate::recognizer::Recognizer::load(&cfg.analysis.model, &c, w, h) {
+            Ok(r) => {
+                let frame = vec![127u8; w * h * 3];
+                match r
+                    .recognise(&frame, w * 3)
+                    .and_then(|_| r.recognise(&frame, w * 3))
+                {
+                    Ok(rec) => {
+                        let fps = 1000.0 / f64::from(rec.inference_ms.max(0.001));
+                        let verdict = if fps >= cfg.analysis.fps {
+                            Verdict::Ok
+                        } else {
+                            Verdict::Warn
+                        };
+                        out.push(check(
+                            "inference",
+                            verdict,
+                            format!(
+                                "{:.0} ms a frame at {w}x{h} (up to {fps:.1} frames/s; configured {})",
+                                rec.inference_ms, cfg.analysis.fps
+                            ),
+                        ));
+                    }
+                    Err(e) => out.push(check("inference", Verdict::Fail, e.to_string())),
+                }
+            }
+            Err(e) => out.push(check("inference", Verdict::Fail, e.to_string())),
+        }
+    }
+    out
+}
+
+fn check_broker(cfg: &AgentConfig) -> Check {
+    let addr = format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port);
+    let resolved = match addr.to_socket_addrs() {
+        Ok(mut a) => a.next(),
+        Err(e) => {
+            return check(
+                "broker",
+                Verdict::Fail,
+                format!("cannot resolve {addr}: {e}"),
+            )
+        }
+    };
+    let Some(sock) = resolved else {
+        return check(
+            "broker",
+            Verdict::Fail,
+            format!("{addr} resolves to nothing"),
+        );
+    };
+    match std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(5)) {
+        Ok(_) => check("broker", Verdict::Ok, format!("{addr} accepts connections")),
+        Err(e) => check(
+            "broker",
+            Verdict::Fail,
+            format!("{addr}: {e}: is the broker (or the bridge's embedded one) running?"),
+        ),
+    }
+}
+
+fn check_clock() -> Check {
+    let out = std::process::Command::new("timedatectl")
+        .args(["show", "--property=NTPSynchronized", "--value"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "yes" => {
+            check("clock", Verdict::Ok, "synchronised (NTP)")
+        }
+        Ok(o) if o.status.success() => check(
+            "clock",
+            Verdict::Warn,
+            "not synchronised: capture times on events will drift from the video; enable systemd-timesyncd or chrony",
+        ),
+        _ => check("clock", Verdict::Warn, "cannot tell (no timedatectl): make sure NTP runs"),
+    }
+}
+
+/// Runs every check.
+pub fn run_checks(cfg: &AgentConfig) -> Vec<Check> {
+    let mut checks = vec![check_elements(cfg), check_source(cfg)];
+    checks.extend(check_model_and_catalog(cfg));
+    checks.push(check_broker(cfg));
+    checks.push(check_clock());
+    checks
+}
+
+/// Writes the report; returns whether nothing failed.
+pub fn report(checks: &[Check], out: &mut dyn std::io::Write) -> std::io::Result<bool> {
+    for c in checks {
+        let tag = match c.verdict {
+            Verdict::Ok => "  ok ",
+            Verdict::Warn => " warn",
+            Verdict::Fail => " FAIL",
+        };
+        writeln!(out, "{tag}  {:<10} {}", c.name, c.detail)?;
+    }
+    Ok(checks.iter().all(|c| c.verdict != Verdict::Fail))
+}

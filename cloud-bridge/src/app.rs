@@ -1,0 +1,214 @@
+//! Wiring: catalog, embedded broker, subscriber, hubs and HTTP server, started together and
+//! stopped together on one cancellation token.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use spotter_protocol::Catalog;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::broker;
+use crate::config::BridgeConfig;
+use crate::http::{router, AppState};
+use crate::hub::Hubs;
+use crate::metrics::Metrics;
+use crate::mqtt::{subscriber, Ingest};
+use crate::shelf::Shelf;
+
+/// How long shutdown waits for connections and tasks to finish.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long start-up waits for the subscription before serving HTTP anyway.
+pub const STARTUP_SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
+
+/// Sent once the bridge serves HTTP and is subscribed to the broker.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// Where the HTTP server listens (the real port when `http.listen` had port 0).
+    pub http: SocketAddr,
+}
+
+/// What `validate` reports.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Products in the catalog.
+    pub products: usize,
+    /// Distinct card images.
+    pub images: usize,
+}
+
+/// Loads the catalog and hashes its images, as `run` does at start.
+pub fn load_shelf(dir: &Path) -> anyhow::Result<Shelf> {
+    // The catalog's errors repeat their cause in their message: format once, no chain.
+    let catalog =
+        Catalog::load(dir).map_err(|e| anyhow!("cannot load the catalog (catalog.dir): {e}"))?;
+    Shelf::build(&catalog).map_err(|e| anyhow!("cannot prepare the catalog's images: {e}"))
+}
+
+/// Checks everything `run` would load, without starting anything.
+pub fn check(config: &BridgeConfig) -> anyhow::Result<Summary> {
+    let shelf = load_shelf(&config.catalog_dir)?;
+    for s in &config.streams {
+        if s.video_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("/hls/"))
+            && config.web.hls_dir.is_none()
+        {
+            warn!(studio = %s.studio, stream = %s.stream, "video_url points at /hls/ but web.hls_dir is not set");
+        }
+    }
+    Ok(Summary {
+        products: shelf.len(),
+        images: shelf.image_count(),
+    })
+}
+
+/// Runs the bridge until `shutdown` is cancelled (or a component fails).
+pub async fn run(config: BridgeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    serve(config, shutdown, None).await
+}
+
+/// Like [`run`], and says on `ready` when it serves HTTP and is subscribed to the broker.
+pub async fn run_with_ready(
+    config: BridgeConfig,
+    shutdown: CancellationToken,
+    ready: oneshot::Sender<Ready>,
+) -> anyhow::Result<()> {
+    serve(config, shutdown, Some(ready)).await
+}
+
+async fn serve(
+    config: BridgeConfig,
+    shutdown: CancellationToken,
+    mut ready: Option<oneshot::Sender<Ready>>,
+) -> anyhow::Result<()> {
+    let dir = config.catalog_dir.clone();
+    let shelf = tokio::task::spawn_blocking(move || load_shelf(&dir))
+        .await
+        .context("catalog loading task failed")??;
+    info!(
+        dir = %config.catalog_dir.display(),
+        products = shelf.len(),
+        images = shelf.image_count(),
+        "catalog loaded"
+    );
+    let shelf = Arc::new(shelf);
+
+    if let Some(addr) = config.mqtt.embedded {
+        broker::start(addr).await?;
+    }
+
+    let listener = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for HTTP on {}: set http.listen to a free address",
+                config.http.listen
+            )
+        })?;
+    let http = listener
+        .local_addr()
+        .context("cannot read the HTTP listener's address")?;
+
+    let metrics = Arc::new(Metrics::default());
+    let hubs = Arc::new(Hubs::new(&config.streams, &config.viewer));
+    let tracker = TaskTracker::new();
+
+    let (subscribed_tx, mut subscribed) = watch::channel(false);
+    tracker.spawn(subscriber::run(
+        config.mqtt.clone(),
+        Ingest::new(hubs.clone(), shelf.clone(), metrics.clone()),
+        metrics.clone(),
+        subscribed_tx,
+        shutdown.clone(),
+    ));
+
+    // With a broker that answers, start serving once subscribed, so that a healthy bridge is one
+    // that receives events; with one that does not, serve anyway after a while (viewers still get
+    // the page, and the subscriber keeps retrying).
+    let subscribe_wait = tokio::time::timeout(STARTUP_SUBSCRIBE_WAIT, subscribed.wait_for(|s| *s));
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        waited = subscribe_wait => {
+            if !matches!(waited, Ok(Ok(_))) {
+                warn!(
+                    broker = %config.mqtt.broker,
+                    waited_s = STARTUP_SUBSCRIBE_WAIT.as_secs(),
+                    "not subscribed to the broker yet, serving viewers anyway"
+                );
+            }
+        }
+    }
+
+    let app = router(AppState {
+        hubs: hubs.clone(),
+        shelf,
+        metrics,
+        web: Arc::new(config.web.clone()),
+        viewer: config.viewer,
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+    });
+    let stop_serving = shutdown.clone();
+    let mut server = tracker.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop_serving.cancelled().await })
+            .await
+    });
+    for hub in hubs.all() {
+        let c = &hub.config;
+        info!(
+            studio = %c.studio,
+            stream = %c.stream,
+            epoch = %hub.epoch(),
+            "viewer page at http://{http}/watch/{}/{}",
+            c.studio,
+            c.stream
+        );
+    }
+    info!(%http, metrics = %format!("http://{http}/metrics"), "bridge serving");
+
+    let outcome = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            finished = &mut server => {
+                break match finished {
+                    Ok(Ok(())) => Err(anyhow!("the HTTP server stopped on its own")),
+                    Ok(Err(e)) => Err(anyhow!(e).context("the HTTP server failed")),
+                    Err(e) => Err(anyhow!(e).context("the HTTP server task failed")),
+                };
+            }
+            up = subscribed.wait_for(|s| *s), if ready.is_some() => {
+                if up.is_ok() {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(Ready { http });
+                    }
+                } else {
+                    ready = None;
+                }
+            }
+        }
+    };
+
+    info!("shutting down");
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            timeout_s = SHUTDOWN_TIMEOUT.as_secs(),
+            "some connections did not finish in time, stopping anyway"
+        );
+    }
+    info!("bridge stopped");
+    outcome
+}

@@ -1,0 +1,7 @@
+//! Per-stream hubs: the pure state machine and the shared, locked wrapper that fans out to viewers.
+
+pub mod fanout;
+pub mod state;
+
+pub use fanout::{Hub, Hubs, Joined};
+pub use state::{Applied, Frame, HubState, Join, JoinOutcome, Resume};

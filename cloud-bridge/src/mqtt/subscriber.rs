@@ -1,0 +1,126 @@
+//! The MQTT subscriber: a rumqttc event loop that subscribes on every connection and, when the
+//! broker goes away, waits a jittered exponential backoff before trying again (rumqttc alone would
+//! retry in a tight loop).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
+use spotter_protocol::topic::{Topic, TopicKind};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::ingest::Ingest;
+use crate::backoff::Backoff;
+use crate::config::MqttConfig;
+use crate::metrics::Metrics;
+
+/// First reconnect delay (before jitter).
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// Longest reconnect delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Largest packet accepted from the broker: well over any valid payload, so that oversize garbage
+/// is counted as malformed instead of failing the connection.
+pub const MAX_INCOMING_PACKET: usize = 256 * 1024;
+
+/// The subscriptions: every stream's events and on-screen snapshots.
+pub fn filters() -> Vec<SubscribeFilter> {
+    [TopicKind::Events, TopicKind::OnScreen]
+        .into_iter()
+        .map(|k| SubscribeFilter::new(Topic::filter_all(k), QoS::AtLeastOnce))
+        .collect()
+}
+
+/// Runs until `shutdown`; `subscribed` is true while the subscription is in place.
+pub async fn run(
+    config: MqttConfig,
+    ingest: Ingest,
+    metrics: Arc<Metrics>,
+    subscribed: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    let broker = config.broker.to_string();
+    let mut options = MqttOptions::new(
+        config.client_id.clone(),
+        config.broker.host.clone(),
+        config.broker.port,
+    );
+    options
+        .set_keep_alive(config.keepalive)
+        // Stateless: what was missed while away is recovered from the retained on-screen topic.
+        .set_clean_session(true)
+        .set_max_packet_size(MAX_INCOMING_PACKET, 16 * 1024);
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_MAX);
+    let set_connected = |up: bool| {
+        metrics
+            .mqtt_connected
+            .store(i64::from(up), Ordering::Relaxed);
+        subscribed.send_replace(up);
+    };
+    info!(%broker, client_id = %config.client_id, "connecting to broker");
+
+    loop {
+        let polled = tokio::select! {
+            () = shutdown.cancelled() => break,
+            polled = eventloop.poll() => polled,
+        };
+        match polled {
+            Ok(Event::Incoming(Packet::Publish(p))) => ingest.handle(&p.topic, &p.payload),
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                info!(%broker, "connected to broker, subscribing");
+                if let Err(e) = client.try_subscribe_many(filters()) {
+                    error!(%broker, error = %e, "could not queue the subscription");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                {
+                    error!(%broker, "broker refused the subscription: check its ACL for spotter/v1/+/+/events and spotter/v1/+/+/onscreen");
+                } else {
+                    backoff.reset();
+                    set_connected(true);
+                    info!(
+                        %broker,
+                        events = %Topic::filter_all(TopicKind::Events),
+                        onscreen = %Topic::filter_all(TopicKind::OnScreen),
+                        "subscribed"
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                set_connected(false);
+                Metrics::inc(&metrics.mqtt_connection_errors);
+                let delay = backoff.next_delay(fastrand::f64());
+                warn!(
+                    %broker,
+                    error = %e,
+                    attempt = backoff.attempts(),
+                    retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "broker connection failed, retrying after backoff"
+                );
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+
+    set_connected(false);
+    // Say goodbye so the broker drops the session now; bounded, the broker may be gone.
+    if client.try_disconnect().is_ok() {
+        // Until the broker closes the connection in answer to DISCONNECT.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while eventloop.poll().await.is_ok() {}
+        })
+        .await;
+    }
+    info!(%broker, "disconnected from broker");
+}

@@ -1,0 +1,569 @@
+//! Component test: the whole bridge in-process on free loopback ports with its embedded broker,
+//! fed by a real MQTT client and watched by real WebSocket and HTTP clients.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use spotter_bridge::{run_with_ready, BridgeConfig};
+use spotter_protocol::status::{OnScreen, OnScreenProduct};
+use spotter_protocol::viewer::{Card, ServerMessage};
+use spotter_protocol::{BBox, EventType, ProductEvent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A 1x1 PNG.
+const PNG: &[u8] = &[
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
+    0x89, 0x00, 0x00, 0x00, 0x0A, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0x00, 0x01, 0x00, 0x00,
+    0x05, 0x00, 0x01, 0x0D, 0x0A, 0x2D, 0xB4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E, 0x44, 0xAE,
+    0x42, 0x60, 0x82,
+];
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+fn write_catalog(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(dir.join("mug.png"), PNG).expect("write png");
+    std::fs::write(
+        dir.join("catalog.toml"),
+        r#"
+[[product]]
+sku = "MUG-001"
+name = "Enamel camp mug"
+price = "14.00"
+currency = "USD"
+url = "https://shop.example/mug-001"
+images = ["mug.png"]
+"#,
+    )
+    .expect("write catalog");
+}
+
+fn event(kind: EventType, event_id: &str, seq: u64, sku: &str) -> Vec<u8> {
+    ProductEvent {
+        v: 1,
+        kind,
+        event_id: event_id.into(),
+        seq,
+        sku: sku.into(),
+        score: 0.875,
+        bbox: BBox([0.25, 0.125, 0.75, 0.875]),
+        captured_at_ms: 1_764_072_000_000 + seq,
+        pts_ms: seq * 40,
+    }
+    .encode()
+}
+
+/// A minimal HTTP/1.1 GET: status, headers (lowercased names), body.
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+async fn ws_connect(addr: SocketAddr, query: &str) -> Ws {
+    let url = format!("ws://{addr}/ws/demo/main{query}");
+    let (ws, _) = timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("ws connect in time")
+        .expect("ws connect");
+    ws
+}
+
+/// The next text frame as a ServerMessage (skipping pings).
+async fn next_message(ws: &mut Ws) -> ServerMessage {
+    loop {
+        let msg = timeout(WAIT, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("socket open")
+            .expect("frame");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("a ServerMessage"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+fn hello(msg: ServerMessage) -> (String, u64, bool, Vec<Card>) {
+    match msg {
+        ServerMessage::Hello {
+            protocol,
+            epoch,
+            offset,
+            resync,
+            onscreen,
+        } => {
+            assert_eq!(protocol, 1);
+            (epoch, offset, resync, onscreen)
+        }
+        other => panic!("expected hello, got {other:?}"),
+    }
+}
+
+fn event_msg(msg: ServerMessage) -> (u64, Card) {
+    match msg {
+        ServerMessage::Event { offset, card } => (offset, card),
+        other => panic!("expected event, got {other:?}"),
+    }
+}
+
+/// The value of one metrics sample line (`name{labels}`), or 0 if absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls `/metrics` until `series` reaches `want` (a bounded wait for a counter updated just
+/// after the frame the test already saw).
+async fn metric_reaches(addr: SocketAddr, series: &str, want: f64) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, _, body) = http_get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        let text = String::from_utf8(body).expect("utf8");
+        if sample(&text, series) == want {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} never reached {want}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An MQTT client whose event loop runs in the background.
+fn mqtt_client(port: u16, id: &str) -> (AsyncClient, tokio::task::JoinHandle<()>) {
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_max_packet_size(64 * 1024, 64 * 1024);
+    let (client, mut eventloop) = AsyncClient::new(opts, 32);
+    let task = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    (client, task)
+}
+
+struct Running {
+    _dir: tempfile::TempDir,
+    http: SocketAddr,
+    broker_port: u16,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off")),
+        )
+        .try_init();
+}
+
+/// Starts the bridge with its embedded broker on free loopback ports and waits until it is
+/// serving and subscribed.
+async fn start_bridge(queue: usize, history: usize) -> Running {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_catalog(&dir.path().join("catalog"));
+    let broker_port = free_port();
+    let toml = format!(
+        r#"
+[http]
+listen = "127.0.0.1:0"
+[mqtt]
+embedded = true
+embedded_listen = "127.0.0.1:{broker_port}"
+client_id = "bridge-under-test"
+[catalog]
+dir = "catalog"
+[[stream]]
+studio = "demo"
+stream = "main"
+video_url = "/hls/index.m3u8"
+[viewer]
+queue = {queue}
+max_message_bytes = 4096
+history = {history}
+"#
+    );
+    let config = BridgeConfig::from_toml(&toml, dir.path()).expect("config");
+    let shutdown = CancellationToken::new();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let task = tokio::spawn(run_with_ready(config, shutdown.clone(), ready_tx));
+    let ready = timeout(WAIT, ready_rx)
+        .await
+        .expect("bridge ready in time")
+        .expect("bridge started");
+    Running {
+        _dir: dir,
+        http: ready.http,
+        broker_port,
+        shutdown,
+        task,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_viewers_enriched_once_and_garbage_is_counted() {
+    let bridge = start_bridge(64, 16).await;
+    let (http, broker_port) = (bridge.http, bridge.broker_port);
+
+    // A viewer joins before anything happened.
+    let mut viewer = ws_connect(http, "").await;
+    let (epoch, first_offset, resync, onscreen) = hello(next_message(&mut viewer).await);
+    assert!(!resync);
+    assert!(onscreen.is_empty());
+
+    // Garbage, refused events, a valid event, its redelivery, and a follow-up.
+    let (agent, agent_loop) = mqtt_client(broker_port, "test-agent");
+    let events = "spotter/v1/demo/main/events";
+    let publish = |topic: &str, payload: Vec<u8>| {
+        let (agent, topic) = (agent.clone(), topic.to_owned());
+        async move {
+            agent
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .expect("queued");
+        }
+    };
+    publish(events, b"not json at all".to_vec()).await;
+    publish(events, br#"{"v":1,"type":"new"}"#.to_vec()).await;
+    publish(events, vec![b'x'; 5000]).await;
+    publish(events, event(EventType::New, "e-0", 1, "NOT-IN-CATALOG")).await;
+    publish(
+        "spotter/v1/elsewhere/main/events",
+        event(EventType::New, "e-0", 1, "MUG-001"),
+    )
+    .await;
+    publish(events, event(EventType::New, "e-1", 2, "MUG-001")).await;
+    publish(events, event(EventType::New, "e-1", 2, "MUG-001")).await;
+    publish(events, event(EventType::Update, "e-1", 3, "MUG-001")).await;
+
+    let (offset, card) = event_msg(next_message(&mut viewer).await);
+    assert_eq!(offset, first_offset);
+    assert_eq!(
+        (card.kind, card.event_id.as_str(), card.seq),
+        (EventType::New, "e-1", 2)
+    );
+    assert_eq!(card.product.name, "Enamel camp mug");
+    assert_eq!(card.product.price, "14.00");
+    assert_eq!(card.product.currency, "USD");
+    assert_eq!(card.bbox, BBox([0.25, 0.125, 0.75, 0.875]));
+    // The redelivery is not shown: the next frame is the update.
+    let (offset2, card2) = event_msg(next_message(&mut viewer).await);
+    assert_eq!(offset2, first_offset + 1);
+    assert_eq!((card2.kind, card2.seq), (EventType::Update, 3));
+
+    // The card's image is served under its content hash, cacheable forever.
+    let image = card.product.image.clone().expect("card image");
+    assert!(
+        image.starts_with("/img/") && image.ends_with("/mug.png"),
+        "{image}"
+    );
+    let (status, headers, body) = http_get(http, &image).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, PNG);
+    assert_eq!(header(&headers, "content-type"), Some("image/png"));
+    assert_eq!(
+        header(&headers, "cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+
+    // Garbage and refusals were counted, and the bridge is still up.
+    let text = metric_reaches(http, "spotter_bridge_events_accepted_total", 2.0).await;
+    let m = |series: &str| sample(&text, series);
+    assert_eq!(
+        m(r#"spotter_bridge_events_malformed_total{kind="events",reason="json"}"#),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        m(r#"spotter_bridge_events_malformed_total{kind="events",reason="too_large"}"#),
+        1.0
+    );
+    assert_eq!(
+        m(r#"spotter_bridge_events_rejected_total{kind="events",reason="unknown_sku"}"#),
+        1.0
+    );
+    assert_eq!(
+        m(r#"spotter_bridge_events_rejected_total{kind="events",reason="unknown_stream"}"#),
+        1.0
+    );
+    assert_eq!(m("spotter_bridge_events_duplicate_total"), 1.0);
+    assert_eq!(m("spotter_bridge_events_received_total"), 8.0);
+    assert_eq!(m("spotter_bridge_viewers_connected"), 1.0);
+    assert_eq!(m("spotter_bridge_mqtt_connected"), 1.0);
+    let (status, _, body) = http_get(http, "/healthz").await;
+    assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()));
+    let (status, _, body) = http_get(http, "/api/streams/demo/main").await;
+    assert_eq!(status, 200);
+    let info: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(info["video_url"], "/hls/index.m3u8");
+
+    // A viewer reconnecting from the first offset gets what it missed, in order.
+    let mut back = ws_connect(http, &format!("?epoch={epoch}&offset={first_offset}")).await;
+    let (_, offset, resync, onscreen) = hello(next_message(&mut back).await);
+    assert_eq!((offset, resync), (first_offset, false));
+    assert_eq!(onscreen.len(), 1);
+    assert_eq!((onscreen[0].event_id.as_str(), onscreen[0].seq), ("e-1", 3));
+    assert_eq!(event_msg(next_message(&mut back).await).1.seq, 2);
+    assert_eq!(event_msg(next_message(&mut back).await).1.seq, 3);
+    // One from another epoch is told to resync.
+    let mut stale = ws_connect(http, "?epoch=not-this-one&offset=0").await;
+    let (_, _, resync, onscreen) = hello(next_message(&mut stale).await);
+    assert!(resync);
+    assert_eq!(onscreen.len(), 1);
+
+    // An oversize client frame gets an error, then a policy-violation close.
+    let mut rude = ws_connect(http, "").await;
+    hello(next_message(&mut rude).await);
+    rude.send(Message::Text("x".repeat(5000).into()))
+        .await
+        .expect("send");
+    match next_message(&mut rude).await {
+        ServerMessage::Error { message } => assert!(
+            message.contains("too long") || message.contains("limit"),
+            "{message}"
+        ),
+        other => panic!("expected error, got {other:?}"),
+    }
+    let close = timeout(WAIT, rude.next()).await.expect("close in time");
+    match close {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1008),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    // Garbage from a client: error and close, the other viewers are unaffected.
+    let mut garbled = ws_connect(http, "").await;
+    hello(next_message(&mut garbled).await);
+    garbled
+        .send(Message::Text("{nope".into()))
+        .await
+        .expect("send");
+    assert!(matches!(
+        next_message(&mut garbled).await,
+        ServerMessage::Error { .. }
+    ));
+
+    // A retained on-screen snapshot newer than any event reconciles what viewers see...
+    let snapshot = OnScreen {
+        v: 1,
+        seq: 100,
+        products: vec![OnScreenProduct {
+            event_id: "e-9".into(),
+            sku: "MUG-001".into(),
+            score: 0.9,
+            bbox: BBox::FULL,
+            since_ms: 1_764_072_000_500,
+        }],
+    };
+    agent
+        .publish(
+            "spotter/v1/demo/main/onscreen",
+            QoS::AtLeastOnce,
+            true,
+            snapshot.encode(),
+        )
+        .await
+        .expect("queued");
+    let (_, ended) = event_msg(next_message(&mut viewer).await);
+    assert_eq!(
+        (ended.kind, ended.event_id.as_str()),
+        (EventType::End, "e-1")
+    );
+    let (_, arrived) = event_msg(next_message(&mut viewer).await);
+    assert_eq!(
+        (arrived.kind, arrived.event_id.as_str()),
+        (EventType::New, "e-9")
+    );
+
+    // ...and the embedded broker kept it for late subscribers.
+    let mut opts = MqttOptions::new("late-subscriber", "127.0.0.1", broker_port);
+    opts.set_max_packet_size(64 * 1024, 64 * 1024);
+    let (late, mut late_loop) = AsyncClient::new(opts, 8);
+    late.subscribe("spotter/v1/demo/main/onscreen", QoS::AtLeastOnce)
+        .await
+        .expect("queued");
+    let retained = timeout(WAIT, async {
+        loop {
+            if let Event::Incoming(Packet::Publish(p)) = late_loop.poll().await.expect("poll") {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("retained message in time");
+    assert!(retained.retain);
+    assert_eq!(
+        OnScreen::decode(&retained.payload).expect("onscreen"),
+        snapshot
+    );
+
+    // Shutdown: viewers are told the bridge is going away and run() returns cleanly.
+    bridge.shutdown.cancel();
+    let result = timeout(WAIT, bridge.task)
+        .await
+        .expect("stops in time")
+        .expect("task");
+    result.expect("clean shutdown");
+    loop {
+        match timeout(WAIT, viewer.next()).await.expect("close in time") {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(u16::from(frame.code), 1001);
+                break;
+            }
+            Some(Ok(Message::Text(_) | Message::Ping(_))) => continue,
+            other => panic!("expected a going-away close, got {other:?}"),
+        }
+    }
+    agent_loop.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_stops_reading_is_dropped_and_never_slows_the_others() {
+    let bridge = start_bridge(64, 16).await;
+    let http = bridge.http;
+    let mut good = ws_connect(http, "").await;
+    hello(next_message(&mut good).await);
+
+    // The slow viewer reads nothing, through a small receive buffer so that its socket fills
+    // after a few dozen kilobytes rather than megabytes.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let stream = socket.connect(http).await.expect("connect");
+    let (mut slow, _) =
+        tokio_tungstenite::client_async(format!("ws://{http}/ws/demo/main"), stream)
+            .await
+            .expect("ws handshake");
+
+    let (agent, agent_loop) = mqtt_client(bridge.broker_port, "test-agent");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut seq = 0u64;
+    let mut next_offset = None;
+    let dropped = loop {
+        // A round well within the queue, then the good viewer must have all of it.
+        for _ in 0..32 {
+            seq += 1;
+            let kind = if seq % 2 == 1 {
+                EventType::New
+            } else {
+                EventType::End
+            };
+            let payload = event(kind, &format!("e-{}", seq.div_ceil(2)), seq, "MUG-001");
+            agent
+                .publish(
+                    "spotter/v1/demo/main/events",
+                    QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .await
+                .expect("queued");
+        }
+        for _ in 0..32 {
+            let (offset, _) = event_msg(next_message(&mut good).await);
+            if let Some(want) = next_offset {
+                assert_eq!(offset, want, "the good viewer missed nothing");
+            }
+            next_offset = Some(offset + 1);
+        }
+        let (_, _, body) = http_get(http, "/metrics").await;
+        let text = String::from_utf8(body).expect("utf8");
+        if sample(&text, "spotter_bridge_viewers_dropped_slow_total") >= 1.0 {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow viewer was never dropped after {seq} events:\n{text}"
+        );
+    };
+    assert_eq!(
+        sample(&dropped, "spotter_bridge_viewers_dropped_slow_total"),
+        1.0
+    );
+
+    // The slow viewer's connection ends (after what was already in flight), it does not hang.
+    let ended = timeout(WAIT, async {
+        loop {
+            match slow.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the slow viewer's connection ends");
+    if let Some(code) = ended {
+        assert_eq!(code, 1013, "try again later");
+    }
+    // The good one is still live.
+    seq += 1;
+    agent
+        .publish(
+            "spotter/v1/demo/main/events",
+            QoS::AtLeastOnce,
+            false,
+            event(EventType::New, "last", seq, "MUG-001"),
+        )
+        .await
+        .expect("queued");
+    let (_, card) = event_msg(next_message(&mut good).await);
+    assert_eq!(card.event_id, "last");
+
+    bridge.shutdown.cancel();
+    timeout(WAIT, bridge.task)
+        .await
+        .expect("stops in time")
+        .expect("task")
+        .expect("clean shutdown");
+    agent_loop.abort();
+}
