@@ -62,6 +62,9 @@ pub struct Pipeline {
     appsink: gst_app::AppSink,
     looping: bool,
     mode: Mode,
+    /// Where seeks go: the sink pad that the decoded video enters; a seek pushed upstream from it
+    /// reaches only the demuxer (a seek on the pipeline fans out to every sink and fails on some)
+    seek_pad: Option<gst::Pad>,
 }
 
 fn make(factory: &'static str, plugins: &'static str) -> Result<gst::Element, PipelineError> {
@@ -102,6 +105,7 @@ impl Pipeline {
         pipeline.add(&convert_in).map_err(setup_err)?;
 
         let mut looping = false;
+        let mut seek_pad = None;
         match source {
             Source::Test => {
                 let src = gst::ElementFactory::make("videotestsrc")
@@ -141,6 +145,7 @@ impl Pipeline {
                 let sink_pad = convert_in
                     .static_pad("sink")
                     .ok_or_else(|| setup_err("videoconvert has no sink pad"))?;
+                seek_pad = Some(sink_pad.clone());
                 src.connect_pad_added(move |_, pad| {
                     let is_video = pad
                         .current_caps()
@@ -267,14 +272,28 @@ impl Pipeline {
             appsink,
             looping,
             mode,
+            seek_pad,
         })
     }
 
-    /// Starts playing.
+    /// Starts playing. A looping source is first prerolled and given a flushing segment seek, so
+    /// that its end posts `SegmentDone` (answered by [`Pipeline::loop_seek`]) instead of EOS and
+    /// running time, hence every event's `pts_ms`, keeps increasing across loops.
     pub fn start(&self) -> Result<(), PipelineError> {
-        self.pipeline.set_state(gst::State::Playing).map_err(|_| {
-            PipelineError::Setup("the pipeline refused to start: see the error above".into())
-        })?;
+        let refused = || PipelineError::Setup("the pipeline refused to start: see the error above".into());
+        if self.looping {
+            self.pipeline.set_state(gst::State::Paused).map_err(|_| refused())?;
+            // the decoder's pad appears and negotiates asynchronously; seek once video flows
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while self.seek_pad.as_ref().is_some_and(|p| p.current_caps().is_none()) {
+                if std::time::Instant::now() > deadline {
+                    return Err(PipelineError::Setup("the source delivered no video within 30 s".into()));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.seek_to_start(gst::SeekFlags::FLUSH | gst::SeekFlags::SEGMENT)?;
+        }
+        self.pipeline.set_state(gst::State::Playing).map_err(|_| refused())?;
         Ok(())
     }
 
@@ -288,19 +307,29 @@ impl Pipeline {
         self.looping
     }
 
-    /// Seeks back to the start without flushing, for gapless looping (on `SegmentDone`, and once at
-    /// start so the first segment ends with `SegmentDone` instead of EOS).
+    /// Seeks back to the start without flushing, for gapless looping (on `SegmentDone`).
     pub fn loop_seek(&self) -> Result<(), PipelineError> {
-        self.pipeline
-            .seek(
-                1.0,
-                gst::SeekFlags::SEGMENT,
-                gst::SeekType::Set,
-                gst::ClockTime::ZERO,
-                gst::SeekType::None,
-                gst::ClockTime::NONE,
-            )
-            .map_err(setup_err)
+        self.seek_to_start(gst::SeekFlags::SEGMENT)
+    }
+
+    fn seek_to_start(&self, flags: gst::SeekFlags) -> Result<(), PipelineError> {
+        let pad = self
+            .seek_pad
+            .as_ref()
+            .ok_or_else(|| setup_err("only a file or URI source can loop"))?;
+        let seek = gst::event::Seek::new(
+            1.0,
+            flags,
+            gst::SeekType::Set,
+            gst::ClockTime::ZERO,
+            gst::SeekType::None,
+            gst::ClockTime::NONE,
+        );
+        if pad.push_event(seek) {
+            Ok(())
+        } else {
+            Err(setup_err("the source refused to seek back to its start: it cannot loop"))
+        }
     }
 
     /// Whether the analysis branch has reached the end of the stream.

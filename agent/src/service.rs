@@ -92,11 +92,6 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
 
     let mut messages = bus.stream();
     let mut outcome = Ok(());
-    if pipeline.looping() {
-        // the first seek must wait for preroll; it is repeated on every SegmentDone
-        tracing::debug!("looping the source");
-    }
-    let mut seeked = false;
     loop {
         use futures_util::StreamExt as _;
         let msg = tokio::select! {
@@ -121,10 +116,6 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
             }
             gst::MessageView::Warning(w) => {
                 tracing::warn!(warning = %w.error(), "pipeline warning");
-            }
-            gst::MessageView::AsyncDone(_) if pipeline.looping() && !seeked => {
-                seeked = true;
-                pipeline.loop_seek()?;
             }
             gst::MessageView::SegmentDone(_) if pipeline.looping() => {
                 tracing::debug!("source looped");
