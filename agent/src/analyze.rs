@@ -42,8 +42,12 @@ pub fn analyze(
 ) -> anyhow::Result<usize> {
     let uri = file_uri(&args.video)?;
     gstreamer::init().context("cannot initialise GStreamer")?;
-    let catalog = Catalog::load(&args.analysis.catalog).context("loading the catalog")?;
-    let recognizer = Recognizer::load(
+    let (catalog, issues) =
+        Catalog::load_lenient(&args.analysis.catalog).context("loading the catalog")?;
+    for issue in &issues {
+        tracing::warn!(problem = %issue, "catalog entry left out");
+    }
+    let (recognizer, _) = Recognizer::load(
         &args.analysis.model,
         &catalog,
         args.analysis.width as usize,

@@ -172,7 +172,18 @@ fn check_model_and_catalog(cfg: &AgentConfig) -> Vec<Check> {
         let w = cfg.analysis.width as usize;
         let h = cfg.analysis.height as usize;
         match crate::recognizer::Recognizer::load(&cfg.analysis.model, &c, w, h) {
-            Ok(r) => {
+            Ok((r, report)) => {
+                if !report.refused.is_empty() {
+                    out.push(check(
+                        "photos",
+                        Verdict::Warn,
+                        format!(
+                            "{} reference photos left out (run `spotter-agent catalog build {}`)",
+                            report.refused.len(),
+                            cfg.analysis.catalog.display()
+                        ),
+                    ));
+                }
                 let frame = vec![127u8; w * h * 3];
                 match r
                     .recognise(&frame, w * 3)

@@ -39,6 +39,22 @@ enum Command {
     /// Model files: import the ImageNet checkpoint, classify photos.
     #[command(subcommand)]
     Model(ModelCmd),
+    /// The catalog: check it and index its reference photos.
+    #[command(subcommand)]
+    Catalog(CatalogCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogCmd {
+    /// Index every reference photo (as the service does at start and on every change) and report
+    /// what was indexed and what was refused, and why. Fails when nothing can be indexed.
+    Build {
+        /// Model weights.
+        #[arg(long, default_value_os_t = config::default_model())]
+        model: PathBuf,
+        /// The catalog directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -195,12 +211,20 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     fps: a.fps,
                     width: a.width,
                     height: a.height,
+                    catalog_poll: std::time::Duration::from_secs(2),
                 },
                 tracker: TrackerConfig::default(),
             };
             let shutdown = runtime.block_on(async { shutdown_on_signals() });
             let mut stdout = std::io::stdout().lock();
             analyze(&args, &shutdown, &mut stdout).map(|_| ())
+        }
+        Command::Catalog(CatalogCmd::Build { model, dir }) => {
+            spotter_agent::recognizer::build_catalog_report(
+                &model,
+                &dir,
+                &mut std::io::stdout().lock(),
+            )
         }
         Command::Model(ModelCmd::Import { from, to }) => {
             let n = spotter_agent::model_import::import(&from, &to)

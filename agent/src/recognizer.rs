@@ -4,6 +4,7 @@
 //! `spotter-models`.
 
 use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -31,15 +32,6 @@ pub enum RecognizerError {
     #[error(transparent)]
     Catalog(#[from] spotter_protocol::CatalogError),
     /// A reference photo could not be decoded.
-    #[error("product {sku}: cannot decode reference photo {path}: {cause}")]
-    Photo {
-        /// Product.
-        sku: String,
-        /// File.
-        path: String,
-        /// Decoder error.
-        cause: image::ImageError,
-    },
     /// A catalog with nothing to look for.
     #[error(
         "catalog {0} has no product with a reference photo: add `images = [...]` to its products"
@@ -60,7 +52,8 @@ impl From<candle_core::Error> for RecognizerError {
 #[derive(Debug)]
 pub struct Recognizer {
     model: EfficientNetLite0,
-    index: CatalogIndex,
+    /// swapped whole when the catalog changes; frames in flight keep the index they started with
+    index: RwLock<Arc<CatalogIndex>>,
     grid: RegionGrid,
     device: Device,
     /// Input size frames are analysed at.
@@ -126,52 +119,78 @@ pub fn photo_to_rgb(path: &Path, side: u32) -> Result<image::RgbImage, image::Im
 /// Side of the square a reference photo is indexed at.
 const REFERENCE_SIDE: u32 = 224;
 
+/// A reference photo left out of the index, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The product.
+    pub sku: String,
+    /// The photo, relative to the catalog directory.
+    pub photo: String,
+    /// Why, and what to do.
+    pub reason: String,
+}
+
+/// Smallest side, in pixels, of a reference photo worth indexing.
+pub const MIN_PHOTO_SIDE: u32 = 64;
+
+/// Summary of an index build.
+#[derive(Debug, Default)]
+pub struct IndexReport {
+    /// Products with at least one indexed photo.
+    pub products: usize,
+    /// Photos indexed.
+    pub photos: usize,
+    /// Photos left out.
+    pub refused: Vec<Refusal>,
+}
+
 impl Recognizer {
-    /// Loads the model and indexes every reference photo of the catalog.
+    /// Loads the model and indexes every usable reference photo of the catalog; photos that
+    /// cannot be used are left out and reported (a catalog with none at all is an error).
     pub fn load(
         model_path: &Path,
         catalog: &Catalog,
         width: usize,
         height: usize,
-    ) -> Result<Self, RecognizerError> {
+    ) -> Result<(Self, IndexReport), RecognizerError> {
         let device = device();
         let model = load_model(model_path, &device)?;
-        let mut refs = Vec::new();
-        for product in &catalog.products {
-            for path in catalog.image_paths(product) {
-                let rgb = photo_to_rgb(&path, REFERENCE_SIDE).map_err(|cause| {
-                    RecognizerError::Photo {
-                        sku: product.sku.clone(),
-                        path: path.display().to_string(),
-                        cause,
-                    }
-                })?;
-                let side = REFERENCE_SIDE as usize;
-                let x = preprocess::rgb_to_tensor(rgb.as_raw(), side, side, side * 3, &device)?;
-                let features = model.features(&x)?;
-                refs.push((product.sku.clone(), global_descriptor(&features)?));
-            }
-        }
-        if refs.is_empty() {
-            return Err(RecognizerError::EmptyIndex(
-                catalog.dir.display().to_string(),
-            ));
-        }
-        let index = CatalogIndex::new(refs, &device)?;
+        let (index, report) = build_index(&model, &device, catalog, &mut |_, _| {})?;
         tracing::info!(
-            products = index.products().len(),
-            photos = index.len(),
+            products = report.products,
+            photos = report.photos,
+            refused = report.refused.len(),
             device = ?device,
             "catalog indexed"
         );
-        Ok(Recognizer {
-            model,
-            index,
-            grid: RegionGrid::default(),
-            device,
-            width,
-            height,
-        })
+        for r in &report.refused {
+            tracing::warn!(sku = %r.sku, photo = %r.photo, reason = %r.reason, "reference photo left out");
+        }
+        Ok((
+            Recognizer {
+                model,
+                index: RwLock::new(Arc::new(index)),
+                grid: RegionGrid::default(),
+                device,
+                width,
+                height,
+            },
+            report,
+        ))
+    }
+
+    /// Rebuilds the index from `catalog` and swaps it in; on error the current index stays.
+    pub fn reload(&self, catalog: &Catalog) -> Result<IndexReport, RecognizerError> {
+        let (index, report) = build_index(&self.model, &self.device, catalog, &mut |_, _| {})?;
+        *self.index.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(index);
+        Ok(report)
+    }
+
+    fn current_index(&self) -> Arc<CatalogIndex> {
+        self.index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Recognises products in one packed-RGB frame of `width x height` (rows `stride` bytes apart).
@@ -181,11 +200,12 @@ impl Recognizer {
             preprocess::rgb_to_tensor(rgb, self.width, self.height, stride, &self.device)?;
         let features = self.model.features(&x)?;
         let regions = regional_descriptors(&features, &self.grid)?;
-        let matches = self.index.best_per_product(&regions)?;
+        let index = self.current_index();
+        let matches = index.best_per_product(&regions)?;
         let detections = matches
             .into_iter()
             .map(|m| Detection {
-                sku: self.index.products()[m.product].clone(),
+                sku: index.products()[m.product].clone(),
                 score: m.score,
                 bbox: m.bbox,
             })
@@ -195,6 +215,99 @@ impl Recognizer {
             inference_ms: start.elapsed().as_secs_f32() * 1000.0,
         })
     }
+}
+
+/// Computes the descriptor of every usable reference photo; `progress(done, total)` is called
+/// after each photo.
+pub fn build_index(
+    model: &EfficientNetLite0,
+    device: &Device,
+    catalog: &Catalog,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(CatalogIndex, IndexReport), RecognizerError> {
+    let total: usize = catalog.products.iter().map(|p| p.images.len()).sum();
+    let mut report = IndexReport::default();
+    let mut refs = Vec::with_capacity(total);
+    let mut done = 0;
+    for product in &catalog.products {
+        let mut indexed = 0;
+        for (rel, path) in product.images.iter().zip(catalog.image_paths(product)) {
+            done += 1;
+            let refuse = |reason: String| Refusal {
+                sku: product.sku.clone(),
+                photo: rel.clone(),
+                reason,
+            };
+            match image::image_dimensions(&path) {
+                Err(e) => report.refused.push(refuse(format!("unreadable image: {e}"))),
+                Ok((w, h)) if w.min(h) < MIN_PHOTO_SIDE => report.refused.push(refuse(format!(
+                    "photo too small ({w}x{h}): use at least {MIN_PHOTO_SIDE} pixels on the short side"
+                ))),
+                Ok(_) => match photo_to_rgb(&path, REFERENCE_SIDE) {
+                    Err(e) => report.refused.push(refuse(format!("unreadable image: {e}"))),
+                    Ok(rgb) => {
+                        let side = REFERENCE_SIDE as usize;
+                        let x = preprocess::rgb_to_tensor(rgb.as_raw(), side, side, side * 3, device)?;
+                        let features = model.features(&x)?;
+                        refs.push((product.sku.clone(), global_descriptor(&features)?));
+                        indexed += 1;
+                    }
+                },
+            }
+            progress(done, total);
+        }
+        if indexed > 0 {
+            report.products += 1;
+        }
+    }
+    report.photos = refs.len();
+    if refs.is_empty() {
+        return Err(RecognizerError::EmptyIndex(
+            catalog.dir.display().to_string(),
+        ));
+    }
+    Ok((CatalogIndex::new(refs, device)?, report))
+}
+
+/// `spotter-agent catalog build`: indexes a catalog with a progress bar on stderr and writes the
+/// summary to `out`.
+pub fn build_catalog_report(
+    model_path: &Path,
+    dir: &Path,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    let (catalog, issues) = Catalog::load_lenient(dir)?;
+    let device = device();
+    let model = load_model(model_path, &device)?;
+    let total: u64 = catalog.products.iter().map(|p| p.images.len() as u64).sum();
+    let bar = indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} indexing photos [{bar:30}] {pos}/{len} {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let built = build_index(&model, &device, &catalog, &mut |done, _| {
+        bar.set_position(done as u64)
+    });
+    bar.finish_and_clear();
+    let refused_entries = issues.len();
+    for issue in &issues {
+        writeln!(out, "refused entry: {issue}")?;
+    }
+    let (_, report) = built?;
+    for r in &report.refused {
+        writeln!(out, "refused photo: {} {}: {}", r.sku, r.photo, r.reason)?;
+    }
+    writeln!(
+        out,
+        "indexed {} photos of {} products from {}; refused {} photos and {} catalog entries",
+        report.photos,
+        report.products,
+        dir.display(),
+        report.refused.len(),
+        refused_entries
+    )?;
+    Ok(())
 }
 
 /// Prints the ImageNet top-5 class indices and probabilities of each photo (centre-cropped and

@@ -96,65 +96,88 @@ impl Catalog {
         Self::parse(dir, &path, &text)
     }
 
-    /// Parses catalog text; `dir` resolves image paths, `path` is only for messages.
+    /// Parses catalog text strictly: the first problem refuses the whole catalog. `dir` resolves
+    /// image paths, `path` is only for messages.
     pub fn parse(dir: &Path, path: &Path, text: &str) -> Result<Self, CatalogError> {
+        let (catalog, mut issues) = Self::parse_lenient(dir, path, text)?;
+        if issues.is_empty() {
+            Ok(catalog)
+        } else {
+            Err(issues.remove(0))
+        }
+    }
+
+    /// Loads `<dir>/catalog.toml` keeping what is usable: a product with a bad field is left out,
+    /// a photo that is missing or outside the directory is dropped from its product. Returns the
+    /// usable catalog and every problem found, so a live show keeps its good products while the
+    /// operator is told what to fix. Fails only when the file cannot be read or parsed at all.
+    pub fn load_lenient(dir: &Path) -> Result<(Self, Vec<CatalogError>), CatalogError> {
+        let path = dir.join(CATALOG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|cause| CatalogError::Read {
+            path: path.clone(),
+            cause,
+        })?;
+        Self::parse_lenient(dir, &path, &text)
+    }
+
+    /// Lenient parsing of catalog text; see [`Catalog::load_lenient`].
+    pub fn parse_lenient(
+        dir: &Path,
+        path: &Path,
+        text: &str,
+    ) -> Result<(Self, Vec<CatalogError>), CatalogError> {
         let file: CatalogFile = toml::from_str(text).map_err(|cause| CatalogError::Parse {
             path: path.to_owned(),
             cause,
         })?;
         let mut seen = HashSet::new();
-        for (i, p) in file.product.iter().enumerate() {
-            let bad = |field: &'static str, reason: String| CatalogError::Invalid {
+        let mut products = Vec::with_capacity(file.product.len());
+        let mut issues = Vec::new();
+        for (i, mut p) in file.product.into_iter().enumerate() {
+            let bad = |p: &Product, field: &'static str, reason: String| CatalogError::Invalid {
                 path: path.to_owned(),
                 index: i + 1,
                 sku: p.sku.clone(),
                 field,
                 reason,
             };
-            check_id("sku", &p.sku).map_err(|e| bad("sku", e.to_string()))?;
-            if !seen.insert(p.sku.as_str()) {
-                return Err(bad(
+            if let Err(reason) = check_product(&p) {
+                issues.push(bad(&p, reason.0, reason.1));
+                continue;
+            }
+            if !seen.insert(p.sku.clone()) {
+                issues.push(bad(
+                    &p,
                     "sku",
                     "duplicate SKU: each product needs its own".into(),
                 ));
+                continue;
             }
-            if p.name.trim().is_empty() {
-                return Err(bad("name", "must not be empty".into()));
-            }
-            check_price(&p.price).map_err(|r| bad("price", r))?;
-            if p.currency.len() != 3 || !p.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(bad(
-                    "currency",
-                    format!("{:?} is not an ISO 4217 code like \"USD\"", p.currency),
-                ));
-            }
-            if !(p.url.starts_with("https://") || p.url.starts_with("http://")) {
-                return Err(bad(
-                    "url",
-                    format!("{:?} must start with https:// or http://", p.url),
-                ));
-            }
-            for img in &p.images {
-                let rel = Path::new(img);
+            let mut images = Vec::with_capacity(p.images.len());
+            for img in std::mem::take(&mut p.images) {
+                let rel = Path::new(&img);
                 if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_)))
                 {
-                    return Err(bad(
-                        "images",
-                        format!("{img:?} must be a plain path inside the catalog directory"),
-                    ));
-                }
-                if !dir.join(rel).is_file() {
-                    return Err(bad(
-                        "images",
-                        format!("{img:?} not found in {}", dir.display()),
-                    ));
+                    let reason =
+                        format!("{img:?} must be a plain path inside the catalog directory");
+                    issues.push(bad(&p, "images", reason));
+                } else if !dir.join(rel).is_file() {
+                    let reason = format!("{img:?} not found in {}", dir.display());
+                    issues.push(bad(&p, "images", reason));
+                } else {
+                    images.push(img);
                 }
             }
+            p.images = images;
+            products.push(p);
         }
-        Ok(Catalog {
-            dir: dir.to_owned(),
-            products: file.product,
-        })
+        Ok((
+            Catalog {
+                dir: dir.to_owned(),
+                products,
+            },
+            issues,
+        ))
     }
 
     /// Looks a product up by SKU.
@@ -166,6 +189,28 @@ impl Catalog {
     pub fn image_paths<'a>(&'a self, product: &'a Product) -> impl Iterator<Item = PathBuf> + 'a {
         product.images.iter().map(|i| self.dir.join(i))
     }
+}
+
+/// Checks the fields of one product that need no file system; `Err((field, reason))`.
+fn check_product(p: &Product) -> Result<(), (&'static str, String)> {
+    check_id("sku", &p.sku).map_err(|e| ("sku", e.to_string()))?;
+    if p.name.trim().is_empty() {
+        return Err(("name", "must not be empty".into()));
+    }
+    check_price(&p.price).map_err(|r| ("price", r))?;
+    if p.currency.len() != 3 || !p.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err((
+            "currency",
+            format!("{:?} is not an ISO 4217 code like \"USD\"", p.currency),
+        ));
+    }
+    if !(p.url.starts_with("https://") || p.url.starts_with("http://")) {
+        return Err((
+            "url",
+            format!("{:?} must start with https:// or http://", p.url),
+        ));
+    }
+    Ok(())
 }
 
 fn check_price(price: &str) -> Result<(), String> {
@@ -211,6 +256,36 @@ images = ["mug-front.png", "mug-side.png"]   # reference photos, relative to the
         assert_eq!(c.products.len(), 1);
         assert_eq!(c.get("MUG-001").expect("present").price, "14.00");
         assert_eq!(c.image_paths(&c.products[0]).count(), 2);
+    }
+
+    #[test]
+    fn lenient_load_keeps_the_good_products_and_lists_the_rest() {
+        let d = dir_with(&["mug-front.png"]);
+        let two = format!(
+            "{MINIMAL}\n{}",
+            MINIMAL
+                .replace("MUG-001", "MUG-002")
+                .replace("14.00", "cheap")
+        );
+        let (c, issues) =
+            Catalog::parse_lenient(d.path(), Path::new("c.toml"), &two).expect("parses");
+        assert_eq!(
+            c.products.len(),
+            1,
+            "the product with a bad price is left out"
+        );
+        assert_eq!(
+            c.products[0].images,
+            vec!["mug-front.png".to_owned()],
+            "the missing photo is dropped"
+        );
+        let msgs: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(msgs[0].contains("mug-side.png"), "{msgs:?}");
+        assert!(
+            msgs[1].contains("MUG-002") && msgs[1].contains("price"),
+            "{msgs:?}"
+        );
     }
 
     #[test]

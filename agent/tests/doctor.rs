@@ -1,0 +1,81 @@
+//! `spotter-agent doctor` reports what works and names what does not, with the fix.
+
+use std::path::Path;
+
+use spotter_agent::config::RawConfig;
+use spotter_agent::doctor::{report, run_checks, Verdict};
+
+fn config(catalog: &Path, model: &Path, broker_port: u16) -> spotter_agent::config::AgentConfig {
+    let text = format!(
+        "studio = \"doc\"\n[source]\nkind = \"test\"\n[analysis]\ncatalog = \"{}\"\nmodel = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{broker_port}\"\n",
+        catalog.display(),
+        model.display()
+    );
+    let raw: RawConfig = toml::from_str(&text).expect("config parses");
+    raw.validate().expect("config is valid")
+}
+
+fn closed_port() -> u16 {
+    // bind then drop: nothing listens there afterwards
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[test]
+fn reports_each_check_and_fails_on_a_dead_broker_and_missing_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        "/usr/share/openclipart/png/food/beverages/mug.png",
+        dir.path().join("mug.png"),
+    )
+    .expect("openclipart-png is installed");
+    std::fs::write(
+        dir.path().join("catalog.toml"),
+        "[[product]]\nsku = \"MUG-001\"\nname = \"Mug\"\nprice = \"1.00\"\ncurrency = \"USD\"\nurl = \"https://shop.example/m\"\nimages = [\"mug.png\"]\n",
+    )
+    .expect("write");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/weights/efficientnet-lite0.safetensors");
+    assert!(model.is_file(), "run `make setup` first");
+
+    let checks = run_checks(&config(dir.path(), &model, closed_port()));
+    let verdict = |name: &str| checks.iter().find(|c| c.name == name).map(|c| c.verdict);
+    assert_eq!(verdict("gstreamer"), Some(Verdict::Ok));
+    assert_eq!(verdict("source"), Some(Verdict::Ok));
+    assert_eq!(verdict("catalog"), Some(Verdict::Ok));
+    assert_eq!(verdict("model"), Some(Verdict::Ok));
+    assert!(matches!(
+        verdict("inference"),
+        Some(Verdict::Ok | Verdict::Warn)
+    ));
+    assert_eq!(verdict("broker"), Some(Verdict::Fail));
+    let mut out = Vec::new();
+    assert!(
+        !report(&checks, &mut out).expect("write"),
+        "a failed check fails the report"
+    );
+    let text = String::from_utf8(out).expect("utf8");
+    assert!(
+        text.contains("FAIL  broker") && text.contains("is the broker"),
+        "{text}"
+    );
+
+    let checks = run_checks(&config(
+        dir.path(),
+        &dir.path().join("nope.safetensors"),
+        closed_port(),
+    ));
+    let model_check = checks
+        .iter()
+        .find(|c| c.name == "model")
+        .expect("model check");
+    assert_eq!(model_check.verdict, Verdict::Fail);
+    assert!(
+        model_check.detail.contains("make setup"),
+        "{}",
+        model_check.detail
+    );
+}
