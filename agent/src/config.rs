@@ -33,6 +33,9 @@ pub struct RawConfig {
     /// Where the stream goes.
     #[serde(default)]
     pub upload: RawUpload,
+    /// The durable outbox events wait in until the broker acknowledges them.
+    #[serde(default)]
+    pub outbox: RawOutbox,
 }
 
 fn default_stream() -> String {
@@ -96,6 +99,13 @@ pub struct RawAnalysis {
     /// Height the analysis branch scales frames to (a multiple of 32).
     #[serde(default = "default_height")]
     pub height: u32,
+    /// How often the catalog directory is checked for changes (new products, new photos).
+    #[serde(default = "default_catalog_poll")]
+    pub catalog_poll_secs: f64,
+}
+
+fn default_catalog_poll() -> f64 {
+    2.0
 }
 
 /// The default model path, relative to the working directory.
@@ -198,6 +208,37 @@ impl Default for RawMqtt {
         }
     }
 }
+
+/// The durable outbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutbox {
+    /// Directory of the outbox; one per stream (two agents cannot share one). Default
+    /// `.spotter/outbox/<studio>/<stream>`, relative to the working directory.
+    pub dir: Option<PathBuf>,
+    /// Bound on the stored events, in bytes; beyond it the oldest are dropped (counted, logged).
+    /// An event takes about 220 bytes: the default 16 MiB holds about 75,000 (hours of events).
+    #[serde(default = "default_outbox_max_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_outbox_max_bytes() -> u64 {
+    16 << 20
+}
+
+impl Default for RawOutbox {
+    fn default() -> Self {
+        RawOutbox {
+            dir: None,
+            max_bytes: default_outbox_max_bytes(),
+        }
+    }
+}
+
+/// Smallest `outbox.max_bytes`: room for a dozen of the largest events.
+pub const MIN_OUTBOX_BYTES: u64 = 64 << 10;
+/// Largest `outbox.max_bytes` (the outbox also keeps its events in memory).
+pub const MAX_OUTBOX_BYTES: u64 = 1 << 30;
 
 /// Where the stream goes.
 #[derive(Debug, Clone, Deserialize)]
@@ -312,6 +353,15 @@ pub struct MqttConfig {
     pub keepalive: Duration,
 }
 
+/// Validated outbox settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxConfig {
+    /// Directory.
+    pub dir: PathBuf,
+    /// Bound, bytes.
+    pub max_bytes: u64,
+}
+
 /// Validated analysis settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnalysisConfig {
@@ -325,6 +375,8 @@ pub struct AnalysisConfig {
     pub width: u32,
     /// Input height.
     pub height: u32,
+    /// Catalog change polling interval.
+    pub catalog_poll: Duration,
 }
 
 /// The validated configuration the agent runs with.
@@ -344,6 +396,8 @@ pub struct AgentConfig {
     pub mqtt: MqttConfig,
     /// Upload.
     pub upload: Upload,
+    /// Outbox.
+    pub outbox: OutboxConfig,
 }
 
 /// A configuration that does not make sense, with the key at fault.
@@ -388,16 +442,7 @@ impl RawTracker {
                 ),
             ));
         }
-        let secs = |key, v: f64| {
-            if v.is_finite() && v > 0.0 && v < 3600.0 {
-                Ok(Duration::from_secs_f64(v))
-            } else {
-                Err(invalid(
-                    key,
-                    format!("must be a positive number of seconds, got {v}"),
-                ))
-            }
-        };
+        let secs = positive_secs;
         Ok(TrackerConfig {
             min_score: self.min_score,
             confirm_score: self.confirm_score,
@@ -406,6 +451,17 @@ impl RawTracker {
             update_interval: secs("tracker.update_interval_secs", self.update_interval_secs)?,
             end_after: secs("tracker.end_after_secs", self.end_after_secs)?,
         })
+    }
+}
+
+fn positive_secs(key: &'static str, v: f64) -> Result<Duration, ConfigError> {
+    if v.is_finite() && v > 0.0 && v < 3600.0 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(invalid(
+            key,
+            format!("must be a positive number of seconds below 3600, got {v}"),
+        ))
     }
 }
 
@@ -494,7 +550,32 @@ impl RawConfig {
                 ))
             }
         };
+        if !(MIN_OUTBOX_BYTES..=MAX_OUTBOX_BYTES).contains(&self.outbox.max_bytes) {
+            return Err(invalid(
+                "outbox.max_bytes",
+                format!(
+                    "must be within {MIN_OUTBOX_BYTES}..={MAX_OUTBOX_BYTES} (64 KiB to 1 GiB), got {}",
+                    self.outbox.max_bytes
+                ),
+            ));
+        }
+        let outbox = OutboxConfig {
+            dir: match &self.outbox.dir {
+                Some(dir) if dir.as_os_str().is_empty() => {
+                    return Err(invalid(
+                        "outbox.dir",
+                        "is empty: leave it out for the default",
+                    ))
+                }
+                Some(dir) => dir.clone(),
+                None => Path::new(".spotter/outbox")
+                    .join(&self.studio)
+                    .join(&self.stream),
+            },
+            max_bytes: self.outbox.max_bytes,
+        };
         Ok(AgentConfig {
+            outbox,
             tracker: self.tracker.validate()?,
             mqtt: MqttConfig {
                 host,
@@ -512,6 +593,7 @@ impl RawConfig {
                 fps: a.fps,
                 width: a.width,
                 height: a.height,
+                catalog_poll: positive_secs("analysis.catalog_poll_secs", a.catalog_poll_secs)?,
             },
             studio: self.studio,
             stream: self.stream,
@@ -575,6 +657,20 @@ mod tests {
         assert_eq!(c.mqtt.client_id, "spotter-s1-main");
         assert_eq!(c.analysis.fps, 5.0);
         assert_eq!(c.upload, Upload::None);
+        assert_eq!(c.outbox.dir, Path::new(".spotter/outbox/s1/main"));
+        assert_eq!(c.outbox.max_bytes, 16 << 20);
+    }
+
+    #[test]
+    fn outbox_keys_are_checked() {
+        let base = "studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[outbox]\n";
+        let c = parse(&format!("{base}dir = \"/var/lib/x\"\nmax_bytes = 65536\n")).expect("valid");
+        assert_eq!(c.outbox.dir, Path::new("/var/lib/x"));
+        assert_eq!(c.outbox.max_bytes, 65536);
+        let err = parse(&format!("{base}max_bytes = 1000\n")).expect_err("too small");
+        assert!(err.to_string().contains("outbox.max_bytes"), "{err}");
+        let err = parse(&format!("{base}dir = \"\"\n")).expect_err("empty");
+        assert!(err.to_string().contains("outbox.dir"), "{err}");
     }
 
     #[test]

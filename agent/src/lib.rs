@@ -7,11 +7,12 @@
 
 pub mod analysis;
 pub mod analyze;
-pub mod backoff;
+pub mod catalog_watch;
 pub mod config;
 pub mod doctor;
 pub mod model_import;
 pub mod mqtt;
+pub mod outbox;
 pub mod pipeline;
 pub mod recognizer;
 pub mod service;

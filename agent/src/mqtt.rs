@@ -1,18 +1,31 @@
-//! Publishing to the MQTT broker with rumqttc: events (QoS 1), the retained on-screen snapshot,
-//! and the retained status with its last will (`offline`).
+//! Publishing to the MQTT broker with rumqttc: product events through the durable outbox (QoS 1,
+//! persistent session), the retained on-screen snapshot, and the retained status with its last
+//! will (`offline`).
 //!
-//! rumqttc reconnects in a tight loop by itself; the event loop here sleeps a jittered,
-//! exponentially growing delay after each connection error instead.
+//! Two tasks run a connection (see [`drive`]). `poll` owns rumqttc's event loop: it reconnects
+//! after a jittered, exponentially growing delay (rumqttc alone retries in a tight loop), and
+//! forwards connects, packet ids and PUBACKs. `pump` owns the outbox and is the only code that
+//! hands publishes to rumqttc, so each PUBACK can be paired with the event it acknowledges
+//! ([`PacketIds`]). When a connection fails, rumqttc's own copies of unacknowledged publishes
+//! are discarded (with a clean session it would drop them anyway) and the outbox sends every
+//! unacknowledged event again, oldest first, on the next connection: duplicates are possible,
+//! loss is not; the bridge drops duplicates by event id and sequence.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use spotter_protocol::{AgentState, OnScreen, ProductEvent, Status, Topic, TopicKind};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, MqttConfig, OutboxConfig};
+use crate::outbox::{Outbox, OutboxCounts, OutboxError, OutboxStats, PacketIds};
 use crate::pipeline::now_utc_ms;
+use spotter_protocol::backoff::Backoff;
+
+/// Events handed to rumqttc and not yet acknowledged, at most.
+pub const MAX_IN_FLIGHT: usize = 32;
 
 /// Topics of one stream.
 #[derive(Debug, Clone)]
@@ -28,7 +41,12 @@ pub struct Topics {
 impl Topics {
     /// The topics for the configured studio and stream.
     pub fn new(cfg: &AgentConfig) -> anyhow::Result<Self> {
-        let t = |k| Topic::stream(&cfg.studio, &cfg.stream, k).map(|t| t.to_string());
+        Self::for_stream(&cfg.studio, &cfg.stream)
+    }
+
+    /// The topics of `studio`/`stream`.
+    pub fn for_stream(studio: &str, stream: &str) -> anyhow::Result<Self> {
+        let t = |k| Topic::stream(studio, stream, k).map(|t| t.to_string());
         Ok(Topics {
             events: t(TopicKind::Events)?,
             onscreen: t(TopicKind::OnScreen)?,
@@ -37,108 +55,536 @@ impl Topics {
     }
 }
 
-/// A connected publisher.
-#[derive(Debug, Clone)]
-pub struct Publisher {
-    client: AsyncClient,
-    topics: Topics,
+/// Why the publisher refused something.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The event could not be stored.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The connection's tasks have ended (shutdown).
+    #[error("the MQTT publisher has stopped")]
+    Stopped,
 }
 
-/// Creates the client and its event loop (not yet polled).
-pub fn connect(cfg: &AgentConfig) -> anyhow::Result<(Publisher, EventLoop)> {
-    let topics = Topics::new(cfg)?;
-    let mut opts = MqttOptions::new(&cfg.mqtt.client_id, &cfg.mqtt.host, cfg.mqtt.port);
-    opts.set_keep_alive(cfg.mqtt.keepalive);
+enum Command {
+    Event(ProductEvent, oneshot::Sender<Result<(), OutboxError>>),
+    OnScreen(OnScreen),
+    Status(AgentState),
+    Finish,
+}
+
+/// The handle the service publishes through; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    commands: mpsc::UnboundedSender<Command>,
+    stats: Arc<OutboxStats>,
+    first_seq: u64,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Event(e, _) => write!(f, "Event(seq {})", e.seq),
+            Command::OnScreen(s) => write!(f, "OnScreen(seq {})", s.seq),
+            Command::Status(s) => write!(f, "Status({s:?})"),
+            Command::Finish => write!(f, "Finish"),
+        }
+    }
+}
+
+/// A connection not yet driven: pass it to [`drive`].
+pub struct Connection {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    outbox: Outbox,
+    topics: Topics,
+    commands: mpsc::UnboundedReceiver<Command>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("topics", &self.topics)
+            .field("outbox", &self.outbox.dir())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the outbox (blocking file I/O) and creates the client; nothing is sent before [`drive`].
+pub fn connect(cfg: &AgentConfig) -> anyhow::Result<(Publisher, Connection)> {
+    connect_with(&cfg.mqtt, Topics::new(cfg)?, &cfg.outbox)
+}
+
+/// [`connect`] from the parts of the configuration it uses.
+pub fn connect_with(
+    mqtt: &MqttConfig,
+    topics: Topics,
+    outbox: &OutboxConfig,
+) -> anyhow::Result<(Publisher, Connection)> {
+    use anyhow::Context as _;
+    let outbox = Outbox::open(&outbox.dir, outbox.max_bytes, MAX_IN_FLIGHT)
+        .with_context(|| format!("cannot open the outbox in {}", outbox.dir.display()))?;
+    let mut opts = MqttOptions::new(&mqtt.client_id, &mqtt.host, mqtt.port);
+    opts.set_keep_alive(mqtt.keepalive);
     opts.set_clean_session(false);
+    // room for every outstanding event plus the status and snapshot, so rumqttc never holds
+    // a publish back for lack of packet ids in normal operation
+    opts.set_inflight(MAX_IN_FLIGHT as u16 + 8);
     opts.set_last_will(LastWill::new(
         &topics.status,
         Status::new(AgentState::Offline, None).encode(),
         QoS::AtLeastOnce,
         true,
     ));
-    let (client, eventloop) = AsyncClient::new(opts, 1024);
-    Ok((Publisher { client, topics }, eventloop))
+    let (client, eventloop) = AsyncClient::new(opts, MAX_IN_FLIGHT + 16);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let publisher = Publisher {
+        commands: tx,
+        stats: outbox.stats(),
+        first_seq: outbox.first_seq(),
+    };
+    Ok((
+        publisher,
+        Connection {
+            client,
+            eventloop,
+            outbox,
+            topics,
+            commands: rx,
+        },
+    ))
 }
 
 impl Publisher {
-    /// Publishes one product event (QoS 1).
-    pub async fn event(&self, e: &ProductEvent) -> anyhow::Result<()> {
-        self.client
-            .publish(&self.topics.events, QoS::AtLeastOnce, false, e.encode())
-            .await?;
-        Ok(())
+    /// The sequence number the stream's next event should carry: one past the highest the
+    /// outbox has ever stored, so a restarted agent continues the sequence.
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
     }
 
-    /// Replaces the retained on-screen snapshot.
-    pub async fn onscreen(&self, s: &OnScreen) -> anyhow::Result<()> {
-        self.client
-            .publish(&self.topics.onscreen, QoS::AtLeastOnce, true, s.encode())
-            .await?;
-        Ok(())
+    /// The outbox's counters now (depth, dropped, acknowledged).
+    pub fn outbox_counts(&self) -> OutboxCounts {
+        self.stats.counts()
     }
 
-    /// Replaces the retained status.
-    pub async fn status(&self, state: AgentState) -> anyhow::Result<()> {
-        self.client
-            .publish(
-                &self.topics.status,
-                QoS::AtLeastOnce,
-                true,
-                Status::new(state, Some(now_utc_ms())).encode(),
-            )
-            .await?;
-        Ok(())
+    /// Stores one product event in the outbox; it is on disk when this returns `Ok`, and is
+    /// published (QoS 1) as soon as the broker is reachable.
+    pub async fn event(&self, e: &ProductEvent) -> Result<(), PublishError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Event(e.clone(), tx))?;
+        Ok(rx.await.map_err(|_| PublishError::Stopped)??)
     }
 
-    /// Asks the broker to close the session cleanly (no last will).
+    /// Replaces the retained on-screen snapshot. It is published once every event it covers
+    /// (sequence up to its own) has been acknowledged, so it never runs ahead of the events.
+    pub async fn onscreen(&self, s: &OnScreen) -> Result<(), PublishError> {
+        self.send(Command::OnScreen(s.clone()))
+    }
+
+    /// Replaces the retained status (published again on every reconnect).
+    pub async fn status(&self, state: AgentState) -> Result<(), PublishError> {
+        self.send(Command::Status(state))
+    }
+
+    /// Asks the connection to finish: deliver what is stored, then disconnect cleanly (no last
+    /// will). [`drive`] returns once done; events not acknowledged by then stay on disk.
     pub async fn disconnect(&self) {
-        let _ = self.client.disconnect().await;
+        let _ = self.send(Command::Finish);
+    }
+
+    fn send(&self, c: Command) -> Result<(), PublishError> {
+        self.commands.send(c).map_err(|_| PublishError::Stopped)
     }
 }
 
-/// Drives the connection until cancelled or disconnected; publishes `online` on every connect.
-pub async fn drive(mut eventloop: EventLoop, publisher: Publisher, shutdown: CancellationToken) {
+/// What `poll` tells `pump`, in rumqttc's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Connected { epoch: u64, session_present: bool },
+    Published(u16),
+    HeldBack(u16),
+    Acked(u16),
+    Lost,
+    Disconnected,
+}
+
+/// Counts connections. `pump` hands rumqttc a publish only while holding this lock and only if
+/// the count is the one its `Connected` carried; `poll` bumps it, under the lock, when it
+/// discards rumqttc's unacknowledged publishes. So no publish slips into a later connection
+/// behind `pump`'s back.
+type Gate = Arc<Mutex<u64>>;
+
+/// Drives the connection until the publisher finishes (see [`Publisher::disconnect`]) or
+/// `shutdown` is cancelled; publishes `online` on every connect.
+pub async fn drive(conn: Connection, shutdown: CancellationToken) {
+    let Connection {
+        client,
+        eventloop,
+        outbox,
+        topics,
+        commands,
+    } = conn;
+    let gate: Gate = Arc::new(Mutex::new(0));
+    let (links_tx, links_rx) = mpsc::unbounded_channel();
+    let pump = Pump {
+        client,
+        gate: gate.clone(),
+        topics,
+        outbox: Some(outbox),
+        pkids: PacketIds::new(),
+        connected: None,
+        status: AgentState::Online,
+        status_state: Delivery::Due,
+        snapshot: None,
+        snapshot_state: Delivery::Done,
+        finishing: false,
+        disconnect_sent: false,
+    };
+    tokio::join!(
+        poll(eventloop, gate, links_tx, shutdown.clone()),
+        pump.run(links_rx, commands, shutdown),
+    );
+}
+
+async fn poll(
+    mut eventloop: EventLoop,
+    gate: Gate,
+    links: mpsc::UnboundedSender<Link>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     loop {
         let polled = tokio::select! {
-            () = shutdown.cancelled() => None,
-            p = eventloop.poll() => Some(p),
+            () = shutdown.cancelled() => return,
+            () = links.closed() => return,
+            p = eventloop.poll() => p,
         };
-        match polled {
-            None => {
-                // let the final publishes and the DISCONNECT go out, bounded
-                let drain = async {
-                    while let Ok(ev) = eventloop.poll().await {
-                        if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                            break;
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(3), drain).await;
-                return;
-            }
-            Some(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+        let link = match polled {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 tracing::info!(
                     session_present = ack.session_present,
                     "connected to the MQTT broker"
                 );
                 backoff.reset();
-                let p = publisher.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = p.status(AgentState::Online).await {
-                        tracing::warn!(error = %e, "cannot queue the online status");
-                    }
-                });
+                Link::Connected {
+                    epoch: *gate.lock().unwrap_or_else(PoisonError::into_inner),
+                    session_present: ack.session_present,
+                }
             }
-            Some(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => return,
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                let _ = links.send(Link::Disconnected);
+                return;
+            }
+            Ok(event) => match link_for(&event) {
+                Some(link) => link,
+                None => continue,
+            },
+            Err(e) => {
+                let stale: Vec<Event> = {
+                    let mut epoch = gate.lock().unwrap_or_else(PoisonError::into_inner);
+                    *epoch += 1;
+                    // rumqttc keeps unacknowledged publishes (and whatever is still in its
+                    // channel) in `pending` to resend on a resumed session, or drops them on a
+                    // new one; the outbox resends events itself, and `pump` asks again for the
+                    // status, snapshot or disconnect it still needs
+                    eventloop.clean();
+                    eventloop.pending.clear();
+                    // rumqttc also keeps a publish held back for a busy packet id, which would
+                    // block the next connection, and events it has not yet reported
+                    eventloop.state.collision = None;
+                    eventloop.state.events.drain(..).collect()
+                };
+                // reported before `Lost`: they belong to the connection that just ended
+                for link in stale.iter().filter_map(link_for) {
+                    let _ = links.send(link);
+                }
+                let _ = links.send(Link::Lost);
                 let delay = backoff.next_delay(rand_unit());
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost");
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(delay) => {}
                 }
+                continue;
+            }
+        };
+        if links.send(link).is_err() {
+            return;
+        }
+    }
+}
+
+/// What `pump` needs to hear of an event (connects and disconnects aside).
+fn link_for(event: &Event) -> Option<Link> {
+    match event {
+        Event::Incoming(Packet::PubAck(ack)) => Some(Link::Acked(ack.pkid)),
+        Event::Outgoing(Outgoing::Publish(pkid)) => Some(Link::Published(*pkid)),
+        Event::Outgoing(Outgoing::AwaitAck(pkid)) => Some(Link::HeldBack(*pkid)),
+        _ => None,
+    }
+}
+
+/// Where a retained message stands on the current connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// To publish.
+    Due,
+    /// Published, PUBACK awaited.
+    Sent,
+    /// Acknowledged (or nothing to publish).
+    Done,
+}
+
+/// What a publish handed to rumqttc was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Event(u64),
+    Status(AgentState),
+    OnScreen(u64),
+}
+
+struct Pump {
+    client: AsyncClient,
+    gate: Gate,
+    topics: Topics,
+    /// Away only while a blocking call runs.
+    outbox: Option<Outbox>,
+    pkids: PacketIds<Tag>,
+    /// The epoch of the current connection, if connected.
+    connected: Option<u64>,
+    status: AgentState,
+    status_state: Delivery,
+    snapshot: Option<OnScreen>,
+    snapshot_state: Delivery,
+    finishing: bool,
+    disconnect_sent: bool,
+}
+
+impl Pump {
+    fn outbox(&self) -> &Outbox {
+        self.outbox
+            .as_ref()
+            .expect("the outbox is only away during a blocking call")
+    }
+
+    fn outbox_mut(&mut self) -> &mut Outbox {
+        self.outbox
+            .as_mut()
+            .expect("the outbox is only away during a blocking call")
+    }
+
+    /// Runs `f` on the outbox on a blocking thread (file I/O, fsync).
+    async fn blocking<R: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Outbox) -> R + Send + 'static,
+    ) -> R {
+        let mut outbox = self
+            .outbox
+            .take()
+            .expect("the outbox is only away during a blocking call");
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = f(&mut outbox);
+            (outbox, r)
+        })
+        .await;
+        match joined {
+            Ok((outbox, r)) => {
+                self.outbox = Some(outbox);
+                r
+            }
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut links: mpsc::UnboundedReceiver<Link>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        shutdown: CancellationToken,
+    ) {
+        let mut commands_open = true;
+        loop {
+            self.send_due();
+            if self.finishing && !self.disconnect_sent && self.delivered() {
+                if let Some(epoch) = self.connected {
+                    let gate = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+                    if *gate == epoch && self.client.try_disconnect().is_ok() {
+                        self.disconnect_sent = true;
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                link = links.recv() => match link {
+                    Some(Link::Disconnected) | None => break,
+                    Some(link) => self.on_link(link).await,
+                },
+                command = commands.recv(), if commands_open => match command {
+                    Some(c) => self.on_command(c).await,
+                    None => {
+                        commands_open = false;
+                        self.finishing = true;
+                    }
+                },
+            }
+        }
+        let left = self.outbox().len();
+        if left > 0 {
+            tracing::warn!(
+                events = left,
+                dir = %self.outbox().dir().display(),
+                "events not yet acknowledged stay in the outbox for the next start"
+            );
+        } else {
+            tracing::info!("every event was acknowledged by the broker");
+        }
+    }
+
+    /// Everything stored was acknowledged, and the retained messages too.
+    fn delivered(&self) -> bool {
+        self.outbox().is_empty()
+            && self.status_state == Delivery::Done
+            && self.snapshot_state == Delivery::Done
+    }
+
+    async fn on_command(&mut self, c: Command) {
+        match c {
+            Command::Event(e, reply) => {
+                let payload = e.encode();
+                let seq = e.seq;
+                let stored = self.blocking(move |o| o.push(seq, payload)).await;
+                let _ = reply.send(stored);
+            }
+            Command::OnScreen(s) => {
+                self.snapshot = Some(s);
+                self.snapshot_state = Delivery::Due;
+            }
+            Command::Status(state) => {
+                self.status = state;
+                self.status_state = Delivery::Due;
+            }
+            Command::Finish => self.finishing = true,
+        }
+    }
+
+    async fn on_link(&mut self, link: Link) {
+        match link {
+            Link::Connected {
+                epoch,
+                session_present,
+            } => {
+                self.connected = Some(epoch);
+                // the broker published our last will if the previous connection died
+                self.status_state = Delivery::Due;
+                let stored = self.outbox().len();
+                if stored > 0 {
+                    tracing::info!(
+                        events = stored,
+                        session_present,
+                        "sending stored events, oldest first"
+                    );
+                }
+            }
+            Link::Published(pkid) => {
+                if let Err(e) = self.pkids.published(pkid) {
+                    tracing::error!(error = %e, "cannot pair an MQTT packet id with its event");
+                }
+            }
+            Link::HeldBack(pkid) => {
+                if let Err(e) = self.pkids.held_back(pkid) {
+                    tracing::error!(error = %e, "cannot pair an MQTT packet id with its event");
+                }
+            }
+            Link::Acked(pkid) => match self.pkids.acked(pkid) {
+                Some(Tag::Event(id)) => {
+                    self.blocking(move |o| o.ack(id)).await;
+                }
+                Some(Tag::Status(state)) => {
+                    if state == self.status && self.status_state == Delivery::Sent {
+                        self.status_state = Delivery::Done;
+                    }
+                }
+                Some(Tag::OnScreen(seq)) => {
+                    if self.snapshot.as_ref().is_some_and(|s| s.seq == seq)
+                        && self.snapshot_state == Delivery::Sent
+                    {
+                        self.snapshot_state = Delivery::Done;
+                    }
+                }
+                None => tracing::debug!(pkid, "PUBACK for a publish no longer tracked"),
+            },
+            Link::Lost => {
+                self.connected = None;
+                self.disconnect_sent = false;
+                self.outbox_mut().connection_lost();
+                self.pkids.reset();
+                if self.status_state == Delivery::Sent {
+                    self.status_state = Delivery::Due;
+                }
+                if self.snapshot_state == Delivery::Sent {
+                    self.snapshot_state = Delivery::Due;
+                }
+            }
+            Link::Disconnected => {}
+        }
+    }
+
+    /// Hands rumqttc whatever is due, while connected: the status, stored events in order
+    /// within the in-flight window, then the snapshot once the events it covers are through.
+    fn send_due(&mut self) {
+        let Some(epoch) = self.connected else {
+            return;
+        };
+        let gate = self.gate.clone();
+        let current = gate.lock().unwrap_or_else(PoisonError::into_inner);
+        if *current != epoch {
+            return; // the connection is gone; `Link::Lost` is on its way
+        }
+        if self.status_state == Delivery::Due {
+            let payload = Status::new(self.status, Some(now_utc_ms())).encode();
+            if self.hand_over(Tag::Status(self.status), true, payload) {
+                self.status_state = Delivery::Sent;
+            }
+        }
+        while let Some((id, payload)) = self.outbox().next_to_send() {
+            let payload = payload.to_vec();
+            if !self.hand_over(Tag::Event(id), false, payload) {
+                break;
+            }
+            self.outbox_mut().mark_sent();
+        }
+        if self.snapshot_state == Delivery::Due {
+            if let Some(snapshot) = &self.snapshot {
+                let covered = self.outbox().oldest_seq().is_none_or(|s| s > snapshot.seq);
+                if covered {
+                    let (seq, payload) = (snapshot.seq, snapshot.encode());
+                    if self.hand_over(Tag::OnScreen(seq), true, payload) {
+                        self.snapshot_state = Delivery::Sent;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands one QoS 1 publish to rumqttc; the caller holds the gate.
+    fn hand_over(&mut self, tag: Tag, retain: bool, payload: Vec<u8>) -> bool {
+        let topic = match tag {
+            Tag::Event(_) => &self.topics.events,
+            Tag::Status(_) => &self.topics.status,
+            Tag::OnScreen(_) => &self.topics.onscreen,
+        };
+        match self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+        {
+            Ok(()) => {
+                self.pkids.requested(tag);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "rumqttc's request channel is full; retrying later");
+                false
             }
         }
     }

@@ -22,21 +22,39 @@ use crate::tracker::Tracker;
 
 /// Runs until the source ends or `shutdown` is cancelled.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let catalog = Catalog::load(&cfg.analysis.catalog).context("loading the catalog")?;
+    // a bad entry or photo is left out and reported, never the whole show
+    let (catalog, issues) =
+        Catalog::load_lenient(&cfg.analysis.catalog).context("loading the catalog")?;
+    for issue in &issues {
+        tracing::warn!(problem = %issue, "catalog entry left out");
+    }
     let (w, h) = (cfg.analysis.width as usize, cfg.analysis.height as usize);
     let model = cfg.analysis.model.clone();
     let recognizer = tokio::task::spawn_blocking(move || Recognizer::load(&model, &catalog, w, h))
         .await
-        .context("recognizer loader panicked")??;
+        .context("recognizer loader panicked")??
+        .0;
+    let recognizer = Arc::new(recognizer);
+    let watch_stop = shutdown.child_token();
+    let watcher = crate::catalog_watch::spawn(
+        recognizer.clone(),
+        cfg.analysis.catalog.clone(),
+        cfg.analysis.catalog_poll,
+        watch_stop.clone(),
+    )
+    .context("cannot start the catalog watcher")?;
 
-    let (publisher, eventloop) = mqtt::connect(&cfg)?;
+    // opening the outbox reads and rewrites its log: blocking file I/O
+    let (publisher, connection) = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || mqtt::connect(&cfg))
+            .await
+            .context("the outbox opener panicked")??
+    };
+    let first_seq = publisher.first_seq();
     let tasks = TaskTracker::new();
     let mqtt_shutdown = CancellationToken::new();
-    tasks.spawn(mqtt::drive(
-        eventloop,
-        publisher.clone(),
-        mqtt_shutdown.clone(),
-    ));
+    tasks.spawn(mqtt::drive(connection, mqtt_shutdown.clone()));
 
     let pipeline = Arc::new(Pipeline::build(
         &cfg.source,
@@ -58,7 +76,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         std::thread::Builder::new()
             .name("analysis".into())
             .spawn(move || {
-                let mut tracker = Tracker::new(tracker_cfg, 1);
+                // continues the stream's sequence across restarts (the bridge compares them)
+                let mut tracker = Tracker::new(tracker_cfg, first_seq);
                 let stats = run_loop(&pipeline, &recognizer, &mut tracker, &stop, |o| {
                     let _ = tx.send(o);
                 });
@@ -80,7 +99,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
                 for e in &events {
                     tracing::info!(kind = ?e.kind, sku = %e.sku, score = e.score, event_id = %e.event_id, pts_ms = e.pts_ms, "product event");
                     if let Err(err) = publisher.event(e).await {
-                        tracing::error!(error = %err, "cannot queue a product event");
+                        tracing::error!(error = %err, seq = e.seq, "cannot store a product event");
                     }
                 }
                 if let Err(err) = publisher.onscreen(&onscreen).await {
@@ -127,9 +146,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
 
     tracing::info!("stopping");
     analysis_stop.cancel();
+    watch_stop.cancel();
     pipeline.stop();
-    let joined = tokio::task::spawn_blocking(move || analysis.join()).await;
-    if !matches!(joined, Ok(Ok(()))) {
+    let joined = tokio::task::spawn_blocking(move || (analysis.join(), watcher.join())).await;
+    if !matches!(joined, Ok((Ok(()), Ok(())))) {
         tracing::error!("the analysis thread panicked");
     }
     // every event the analysis thread sent is forwarded before the goodbye
@@ -144,7 +164,12 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         .is_err()
     {
         mqtt_shutdown.cancel();
-        tracing::warn!("MQTT did not finish within 5 s; pending events may be lost");
+        let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+        tracing::warn!(
+            events = publisher.outbox_counts().depth,
+            "the broker did not acknowledge everything within 5 s: the rest stays in the outbox \
+             for the next start"
+        );
     }
     outcome
 }
