@@ -31,6 +31,7 @@ browser:
 
 bench: setup
 	$(CARGO) bench --profile dev -p spotter-models --bench forward
+	$(CARGO) bench --profile dev -p spotter-agent --bench outbox
 
 clean:
 	$(CARGO) clean

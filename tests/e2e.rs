@@ -214,10 +214,13 @@ async fn cards_on_time(
             "studio = \"test\"\nstream = \"main\"\n\n\
              [source]\nkind = \"uri\"\nuri = {}\nrealtime = true\n\n\
              [analysis]\ncatalog = {}\nmodel = {}\n\n\
-             [mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"spotter-agent-e2e\"\n",
+             [mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\nclient_id = \"spotter-agent-e2e\"\n\n\
+             [outbox]\ndir = {}\n",
             serde_json::to_string(&format!("file://{}", fx.clip.display()))?,
             toml_str(&fx.catalog_dir),
             toml_str(model),
+            // a fresh outbox: events left by an earlier run must not be replayed into this one
+            toml_str(&conf.path().join("outbox")),
         ),
     )?;
     let agent_started_ms = now_ms();

@@ -280,20 +280,31 @@ impl Pipeline {
     /// that its end posts `SegmentDone` (answered by [`Pipeline::loop_seek`]) instead of EOS and
     /// running time, hence every event's `pts_ms`, keeps increasing across loops.
     pub fn start(&self) -> Result<(), PipelineError> {
-        let refused = || PipelineError::Setup("the pipeline refused to start: see the error above".into());
+        let refused =
+            || PipelineError::Setup("the pipeline refused to start: see the error above".into());
         if self.looping {
-            self.pipeline.set_state(gst::State::Paused).map_err(|_| refused())?;
+            self.pipeline
+                .set_state(gst::State::Paused)
+                .map_err(|_| refused())?;
             // the decoder's pad appears and negotiates asynchronously; seek once video flows
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while self.seek_pad.as_ref().is_some_and(|p| p.current_caps().is_none()) {
+            while self
+                .seek_pad
+                .as_ref()
+                .is_some_and(|p| p.current_caps().is_none())
+            {
                 if std::time::Instant::now() > deadline {
-                    return Err(PipelineError::Setup("the source delivered no video within 30 s".into()));
+                    return Err(PipelineError::Setup(
+                        "the source delivered no video within 30 s".into(),
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
             self.seek_to_start(gst::SeekFlags::FLUSH | gst::SeekFlags::SEGMENT)?;
         }
-        self.pipeline.set_state(gst::State::Playing).map_err(|_| refused())?;
+        self.pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|_| refused())?;
         Ok(())
     }
 
@@ -328,7 +339,9 @@ impl Pipeline {
         if pad.push_event(seek) {
             Ok(())
         } else {
-            Err(setup_err("the source refused to seek back to its start: it cannot loop"))
+            Err(setup_err(
+                "the source refused to seek back to its start: it cannot loop",
+            ))
         }
     }
 

@@ -2,10 +2,9 @@
 //! out to viewers over WebSockets, with the viewer page, product images and metrics alongside.
 //!
 //! Pure decisions live in [`hub::state`] (dedup, offsets, recovery, on-screen snapshot),
-//! [`backoff`] and [`mqtt::ingest`]; the rest are thin adapters around them.
+//! [`spotter_protocol::backoff`] and [`mqtt::ingest`]; the rest are thin adapters around them.
 
 pub mod app;
-pub mod backoff;
 pub mod broker;
 pub mod config;
 pub mod http;

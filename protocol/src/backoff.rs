@@ -1,5 +1,6 @@
-//! Jittered exponential backoff for reconnecting to the broker: a pure state machine, the caller
-//! supplies the randomness and does the sleeping.
+//! Jittered exponential backoff for reconnecting to the broker, the reconnect policy of both
+//! MQTT clients (agent and bridge): a pure state machine; the caller supplies the randomness and
+//! does the sleeping.
 
 use std::time::Duration;
 

@@ -6,6 +6,7 @@
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod backoff;
 pub mod catalog;
 pub mod event;
 pub mod status;

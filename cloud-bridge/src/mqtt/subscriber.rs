@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::ingest::Ingest;
-use crate::backoff::Backoff;
 use crate::config::MqttConfig;
 use crate::metrics::Metrics;
+use spotter_protocol::backoff::Backoff;
 
 /// First reconnect delay (before jitter).
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
