@@ -52,6 +52,7 @@ pub fn run_loop(
             Ok(r) => {
                 stats.frames += 1;
                 stats.inference_ms_total += f64::from(r.inference_ms);
+                pipeline.counters().record_inference(r.inference_ms);
                 tracing::debug!(
                     pts_ms = frame.time.pts_ms,
                     inference_ms = r.inference_ms,

@@ -190,6 +190,13 @@ pub struct RawMqtt {
     /// Keep-alive interval.
     #[serde(default = "default_keepalive")]
     pub keepalive_secs: u64,
+    /// How often health (frame rates, inference time, outbox, CPU...) goes to the stats topic.
+    #[serde(default = "default_stats_interval")]
+    pub stats_interval_secs: f64,
+}
+
+fn default_stats_interval() -> f64 {
+    10.0
 }
 
 fn default_mqtt_url() -> String {
@@ -205,6 +212,7 @@ impl Default for RawMqtt {
             url: default_mqtt_url(),
             client_id: None,
             keepalive_secs: default_keepalive(),
+            stats_interval_secs: default_stats_interval(),
         }
     }
 }
@@ -351,6 +359,8 @@ pub struct MqttConfig {
     pub client_id: String,
     /// Keep-alive.
     pub keepalive: Duration,
+    /// Stats period.
+    pub stats_interval: Duration,
 }
 
 /// Validated outbox settings.
@@ -586,6 +596,10 @@ impl RawConfig {
                     .clone()
                     .unwrap_or_else(|| format!("spotter-{}-{}", self.studio, self.stream)),
                 keepalive: Duration::from_secs(self.mqtt.keepalive_secs),
+                stats_interval: positive_secs(
+                    "mqtt.stats_interval_secs",
+                    self.mqtt.stats_interval_secs,
+                )?,
             },
             analysis: AnalysisConfig {
                 catalog: a.catalog.clone(),

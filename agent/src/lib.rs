@@ -16,4 +16,5 @@ pub mod outbox;
 pub mod pipeline;
 pub mod recognizer;
 pub mod service;
+pub mod stats;
 pub mod tracker;

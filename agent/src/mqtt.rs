@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
-use spotter_protocol::{AgentState, OnScreen, ProductEvent, Status, Topic, TopicKind};
+use spotter_protocol::{AgentState, OnScreen, ProductEvent, Stats, Status, Topic, TopicKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +36,8 @@ pub struct Topics {
     pub onscreen: String,
     /// Retained status.
     pub status: String,
+    /// Periodic health of the studio box.
+    pub stats: String,
 }
 
 impl Topics {
@@ -51,6 +53,7 @@ impl Topics {
             events: t(TopicKind::Events)?,
             onscreen: t(TopicKind::OnScreen)?,
             status: t(TopicKind::Status)?,
+            stats: Topic::stats(studio)?.to_string(),
         })
     }
 }
@@ -70,6 +73,7 @@ enum Command {
     Event(ProductEvent, oneshot::Sender<Result<(), OutboxError>>),
     OnScreen(OnScreen),
     Status(AgentState),
+    Stats(Vec<u8>),
     Finish,
 }
 
@@ -87,6 +91,7 @@ impl std::fmt::Debug for Command {
             Command::Event(e, _) => write!(f, "Event(seq {})", e.seq),
             Command::OnScreen(s) => write!(f, "OnScreen(seq {})", s.seq),
             Command::Status(s) => write!(f, "Status({s:?})"),
+            Command::Stats(_) => write!(f, "Stats"),
             Command::Finish => write!(f, "Finish"),
         }
     }
@@ -186,6 +191,12 @@ impl Publisher {
         self.send(Command::Status(state))
     }
 
+    /// Publishes one stats reading (QoS 1, not stored: a reading that cannot go out now is
+    /// replaced by the next one).
+    pub fn stats(&self, s: &Stats) -> Result<(), PublishError> {
+        self.send(Command::Stats(s.encode()))
+    }
+
     /// Asks the connection to finish: deliver what is stored, then disconnect cleanly (no last
     /// will). [`drive`] returns once done; events not acknowledged by then stay on disk.
     pub async fn disconnect(&self) {
@@ -237,6 +248,7 @@ pub async fn drive(conn: Connection, shutdown: CancellationToken) {
         status_state: Delivery::Due,
         snapshot: None,
         snapshot_state: Delivery::Done,
+        stats_due: None,
         finishing: false,
         disconnect_sent: false,
     };
@@ -341,6 +353,7 @@ enum Tag {
     Event(u64),
     Status(AgentState),
     OnScreen(u64),
+    Stats,
 }
 
 struct Pump {
@@ -356,6 +369,8 @@ struct Pump {
     status_state: Delivery,
     snapshot: Option<OnScreen>,
     snapshot_state: Delivery,
+    /// the latest stats reading not yet handed to rumqttc
+    stats_due: Option<Vec<u8>>,
     finishing: bool,
     disconnect_sent: bool,
 }
@@ -464,6 +479,7 @@ impl Pump {
                 self.status = state;
                 self.status_state = Delivery::Due;
             }
+            Command::Stats(payload) => self.stats_due = Some(payload),
             Command::Finish => self.finishing = true,
         }
     }
@@ -512,6 +528,7 @@ impl Pump {
                         self.snapshot_state = Delivery::Done;
                     }
                 }
+                Some(Tag::Stats) => {}
                 None => tracing::debug!(pkid, "PUBACK for a publish no longer tracked"),
             },
             Link::Lost => {
@@ -547,6 +564,10 @@ impl Pump {
                 self.status_state = Delivery::Sent;
             }
         }
+        if let Some(payload) = self.stats_due.take() {
+            // ephemeral: if rumqttc cannot take it now, the next reading replaces it
+            self.hand_over(Tag::Stats, false, payload);
+        }
         while let Some((id, payload)) = self.outbox().next_to_send() {
             let payload = payload.to_vec();
             if !self.hand_over(Tag::Event(id), false, payload) {
@@ -573,6 +594,7 @@ impl Pump {
             Tag::Event(_) => &self.topics.events,
             Tag::Status(_) => &self.topics.status,
             Tag::OnScreen(_) => &self.topics.onscreen,
+            Tag::Stats => &self.topics.stats,
         };
         match self
             .client

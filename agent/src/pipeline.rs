@@ -17,7 +17,11 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use crate::config::{AnalysisConfig, Source, Upload};
+use crate::stats::Counters;
 use crate::tracker::FrameTime;
 
 /// Why the pipeline could not be built or run.
@@ -65,6 +69,16 @@ pub struct Pipeline {
     /// Where seeks go: the sink pad that the decoded video enters; a seek pushed upstream from it
     /// reaches only the demuxer (a seek on the pipeline fans out to every sink and fails on some)
     seek_pad: Option<gst::Pad>,
+    counters: Arc<Counters>,
+}
+
+/// Counts the buffers crossing `pad` into `counter`.
+fn count_buffers(pad: &gst::Pad, counters: &Arc<Counters>, counter: fn(&Counters) -> &AtomicU64) {
+    let counters = counters.clone();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        counter(&counters).fetch_add(1, Ordering::Relaxed);
+        gst::PadProbeReturn::Ok
+    });
 }
 
 fn make(factory: &'static str, plugins: &'static str) -> Result<gst::Element, PipelineError> {
@@ -267,12 +281,25 @@ impl Pipeline {
         gst::Element::link_many([&tee, &q, &rate, &scale, &conv, appsink.upcast_ref()])
             .map_err(setup_err)?;
 
+        let counters = Arc::new(Counters::default());
+        let pad = |e: &gst::Element, name: &str| {
+            e.static_pad(name)
+                .ok_or_else(|| setup_err(format!("{} has no {name} pad", e.name())))
+        };
+        count_buffers(&pad(&tee, "sink")?, &counters, |c| &c.camera_frames);
+        count_buffers(&pad(&q, "sink")?, &counters, |c| &c.analysis_in);
+        count_buffers(&pad(&q, "src")?, &counters, |c| &c.analysis_queued_out);
+        count_buffers(&pad(appsink.upcast_ref(), "sink")?, &counters, |c| {
+            &c.sink_in
+        });
+
         Ok(Pipeline {
             pipeline,
             appsink,
             looping,
             mode,
             seek_pad,
+            counters,
         })
     }
 
@@ -345,6 +372,11 @@ impl Pipeline {
         }
     }
 
+    /// Frame counters (camera, analysis branch, analysed), for the stats topic.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
     /// Whether the analysis branch has reached the end of the stream.
     pub fn is_eos(&self) -> bool {
         self.appsink.is_eos()
@@ -369,6 +401,7 @@ impl Pipeline {
             }
             _ => now_ms,
         };
+        self.counters.analysed.fetch_add(1, Ordering::Relaxed);
         let map = buffer.map_readable().ok()?;
         Some(Frame {
             data: map.as_slice().to_vec(),

@@ -66,6 +66,50 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     pipeline.start()?;
     tracing::info!(studio = %cfg.studio, stream = %cfg.stream, source = ?cfg.source, "pipeline started");
 
+    // health on the stats topic every `mqtt.stats_interval`; its own thread, because sysinfo's
+    // GPU handles cannot move between the runtime's threads
+    let stats_stop = shutdown.child_token();
+    let stats_thread = {
+        let publisher = publisher.clone();
+        let counters = pipeline.counters().clone();
+        let stop = stats_stop.clone();
+        let every = cfg.mqtt.stats_interval;
+        let stream = cfg.stream.clone();
+        std::thread::Builder::new()
+            .name("stats".into())
+            .spawn(move || {
+                let mut machine = crate::stats::Machine::new();
+                machine.sample(); // CPU use is measured between samples
+                let mut before = counters.reading();
+                let mut at = std::time::Instant::now();
+                while !stop.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let now = std::time::Instant::now();
+                    if now - at < every {
+                        continue;
+                    }
+                    let reading = counters.reading();
+                    let rates =
+                        crate::stats::Rates::between(before, reading, (now - at).as_secs_f64());
+                    let stats = crate::stats::assemble(
+                        &stream,
+                        crate::pipeline::now_utc_ms(),
+                        rates,
+                        reading,
+                        counters.inference_ms(),
+                        publisher.outbox_counts(),
+                        machine.sample(),
+                    );
+                    tracing::debug!(?stats, "stats");
+                    if publisher.stats(&stats).is_err() {
+                        return;
+                    }
+                    (before, at) = (reading, now);
+                }
+            })
+            .context("cannot start the stats thread")?
+    };
+
     // the analysis thread: frames in, events out over a channel to the publisher
     let (tx, mut rx) = mpsc::unbounded_channel::<Output>();
     let analysis_stop = shutdown.child_token();
@@ -147,10 +191,13 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     tracing::info!("stopping");
     analysis_stop.cancel();
     watch_stop.cancel();
+    stats_stop.cancel();
     pipeline.stop();
-    let joined = tokio::task::spawn_blocking(move || (analysis.join(), watcher.join())).await;
-    if !matches!(joined, Ok((Ok(()), Ok(())))) {
-        tracing::error!("the analysis thread panicked");
+    let joined =
+        tokio::task::spawn_blocking(move || (analysis.join(), watcher.join(), stats_thread.join()))
+            .await;
+    if !matches!(joined, Ok((Ok(()), Ok(()), Ok(())))) {
+        tracing::error!("a worker thread (analysis, catalog watch or stats) panicked");
     }
     // every event the analysis thread sent is forwarded before the goodbye
     let _ = tokio::time::timeout(Duration::from_secs(5), forward).await;

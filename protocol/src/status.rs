@@ -124,6 +124,9 @@ pub struct Stats {
     /// Hottest temperature sensor, degrees Celsius, where readable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature_c: Option<f32>,
+    /// Busiest GPU's load, percent, where the platform exposes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_percent: Option<f32>,
 }
 
 impl Stats {

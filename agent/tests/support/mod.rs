@@ -181,6 +181,7 @@ pub fn publisher_settings(
             port,
             client_id: client_id.into(),
             keepalive: Duration::from_secs(5),
+            stats_interval: Duration::from_secs(10),
         },
         Topics::for_stream(STUDIO, STREAM).expect("valid topics"),
         OutboxConfig {
