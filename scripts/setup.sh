@@ -14,7 +14,7 @@ packages=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav
   openclipart-png chromium unzip curl
-  mosquitto
+  mosquitto nginx libnginx-mod-rtmp
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -29,11 +29,13 @@ if ((${#missing[@]})); then
   fi
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
-  # Debian starts the broker it installs on port 1883, where the demo's bridge embeds its own;
-  # the tests start their own Mosquitto on free ports, so the system one is not wanted
-  if [[ " ${missing[*]} " == *" mosquitto "* ]] && command -v systemctl >/dev/null; then
-    $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
-  fi
+  # Debian starts the services it installs: Mosquitto on port 1883, where the demo's bridge
+  # embeds its own broker, and nginx on 80. The tests start their own on free ports.
+  for svc in mosquitto nginx; do
+    if [[ " ${missing[*]} " == *" $svc "* ]] && command -v systemctl >/dev/null; then
+      $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 # --- model weights ---------------------------------------------------------------------------

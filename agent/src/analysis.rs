@@ -31,6 +31,7 @@ pub enum Output {
 /// Analyses frames until the stream ends or `shutdown` fires; ends open appearances at the end.
 pub fn run_loop(
     pipeline: &Pipeline,
+    slowdown: Duration,
     recognizer: &Recognizer,
     tracker: &mut Tracker,
     shutdown: &CancellationToken,
@@ -52,6 +53,9 @@ pub fn run_loop(
             Ok(r) => {
                 stats.frames += 1;
                 stats.inference_ms_total += f64::from(r.inference_ms);
+                if !slowdown.is_zero() {
+                    std::thread::sleep(slowdown);
+                }
                 pipeline.counters().record_inference(r.inference_ms);
                 tracing::debug!(
                     pts_ms = frame.time.pts_ms,

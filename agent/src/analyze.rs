@@ -64,20 +64,27 @@ pub fn analyze(
     let mut tracker = Tracker::new(args.tracker.clone(), 1);
     let mut written = 0usize;
     let mut write_err = None;
-    let stats = run_loop(&pipeline, &recognizer, &mut tracker, shutdown, |o| {
-        let Output::Events(events, _) = o;
-        for e in events {
-            if write_err.is_some() {
-                return;
+    let stats = run_loop(
+        &pipeline,
+        args.analysis.slowdown,
+        &recognizer,
+        &mut tracker,
+        shutdown,
+        |o| {
+            let Output::Events(events, _) = o;
+            for e in events {
+                if write_err.is_some() {
+                    return;
+                }
+                let mut line = e.encode();
+                line.push(b'\n');
+                match out.write_all(&line).and_then(|()| out.flush()) {
+                    Ok(()) => written += 1,
+                    Err(err) => write_err = Some(err),
+                }
             }
-            let mut line = e.encode();
-            line.push(b'\n');
-            match out.write_all(&line).and_then(|()| out.flush()) {
-                Ok(()) => written += 1,
-                Err(err) => write_err = Some(err),
-            }
-        }
-    });
+        },
+    );
     // an error from the decoder ends the stream early: report it rather than a short result
     let error = bus.iter().find_map(|m| match m.view() {
         gstreamer::MessageView::Error(e) => Some(format!("{} ({:?})", e.error(), e.debug())),

@@ -14,8 +14,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::recognizer::Recognizer;
 
-/// A directory listing: (path, size, modification time), sorted; files up to two levels down.
+/// A directory listing: (path, size, modification time), sorted; `catalog.toml` and image files
+/// up to two levels down (nothing else in the directory, a log or an outbox, triggers a reload).
 pub type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+fn is_catalog_file(path: &Path) -> bool {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    path.file_name()
+        .is_some_and(|n| n == spotter_protocol::catalog::CATALOG_FILE)
+        || matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg"))
+}
 
 /// Lists the catalog directory.
 pub fn fingerprint(dir: &Path) -> Fingerprint {
@@ -30,7 +41,7 @@ pub fn fingerprint(dir: &Path) -> Fingerprint {
                 if depth > 0 {
                     walk(&path, depth - 1, out);
                 }
-            } else {
+            } else if is_catalog_file(&path) {
                 out.push((path, meta.len(), meta.modified().ok()));
             }
         }
@@ -110,6 +121,12 @@ mod tests {
         std::fs::write(d.path().join("catalog.toml"), "x").expect("write");
         let a = fingerprint(d.path());
         assert_eq!(a, fingerprint(d.path()), "stable when nothing changes");
+        std::fs::write(d.path().join("agent.log"), "noise").expect("write");
+        assert_eq!(
+            a,
+            fingerprint(d.path()),
+            "files that are not the catalog's do not count"
+        );
         std::fs::create_dir(d.path().join("photos")).expect("mkdir");
         std::fs::write(d.path().join("photos/new.png"), "png").expect("write");
         let b = fingerprint(d.path());

@@ -102,6 +102,10 @@ pub struct RawAnalysis {
     /// How often the catalog directory is checked for changes (new products, new photos).
     #[serde(default = "default_catalog_poll")]
     pub catalog_poll_secs: f64,
+    /// Extra time spent on every analysed frame, as a slower model or machine would: for
+    /// checking that a slow analysis never costs the upload a frame. Leave at 0 on air.
+    #[serde(default)]
+    pub slowdown_ms: u64,
 }
 
 fn default_catalog_poll() -> f64 {
@@ -252,11 +256,19 @@ pub const MAX_OUTBOX_BYTES: u64 = 1 << 30;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpload {
-    /// `none` (analysis only) or `hls` (a local HLS directory, for the demo).
+    /// `none` (analysis only), `rtmp` (Amazon IVS or any RTMP/RTMPS ingest) or `hls` (a local
+    /// HLS directory, for the demo).
     #[serde(default = "default_upload_kind")]
     pub kind: String,
     /// For `hls`: the directory to write `index.m3u8` and segments into.
     pub hls_dir: Option<PathBuf>,
+    /// For `rtmp`: the ingest URL without the stream key, e.g.
+    /// `rtmps://<ingest-endpoint>:443/app/` (IVS).
+    pub url: Option<String>,
+    /// For `rtmp`: a file holding the stream key (a secret: never put the key in this file).
+    /// Without it the key comes from SPOTTER_STREAM_KEY, or from the systemd credential
+    /// `stream-key` (LoadCredential=stream-key:/path).
+    pub stream_key_file: Option<PathBuf>,
     /// Encoder bitrate, kbit/s.
     #[serde(default = "default_bitrate")]
     pub bitrate_kbps: u32,
@@ -280,6 +292,8 @@ impl Default for RawUpload {
         RawUpload {
             kind: default_upload_kind(),
             hls_dir: None,
+            url: None,
+            stream_key_file: None,
             bitrate_kbps: default_bitrate(),
             keyframe_interval_secs: default_idr(),
         }
@@ -321,6 +335,68 @@ pub enum Upload {
         /// Seconds between IDR frames.
         keyframe_interval_secs: u32,
     },
+    /// An RTMP or RTMPS ingest (Amazon IVS).
+    Rtmp {
+        /// Ingest URL, without the key.
+        url: String,
+        /// The stream key.
+        key: StreamKey,
+        /// kbit/s (constant bitrate).
+        bitrate_kbps: u32,
+        /// Seconds between IDR frames.
+        keyframe_interval_secs: u32,
+    },
+}
+
+/// The ingest's stream key: a secret, so `Debug` never shows it (logs, errors, panics).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StreamKey(String);
+
+impl StreamKey {
+    /// The key itself, for the sink's location only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for StreamKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamKey(***)")
+    }
+}
+
+/// Finds the stream key: `upload.stream_key_file`, then SPOTTER_STREAM_KEY, then the systemd
+/// credential `stream-key`.
+fn stream_key(file: Option<&Path>) -> Result<StreamKey, ConfigError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map(|k| k.trim().to_owned())
+            .map_err(|e| {
+                invalid(
+                    "upload.stream_key_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })
+    };
+    let key = if let Some(path) = file {
+        read(path)?
+    } else if let Ok(k) = std::env::var("SPOTTER_STREAM_KEY") {
+        k.trim().to_owned()
+    } else if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        read(&Path::new(&dir).join("stream-key"))?
+    } else {
+        return Err(invalid(
+            "upload.stream_key_file",
+            "no stream key: set upload.stream_key_file, SPOTTER_STREAM_KEY, or LoadCredential=stream-key",
+        ));
+    };
+    if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            "upload.stream_key_file",
+            "the stream key is empty or has spaces or control characters",
+        ));
+    }
+    Ok(StreamKey(key))
 }
 
 /// Validated tracker settings.
@@ -387,6 +463,8 @@ pub struct AnalysisConfig {
     pub height: u32,
     /// Catalog change polling interval.
     pub catalog_poll: Duration,
+    /// Deliberate extra time per analysed frame (testing only).
+    pub slowdown: Duration,
 }
 
 /// The validated configuration the agent runs with.
@@ -553,10 +631,30 @@ impl RawConfig {
                 bitrate_kbps: self.upload.bitrate_kbps,
                 keyframe_interval_secs: self.upload.keyframe_interval_secs,
             },
+            "rtmp" => {
+                let url = self.upload.url.clone().ok_or_else(|| {
+                    invalid(
+                        "upload.url",
+                        "required when upload.kind = \"rtmp\" (IVS: rtmps://<ingest>:443/app/)",
+                    )
+                })?;
+                if !(url.starts_with("rtmp://") || url.starts_with("rtmps://")) {
+                    return Err(invalid(
+                        "upload.url",
+                        format!("{url:?} must start with rtmp:// or rtmps://"),
+                    ));
+                }
+                Upload::Rtmp {
+                    url,
+                    key: stream_key(self.upload.stream_key_file.as_deref())?,
+                    bitrate_kbps: self.upload.bitrate_kbps,
+                    keyframe_interval_secs: self.upload.keyframe_interval_secs,
+                }
+            }
             other => {
                 return Err(invalid(
                     "upload.kind",
-                    format!("{other:?} is not one of \"none\", \"hls\""),
+                    format!("{other:?} is not one of \"none\", \"rtmp\", \"hls\""),
                 ))
             }
         };
@@ -608,6 +706,7 @@ impl RawConfig {
                 width: a.width,
                 height: a.height,
                 catalog_poll: positive_secs("analysis.catalog_poll_secs", a.catalog_poll_secs)?,
+                slowdown: Duration::from_millis(a.slowdown_ms),
             },
             studio: self.studio,
             stream: self.stream,
@@ -650,12 +749,27 @@ mod tests {
     #[test]
     fn every_shipped_example_parses() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        // the examples name secret files that exist only on a studio box: stand one in
+        let secrets = tempfile::tempdir().expect("tempdir");
+        let key = secrets.path().join("stream-key");
+        std::fs::write(&key, "sk_example").expect("write");
         let mut n = 0;
         for entry in std::fs::read_dir(&dir).expect("agent/examples exists") {
             let path = entry.expect("entry").path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let text = std::fs::read_to_string(&path).expect("readable");
-                parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let raw: RawConfig = config::Config::builder()
+                    .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+                    .set_override_option(
+                        "upload.stream_key_file",
+                        text.contains("stream_key_file")
+                            .then(|| key.display().to_string()),
+                    )
+                    .and_then(|b| b.build())
+                    .and_then(|c| c.try_deserialize())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                raw.validate()
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 n += 1;
             }
         }
@@ -708,6 +822,29 @@ mod tests {
             parse("studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[tracker]\nmin_frames = 9\n")
                 .expect_err("min_frames > window");
         assert!(err.to_string().contains("tracker.min_frames"), "{err}");
+    }
+
+    #[test]
+    fn the_stream_key_never_shows_in_debug_output() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "sk_us-west-2_SECRET123\n").expect("write");
+        let c = parse(&format!(
+            "studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[upload]\nkind = \"rtmp\"\nurl = \"rtmps://ingest.example:443/app/\"\nstream_key_file = \"{}\"\n",
+            key.display()
+        ))
+        .expect("valid");
+        let Upload::Rtmp { key: secret, .. } = &c.upload else {
+            panic!("rtmp upload")
+        };
+        assert_eq!(secret.expose(), "sk_us-west-2_SECRET123");
+        assert!(!format!("{c:?}").contains("SECRET"), "{c:?}");
+        let err = parse(&format!(
+            "studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[upload]\nkind = \"rtmp\"\nurl = \"http://x/\"\nstream_key_file = \"{}\"\n",
+            key.display()
+        ))
+        .expect_err("scheme");
+        assert!(err.to_string().contains("upload.url"), "{err}");
     }
 
     #[test]

@@ -212,6 +212,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     width: a.width,
                     height: a.height,
                     catalog_poll: std::time::Duration::from_secs(2),
+                    slowdown: std::time::Duration::ZERO,
                 },
                 tracker: TrackerConfig::default(),
             };

@@ -81,6 +81,65 @@ fn count_buffers(pad: &gst::Pad, counters: &Arc<Counters>, counter: fn(&Counters
     });
 }
 
+/// The upload encoder after `q`, as IVS wants it: H.264, constant bitrate, zero-latency tuning,
+/// no B-frames, an IDR every `idr_secs` (set from the negotiated frame rate, as x264 counts in
+/// frames). Returns the parser to link the muxer or sink to.
+fn encoder(
+    pipeline: &gst::Pipeline,
+    q: &gst::Element,
+    bitrate_kbps: u32,
+    idr_secs: u32,
+) -> Result<gst::Element, PipelineError> {
+    let conv = make("videoconvert", "base")?;
+    let enc = gst::ElementFactory::make("x264enc")
+        .property("bitrate", bitrate_kbps)
+        .property_from_str("pass", "cbr")
+        .property_from_str("tune", "zerolatency")
+        .property_from_str("speed-preset", "veryfast")
+        .property("key-int-max", 30 * idr_secs)
+        .property("bframes", 0u32)
+        .build()
+        .map_err(|_| PipelineError::MissingElement("x264enc", "ugly"))?;
+    let enc_sink = enc
+        .static_pad("sink")
+        .ok_or_else(|| setup_err("x264enc has no sink pad"))?;
+    let weak = enc.downgrade();
+    enc_sink.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        if let Some(gst::PadProbeData::Event(ev)) = &info.data {
+            if let gst::EventView::Caps(c) = ev.view() {
+                let fps = c
+                    .caps()
+                    .structure(0)
+                    .and_then(|st| st.get::<gst::Fraction>("framerate").ok())
+                    .filter(|f| f.numer() > 0 && f.denom() > 0);
+                if let (Some(fps), Some(enc)) = (fps, weak.upgrade()) {
+                    let frames = (f64::from(fps.numer()) / f64::from(fps.denom())
+                        * f64::from(idr_secs))
+                    .round()
+                    .max(1.0) as u32;
+                    enc.set_property("key-int-max", frames);
+                }
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+    let caps = gst::ElementFactory::make("capsfilter")
+        .property(
+            "caps",
+            gst::Caps::builder("video/x-h264")
+                .field("profile", "main")
+                .build(),
+        )
+        .build()
+        .map_err(|_| PipelineError::MissingElement("capsfilter", "core"))?;
+    let parse = make("h264parse", "bad")?;
+    pipeline
+        .add_many([&conv, &enc, &caps, &parse])
+        .map_err(setup_err)?;
+    gst::Element::link_many([q, &conv, &enc, &caps, &parse]).map_err(setup_err)?;
+    Ok(parse)
+}
+
 fn make(factory: &'static str, plugins: &'static str) -> Result<gst::Element, PipelineError> {
     gst::ElementFactory::make(factory)
         .build()
@@ -209,16 +268,7 @@ impl Pipeline {
                 } => {
                     std::fs::create_dir_all(dir)
                         .map_err(|e| setup_err(format!("cannot create {}: {e}", dir.display())))?;
-                    let conv = make("videoconvert", "base")?;
-                    let enc = gst::ElementFactory::make("x264enc")
-                        .property("bitrate", *bitrate_kbps)
-                        .property_from_str("tune", "zerolatency")
-                        .property_from_str("speed-preset", "veryfast")
-                        .property("key-int-max", 30 * *keyframe_interval_secs)
-                        .property("bframes", 0u32)
-                        .build()
-                        .map_err(|_| PipelineError::MissingElement("x264enc", "ugly"))?;
-                    let parse = make("h264parse", "bad")?;
+                    let parse = encoder(&pipeline, &q, *bitrate_kbps, *keyframe_interval_secs)?;
                     let sink = gst::ElementFactory::make("hlssink2")
                         .property("location", dir.join("segment%05d.ts").display().to_string())
                         .property(
@@ -230,13 +280,33 @@ impl Pipeline {
                         .property("max-files", 12u32)
                         .build()
                         .map_err(|_| PipelineError::MissingElement("hlssink2", "bad"))?;
-                    pipeline
-                        .add_many([&conv, &enc, &parse, &sink])
-                        .map_err(setup_err)?;
-                    gst::Element::link_many([&q, &conv, &enc, &parse]).map_err(setup_err)?;
+                    pipeline.add(&sink).map_err(setup_err)?;
                     parse
                         .link_pads(Some("src"), &sink, Some("video"))
                         .map_err(setup_err)?;
+                }
+                Upload::Rtmp {
+                    url,
+                    key,
+                    bitrate_kbps,
+                    keyframe_interval_secs,
+                } => {
+                    let parse = encoder(&pipeline, &q, *bitrate_kbps, *keyframe_interval_secs)?;
+                    let mux = gst::ElementFactory::make("flvmux")
+                        .property("streamable", true)
+                        .build()
+                        .map_err(|_| PipelineError::MissingElement("flvmux", "good"))?;
+                    let location = format!("{}/{}", url.trim_end_matches('/'), key.expose());
+                    let sink = gst::ElementFactory::make("rtmp2sink")
+                        .property("location", location)
+                        .property("async-connect", false)
+                        .build()
+                        .map_err(|_| PipelineError::MissingElement("rtmp2sink", "bad"))?;
+                    pipeline.add_many([&mux, &sink]).map_err(setup_err)?;
+                    parse
+                        .link_pads(Some("src"), &mux, Some("video"))
+                        .map_err(setup_err)?;
+                    mux.link(&sink).map_err(setup_err)?;
                 }
             }
         }

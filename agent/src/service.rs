@@ -117,12 +117,19 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         let pipeline = pipeline.clone();
         let stop = analysis_stop.clone();
         let tracker_cfg = cfg.tracker.clone();
+        let slowdown = cfg.analysis.slowdown;
+        if !slowdown.is_zero() {
+            tracing::warn!(
+                slowdown_ms = slowdown.as_millis() as u64,
+                "analysis slowed on purpose (analysis.slowdown_ms)"
+            );
+        }
         std::thread::Builder::new()
             .name("analysis".into())
             .spawn(move || {
                 // continues the stream's sequence across restarts (the bridge compares them)
                 let mut tracker = Tracker::new(tracker_cfg, first_seq);
-                let stats = run_loop(&pipeline, &recognizer, &mut tracker, &stop, |o| {
+                let stats = run_loop(&pipeline, slowdown, &recognizer, &mut tracker, &stop, |o| {
                     let _ = tx.send(o);
                 });
                 if stats.frames > 0 {
