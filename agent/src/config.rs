@@ -197,6 +197,17 @@ pub struct RawMqtt {
     /// How often health (frame rates, inference time, outbox, CPU...) goes to the stats topic.
     #[serde(default = "default_stats_interval")]
     pub stats_interval_secs: f64,
+    /// For `mqtts://`: the CA certificate(s) the broker's certificate must chain to (PEM).
+    /// AWS IoT Core: Amazon Root CA 1.
+    pub ca_file: Option<PathBuf>,
+    /// For `mqtts://`: this device's certificate (PEM), for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    /// For `mqtts://`: this device's private key (PEM). A secret: keep it in a systemd
+    /// credential, not beside this file.
+    pub key_file: Option<PathBuf>,
+    /// For `mqtts://`: an ALPN protocol to offer; AWS IoT Core on port 443 wants
+    /// `x-amzn-mqtt-ca`.
+    pub alpn: Option<String>,
 }
 
 fn default_stats_interval() -> f64 {
@@ -217,6 +228,10 @@ impl Default for RawMqtt {
             client_id: None,
             keepalive_secs: default_keepalive(),
             stats_interval_secs: default_stats_interval(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            alpn: None,
         }
     }
 }
@@ -437,6 +452,68 @@ pub struct MqttConfig {
     pub keepalive: Duration,
     /// Stats period.
     pub stats_interval: Duration,
+    /// TLS, for `mqtts://` URLs.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM material for a TLS connection to the broker, read at start.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificates.
+    pub ca: Vec<u8>,
+    /// Client certificate and private key, for mutual TLS.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+    /// ALPN protocol to offer.
+    pub alpn: Option<String>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("ca_bytes", &self.ca.len())
+            .field("client_certificate", &self.client.is_some())
+            .field("alpn", &self.alpn)
+            .finish()
+    }
+}
+
+impl RawMqtt {
+    fn tls(&self, secure: bool) -> Result<Option<TlsFiles>, ConfigError> {
+        let read = |key: &'static str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))
+        };
+        if !secure {
+            if self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some() {
+                return Err(invalid(
+                    "mqtt.url",
+                    "TLS files are set: use an mqtts:// URL",
+                ));
+            }
+            return Ok(None);
+        }
+        let ca_path = self.ca_file.as_deref().ok_or_else(|| {
+            invalid(
+                "mqtt.ca_file",
+                "required with mqtts:// (the CA that signed the broker's certificate)",
+            )
+        })?;
+        let client = match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => Some((read("mqtt.cert_file", c)?, read("mqtt.key_file", k)?)),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "mqtt.key_file",
+                    "mutual TLS needs both mqtt.cert_file and mqtt.key_file",
+                ))
+            }
+        };
+        Ok(Some(TlsFiles {
+            ca: read("mqtt.ca_file", ca_path)?,
+            client,
+            alpn: self.alpn.clone(),
+        }))
+    }
 }
 
 /// Validated outbox settings.
@@ -553,25 +630,33 @@ fn positive_secs(key: &'static str, v: f64) -> Result<Duration, ConfigError> {
     }
 }
 
-/// Parses `mqtt://host[:port]` (plain TCP; the TLS forms come with the IoT Core work).
-pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url
+/// Parses `mqtt://host[:port]` (plain TCP, port 1883 by default) or `mqtts://host[:port]` (TLS,
+/// port 8883 by default); returns host, port and whether it is TLS.
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16, bool), String> {
+    let (rest, secure) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (r, true)
+    } else if let Some(r) = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| format!("{url:?} must start with mqtt://"))?;
+    {
+        (r, false)
+    } else {
+        return Err(format!("{url:?} must start with mqtt:// or mqtts://"));
+    };
     let rest = rest.trim_end_matches('/');
+    let default_port = if secure { 8883 } else { 1883 };
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) => (
             h,
             p.parse::<u16>()
                 .map_err(|_| format!("{p:?} is not a port number"))?,
         ),
-        None => (rest, 1883),
+        None => (rest, default_port),
     };
     if host.is_empty() {
         return Err(format!("{url:?} has no host"));
     }
-    Ok((host.to_owned(), port))
+    Ok((host.to_owned(), port, secure))
 }
 
 impl RawConfig {
@@ -618,7 +703,9 @@ impl RawConfig {
                 ));
             }
         }
-        let (host, port) = parse_mqtt_url(&self.mqtt.url).map_err(|r| invalid("mqtt.url", r))?;
+        let (host, port, secure) =
+            parse_mqtt_url(&self.mqtt.url).map_err(|r| invalid("mqtt.url", r))?;
+        let tls = self.mqtt.tls(secure)?;
         if !(5..=3600).contains(&self.mqtt.keepalive_secs) {
             return Err(invalid("mqtt.keepalive_secs", "must be within 5..=3600"));
         }
@@ -698,6 +785,7 @@ impl RawConfig {
                     "mqtt.stats_interval_secs",
                     self.mqtt.stats_interval_secs,
                 )?,
+                tls,
             },
             analysis: AnalysisConfig {
                 catalog: a.catalog.clone(),
@@ -851,9 +939,16 @@ mod tests {
     fn mqtt_urls() {
         assert_eq!(
             parse_mqtt_url("mqtt://h:1884").expect("ok"),
-            ("h".into(), 1884)
+            ("h".into(), 1884, false)
         );
-        assert_eq!(parse_mqtt_url("mqtt://h").expect("ok"), ("h".into(), 1883));
+        assert_eq!(
+            parse_mqtt_url("mqtt://h").expect("ok"),
+            ("h".into(), 1883, false)
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtts://h").expect("ok"),
+            ("h".into(), 8883, true)
+        );
         assert!(parse_mqtt_url("mqtt://:1").is_err());
         assert!(parse_mqtt_url("mqtt://h:x").is_err());
     }

@@ -130,6 +130,17 @@ pub fn connect_with(
     let outbox = Outbox::open(&outbox.dir, outbox.max_bytes, MAX_IN_FLIGHT)
         .with_context(|| format!("cannot open the outbox in {}", outbox.dir.display()))?;
     let mut opts = MqttOptions::new(&mqtt.client_id, &mqtt.host, mqtt.port);
+    if let Some(tls) = &mqtt.tls {
+        // rustls with ring (no C toolchain needed for cross builds); once per process
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Simple {
+                ca: tls.ca.clone(),
+                alpn: tls.alpn.as_ref().map(|a| vec![a.as_bytes().to_vec()]),
+                client_auth: tls.client.clone(),
+            },
+        ));
+    }
     opts.set_keep_alive(mqtt.keepalive);
     opts.set_clean_session(false);
     // room for every outstanding event plus the status and snapshot, so rumqttc never holds

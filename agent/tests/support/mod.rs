@@ -182,6 +182,7 @@ pub fn publisher_settings(
             client_id: client_id.into(),
             keepalive: Duration::from_secs(5),
             stats_interval: Duration::from_secs(10),
+            tls: None,
         },
         Topics::for_stream(STUDIO, STREAM).expect("valid topics"),
         OutboxConfig {
