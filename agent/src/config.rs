@@ -208,6 +208,14 @@ pub struct RawMqtt {
     /// For `mqtts://`: an ALPN protocol to offer; AWS IoT Core on port 443 wants
     /// `x-amzn-mqtt-ca`.
     pub alpn: Option<String>,
+    /// Most publishes a second on the connection (AWS IoT Core's limit is 100); a backlog
+    /// replayed after an outage is paced to it.
+    #[serde(default = "default_max_rate")]
+    pub max_publishes_per_sec: u32,
+}
+
+fn default_max_rate() -> u32 {
+    100
 }
 
 fn default_stats_interval() -> f64 {
@@ -232,6 +240,7 @@ impl Default for RawMqtt {
             cert_file: None,
             key_file: None,
             alpn: None,
+            max_publishes_per_sec: default_max_rate(),
         }
     }
 }
@@ -454,6 +463,8 @@ pub struct MqttConfig {
     pub stats_interval: Duration,
     /// TLS, for `mqtts://` URLs.
     pub tls: Option<TlsFiles>,
+    /// Publish rate limit, per second.
+    pub max_publishes_per_sec: u32,
 }
 
 /// The PEM material for a TLS connection to the broker, read at start.
@@ -706,6 +717,12 @@ impl RawConfig {
         let (host, port, secure) =
             parse_mqtt_url(&self.mqtt.url).map_err(|r| invalid("mqtt.url", r))?;
         let tls = self.mqtt.tls(secure)?;
+        if !(1..=10_000).contains(&self.mqtt.max_publishes_per_sec) {
+            return Err(invalid(
+                "mqtt.max_publishes_per_sec",
+                "must be within 1..=10000",
+            ));
+        }
         if !(5..=3600).contains(&self.mqtt.keepalive_secs) {
             return Err(invalid("mqtt.keepalive_secs", "must be within 5..=3600"));
         }
@@ -786,6 +803,7 @@ impl RawConfig {
                     self.mqtt.stats_interval_secs,
                 )?,
                 tls,
+                max_publishes_per_sec: self.mqtt.max_publishes_per_sec,
             },
             analysis: AnalysisConfig {
                 catalog: a.catalog.clone(),

@@ -14,6 +14,7 @@ pub mod model_import;
 pub mod mqtt;
 pub mod outbox;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod recognizer;
 pub mod service;
 pub mod stats;

@@ -24,6 +24,8 @@ use crate::outbox::{Outbox, OutboxCounts, OutboxError, OutboxStats, PacketIds};
 use crate::pipeline::now_utc_ms;
 use spotter_protocol::backoff::Backoff;
 
+use crate::ratelimit::TokenBucket;
+
 /// Events handed to rumqttc and not yet acknowledged, at most.
 pub const MAX_IN_FLIGHT: usize = 32;
 
@@ -104,6 +106,7 @@ pub struct Connection {
     outbox: Outbox,
     topics: Topics,
     commands: mpsc::UnboundedReceiver<Command>,
+    max_rate: u32,
 }
 
 impl std::fmt::Debug for Connection {
@@ -167,6 +170,7 @@ pub fn connect_with(
             outbox,
             topics,
             commands: rx,
+            max_rate: mqtt.max_publishes_per_sec,
         },
     ))
 }
@@ -245,6 +249,7 @@ pub async fn drive(conn: Connection, shutdown: CancellationToken) {
         outbox,
         topics,
         commands,
+        max_rate,
     } = conn;
     let gate: Gate = Arc::new(Mutex::new(0));
     let (links_tx, links_rx) = mpsc::unbounded_channel();
@@ -260,6 +265,9 @@ pub async fn drive(conn: Connection, shutdown: CancellationToken) {
         snapshot: None,
         snapshot_state: Delivery::Done,
         stats_due: None,
+        bucket: TokenBucket::new(max_rate, max_rate, 0),
+        started: tokio::time::Instant::now(),
+        retry_at: None,
         finishing: false,
         disconnect_sent: false,
     };
@@ -382,6 +390,11 @@ struct Pump {
     snapshot_state: Delivery,
     /// the latest stats reading not yet handed to rumqttc
     stats_due: Option<Vec<u8>>,
+    /// the broker's publish rate (IoT Core: 100 a second a connection)
+    bucket: TokenBucket,
+    started: tokio::time::Instant,
+    /// when `send_due` should run again because the bucket was empty
+    retry_at: Option<tokio::time::Instant>,
     finishing: bool,
     disconnect_sent: bool,
 }
@@ -439,9 +452,11 @@ impl Pump {
                     }
                 }
             }
+            let retry_at = self.retry_at;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                () = sleep_until_some(retry_at) => self.retry_at = None,
                 link = links.recv() => match link {
                     Some(Link::Disconnected) | None => break,
                     Some(link) => self.on_link(link).await,
@@ -599,8 +614,14 @@ impl Pump {
         }
     }
 
-    /// Hands one QoS 1 publish to rumqttc; the caller holds the gate.
+    /// Hands one QoS 1 publish to rumqttc, within the publish rate; the caller holds the gate.
     fn hand_over(&mut self, tag: Tag, retain: bool, payload: Vec<u8>) -> bool {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        if !self.bucket.try_take(now_ms) {
+            let wait = Duration::from_millis(self.bucket.wait_ms(now_ms).max(1));
+            self.retry_at = Some(tokio::time::Instant::now() + wait);
+            return false;
+        }
         let topic = match tag {
             Tag::Event(_) => &self.topics.events,
             Tag::Status(_) => &self.topics.status,
@@ -620,6 +641,14 @@ impl Pump {
                 false
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -183,6 +183,7 @@ pub fn publisher_settings(
             keepalive: Duration::from_secs(5),
             stats_interval: Duration::from_secs(10),
             tls: None,
+            max_publishes_per_sec: 100,
         },
         Topics::for_stream(STUDIO, STREAM).expect("valid topics"),
         OutboxConfig {
