@@ -1,5 +1,7 @@
 //! `spotter-agent doctor` reports what works and names what does not, with the fix.
 
+mod support;
+
 use std::path::Path;
 
 use spotter_agent::config::RawConfig;
@@ -27,19 +29,8 @@ fn closed_port() -> u16 {
 #[test]
 fn reports_each_check_and_fails_on_a_dead_broker_and_missing_model() {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(
-        "/usr/share/openclipart/png/food/beverages/mug.png",
-        dir.path().join("mug.png"),
-    )
-    .expect("openclipart-png is installed");
-    std::fs::write(
-        dir.path().join("catalog.toml"),
-        "[[product]]\nsku = \"MUG-001\"\nname = \"Mug\"\nprice = \"1.00\"\ncurrency = \"USD\"\nurl = \"https://shop.example/m\"\nimages = [\"mug.png\"]\n",
-    )
-    .expect("write");
-    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models/weights/efficientnet-lite0.safetensors");
-    assert!(model.is_file(), "run `make setup` first");
+    support::mug_catalog(dir.path());
+    let model = support::model_path();
 
     let checks = run_checks(&config(dir.path(), &model, closed_port()));
     let verdict = |name: &str| checks.iter().find(|c| c.name == name).map(|c| c.verdict);

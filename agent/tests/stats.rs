@@ -15,19 +15,8 @@ use support::{Mosquitto, STREAM, STUDIO};
 async fn stats_arrive_with_real_frame_rates_and_status_says_stopped() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(
-        "/usr/share/openclipart/png/food/beverages/mug.png",
-        dir.path().join("mug.png"),
-    )
-    .expect("openclipart-png is installed");
-    std::fs::write(
-        dir.path().join("catalog.toml"),
-        "[[product]]\nsku = \"MUG-001\"\nname = \"Mug\"\nprice = \"1.00\"\ncurrency = \"USD\"\nurl = \"https://shop.example/m\"\nimages = [\"mug.png\"]\n",
-    )
-    .expect("write catalog");
-    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models/weights/efficientnet-lite0.safetensors");
-    assert!(model.is_file(), "run `make setup` first");
+    support::mug_catalog(dir.path());
+    let model = support::model_path();
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,

@@ -6,7 +6,7 @@ mod support;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rumqttc::{AsyncClient, MqttOptions, TlsConfiguration, Transport};
 use spotter_agent::config::TlsFiles;
@@ -158,15 +158,8 @@ impl TlsBroker {
             .stderr(Stdio::null())
             .spawn()
             .expect("start mosquitto");
-        let deadline = Instant::now() + Duration::from_secs(10);
         for port in [plain, tls] {
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "mosquitto did not listen on {port}"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            support::wait_for_port(port, "mosquitto", Duration::from_secs(10));
         }
         TlsBroker { plain, tls, child }
     }

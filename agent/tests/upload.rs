@@ -6,7 +6,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -54,14 +54,7 @@ impl Ingest {
             .stderr(Stdio::null())
             .spawn()
             .expect("start nginx (apt-get install nginx libnginx-mod-rtmp)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nginx-rtmp did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        support::wait_for_port(port, "nginx-rtmp", Duration::from_secs(10));
         Ingest { port, dir, child }
     }
 
@@ -124,20 +117,9 @@ async fn a_slow_analysis_never_costs_the_upload_a_frame() {
     let ingest = Ingest::start();
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(
-        "/usr/share/openclipart/png/food/beverages/mug.png",
-        dir.path().join("mug.png"),
-    )
-    .expect("openclipart-png is installed");
-    std::fs::write(
-        dir.path().join("catalog.toml"),
-        "[[product]]\nsku = \"MUG-001\"\nname = \"Mug\"\nprice = \"1.00\"\ncurrency = \"USD\"\nurl = \"https://shop.example/m\"\nimages = [\"mug.png\"]\n",
-    )
-    .expect("write catalog");
+    support::mug_catalog(dir.path());
     std::fs::write(dir.path().join("key"), "teststream\n").expect("write key");
-    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models/weights/efficientnet-lite0.safetensors");
-    assert!(model.is_file(), "run `make setup` first");
+    let model = support::model_path();
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,

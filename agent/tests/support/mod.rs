@@ -387,3 +387,41 @@ pub fn summarize(seqs: &[u64]) -> String {
     }
     out.join(", ")
 }
+
+/// Waits until something accepts connections on the loopback `port`; panics after `within`.
+pub fn wait_for_port(port: u16, what: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {port} within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The converted model weights (`make setup`).
+pub fn model_path() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/weights/efficientnet-lite0.safetensors");
+    assert!(
+        p.is_file(),
+        "{}: run `make setup` to fetch and convert the weights",
+        p.display()
+    );
+    p
+}
+
+/// Writes a one-product catalog (a mug from Debian's openclipart-png) into `dir`.
+pub fn mug_catalog(dir: &Path) {
+    std::fs::copy(
+        "/usr/share/openclipart/png/food/beverages/mug.png",
+        dir.join("mug.png"),
+    )
+    .expect("openclipart-png is installed");
+    std::fs::write(
+        dir.join("catalog.toml"),
+        "[[product]]\nsku = \"MUG-001\"\nname = \"Mug\"\nprice = \"1.00\"\ncurrency = \"USD\"\nurl = \"https://shop.example/m\"\nimages = [\"mug.png\"]\n",
+    )
+    .expect("write catalog");
+}
