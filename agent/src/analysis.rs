@@ -19,6 +19,8 @@ pub struct LoopStats {
     pub frames: u64,
     /// Sum of inference times, ms.
     pub inference_ms_total: f64,
+    /// Time of the last frame analysed, if any.
+    pub last: Option<FrameTime>,
 }
 
 /// Output of one step of the loop.
@@ -28,7 +30,9 @@ pub enum Output {
     Events(Vec<ProductEvent>, OnScreen),
 }
 
-/// Analyses frames until the stream ends or `shutdown` fires; ends open appearances at the end.
+/// Analyses frames until the stream ends or `shutdown` fires. Open appearances stay open: the
+/// caller ends them with [`Tracker::finish`] when the show is over (a pipeline rebuilt after a
+/// failure carries on with the same tracker).
 pub fn run_loop(
     pipeline: &Pipeline,
     slowdown: Duration,
@@ -38,10 +42,6 @@ pub fn run_loop(
     mut emit: impl FnMut(Output),
 ) -> LoopStats {
     let mut stats = LoopStats::default();
-    let mut last = FrameTime {
-        pts_ms: 0,
-        captured_at_ms: crate::pipeline::now_utc_ms(),
-    };
     while !shutdown.is_cancelled() {
         let Some(frame) = pipeline.pull(Duration::from_millis(100)) else {
             if pipeline.is_eos() {
@@ -70,11 +70,19 @@ pub fn run_loop(
             }
             Err(e) => tracing::error!(error = %e, "recognition failed on a frame"),
         }
-        last = frame.time;
+        stats.last = Some(frame.time);
     }
-    let events = tracker.finish(last);
+    stats
+}
+
+/// Ends every open appearance at `last` (or now) and emits the events.
+pub fn finish(tracker: &mut Tracker, last: Option<FrameTime>, mut emit: impl FnMut(Output)) {
+    let at = last.unwrap_or(FrameTime {
+        pts_ms: 0,
+        captured_at_ms: crate::pipeline::now_utc_ms(),
+    });
+    let events = tracker.finish(at);
     if !events.is_empty() {
         emit(Output::Events(events, tracker.onscreen()));
     }
-    stats
 }

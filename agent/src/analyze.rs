@@ -9,7 +9,7 @@ use gstreamer::prelude::*;
 use spotter_protocol::Catalog;
 use tokio_util::sync::CancellationToken;
 
-use crate::analysis::{run_loop, Output};
+use crate::analysis::{finish, run_loop, Output};
 use crate::config::{AnalysisConfig, Source, TrackerConfig, Upload};
 use crate::pipeline::{Mode, Pipeline};
 use crate::recognizer::Recognizer;
@@ -58,33 +58,43 @@ pub fn analyze(
         realtime: false,
         looping: false,
     };
-    let pipeline = Pipeline::build(&source, &Upload::None, &args.analysis, Mode::Offline)?;
+    let counters = std::sync::Arc::new(crate::stats::Counters::default());
+    let pipeline = Pipeline::build(
+        &source,
+        &Upload::None,
+        &args.analysis,
+        Mode::Offline,
+        counters,
+        0,
+    )?;
     let bus = pipeline.pipeline.bus().context("pipeline has no bus")?;
     pipeline.start()?;
     let mut tracker = Tracker::new(args.tracker.clone(), 1);
     let mut written = 0usize;
     let mut write_err = None;
+    let mut emit = |o| {
+        let Output::Events(events, _) = o;
+        for e in events {
+            if write_err.is_some() {
+                return;
+            }
+            let mut line = e.encode();
+            line.push(b'\n');
+            match out.write_all(&line).and_then(|()| out.flush()) {
+                Ok(()) => written += 1,
+                Err(err) => write_err = Some(err),
+            }
+        }
+    };
     let stats = run_loop(
         &pipeline,
         args.analysis.slowdown,
         &recognizer,
         &mut tracker,
         shutdown,
-        |o| {
-            let Output::Events(events, _) = o;
-            for e in events {
-                if write_err.is_some() {
-                    return;
-                }
-                let mut line = e.encode();
-                line.push(b'\n');
-                match out.write_all(&line).and_then(|()| out.flush()) {
-                    Ok(()) => written += 1,
-                    Err(err) => write_err = Some(err),
-                }
-            }
-        },
+        &mut emit,
     );
+    finish(&mut tracker, stats.last, &mut emit);
     // an error from the decoder ends the stream early: report it rather than a short result
     let error = bus.iter().find_map(|m| match m.view() {
         gstreamer::MessageView::Error(e) => Some(format!("{} ({:?})", e.error(), e.debug())),

@@ -653,7 +653,7 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 }
 
 /// A number in [0, 1) for jitter, from the clock's sub-second noise.
-fn rand_unit() -> f64 {
+pub(crate) fn rand_unit() -> f64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())

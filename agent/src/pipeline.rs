@@ -70,6 +70,9 @@ pub struct Pipeline {
     /// reaches only the demuxer (a seek on the pipeline fans out to every sink and fails on some)
     seek_pad: Option<gst::Pad>,
     counters: Arc<Counters>,
+    /// added to every frame's running time, so that `pts_ms` keeps increasing when the service
+    /// rebuilds the pipeline (whose running time starts again at zero)
+    pts_offset_ms: u64,
 }
 
 /// Counts the buffers crossing `pad` into `counter`.
@@ -171,6 +174,8 @@ impl Pipeline {
         upload: &Upload,
         analysis: &AnalysisConfig,
         mode: Mode,
+        counters: Arc<Counters>,
+        pts_offset_ms: u64,
     ) -> Result<Self, PipelineError> {
         gst::init().map_err(PipelineError::Init)?;
         let pipeline = gst::Pipeline::with_name("spotter");
@@ -351,7 +356,6 @@ impl Pipeline {
         gst::Element::link_many([&tee, &q, &rate, &scale, &conv, appsink.upcast_ref()])
             .map_err(setup_err)?;
 
-        let counters = Arc::new(Counters::default());
         let pad = |e: &gst::Element, name: &str| {
             e.static_pad(name)
                 .ok_or_else(|| setup_err(format!("{} has no {name} pad", e.name())))
@@ -370,6 +374,7 @@ impl Pipeline {
             mode,
             seek_pad,
             counters,
+            pts_offset_ms,
         })
     }
 
@@ -477,7 +482,7 @@ impl Pipeline {
             data: map.as_slice().to_vec(),
             stride: usize::try_from(info.stride()[0]).ok()?,
             time: FrameTime {
-                pts_ms: running.mseconds(),
+                pts_ms: self.pts_offset_ms + running.mseconds(),
                 captured_at_ms,
             },
         })

@@ -13,12 +13,117 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::analysis::{run_loop, Output};
-use crate::config::AgentConfig;
+use crate::analysis::{finish, run_loop, Output};
+use crate::config::{AgentConfig, Source, Upload};
 use crate::mqtt;
-use crate::pipeline::{Mode, Pipeline};
+use crate::pipeline::{Mode, Pipeline, PipelineError};
 use crate::recognizer::Recognizer;
-use crate::tracker::Tracker;
+use crate::stats::Counters;
+use crate::tracker::{FrameTime, Tracker};
+use spotter_protocol::backoff::Backoff;
+
+/// How one pipeline's run ended.
+#[derive(Debug)]
+enum Ended {
+    /// Shutdown was requested.
+    Shutdown,
+    /// A file played to its end (and does not loop): the show is over.
+    SourceFinished,
+    /// An error, or the end of a source that should not end: rebuild.
+    Failed(String),
+    /// A pipeline running without its upload reached the time to try the upload again.
+    RetryUpload,
+}
+
+/// Runs one pipeline with its analysis thread until it ends; returns the tracker (to carry over)
+/// and the last analysed frame's time.
+async fn run_pipeline(
+    pipeline: Arc<Pipeline>,
+    cfg: &AgentConfig,
+    recognizer: Arc<Recognizer>,
+    mut tracker: Tracker,
+    tx: mpsc::UnboundedSender<Output>,
+    shutdown: &CancellationToken,
+    retry_upload_in: Option<Duration>,
+) -> anyhow::Result<(Tracker, Ended, Option<FrameTime>)> {
+    let retry_upload = async move {
+        match retry_upload_in {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(retry_upload);
+    let bus = pipeline.pipeline.bus().context("pipeline has no bus")?;
+    let stop = shutdown.child_token();
+    let analysis = {
+        let (pipeline, stop, slowdown) = (pipeline.clone(), stop.clone(), cfg.analysis.slowdown);
+        std::thread::Builder::new()
+            .name("analysis".into())
+            .spawn(move || {
+                let stats = run_loop(&pipeline, slowdown, &recognizer, &mut tracker, &stop, |o| {
+                    let _ = tx.send(o);
+                });
+                if stats.frames > 0 {
+                    tracing::info!(
+                        frames = stats.frames,
+                        mean_inference_ms = stats.inference_ms_total / stats.frames as f64,
+                        "analysis of this pipeline stopped"
+                    );
+                }
+                (tracker, stats.last)
+            })
+            .context("cannot start the analysis thread")?
+    };
+    let finite_file =
+        matches!(&cfg.source, Source::Uri { uri, looping: false, .. } if uri.starts_with("file:"));
+    let mut messages = bus.stream();
+    let ended = loop {
+        use futures_util::StreamExt as _;
+        let msg = tokio::select! {
+            () = shutdown.cancelled() => break Ended::Shutdown,
+            () = &mut retry_upload => break Ended::RetryUpload,
+            m = messages.next() => m,
+        };
+        let Some(msg) = msg else {
+            break Ended::Failed("the pipeline's bus closed".into());
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) if finite_file => {
+                tracing::info!("source ended");
+                break Ended::SourceFinished;
+            }
+            gst::MessageView::Eos(_) => {
+                break Ended::Failed("the source ended unexpectedly".into())
+            }
+            gst::MessageView::Error(err) => {
+                break Ended::Failed(format!(
+                    "{} (from {})",
+                    err.error(),
+                    err.src()
+                        .map(|s| s.path_string().to_string())
+                        .unwrap_or_default()
+                ))
+            }
+            gst::MessageView::Warning(w) => {
+                tracing::warn!(warning = %w.error(), "pipeline warning");
+            }
+            gst::MessageView::SegmentDone(_) if pipeline.looping() => {
+                tracing::debug!("source looped");
+                if let Err(e) = pipeline.loop_seek() {
+                    break Ended::Failed(e.to_string());
+                }
+            }
+            _ => {}
+        }
+    };
+    stop.cancel();
+    pipeline.stop();
+    let (tracker, last) = tokio::task::spawn_blocking(move || analysis.join())
+        .await
+        .context("joining the analysis thread")?
+        .map_err(|_| anyhow::anyhow!("the analysis thread panicked"))?;
+    Ok((tracker, ended, last))
+}
 
 /// Runs until the source ends or `shutdown` is cancelled.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -56,22 +161,15 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     let mqtt_shutdown = CancellationToken::new();
     tasks.spawn(mqtt::drive(connection, mqtt_shutdown.clone()));
 
-    let pipeline = Arc::new(Pipeline::build(
-        &cfg.source,
-        &cfg.upload,
-        &cfg.analysis,
-        Mode::Live,
-    )?);
-    let bus = pipeline.pipeline.bus().context("pipeline has no bus")?;
-    pipeline.start()?;
-    tracing::info!(studio = %cfg.studio, stream = %cfg.stream, source = ?cfg.source, "pipeline started");
+    // frame counters outlive pipeline rebuilds, so the stats stay continuous
+    let counters = Arc::new(Counters::default());
 
     // health on the stats topic every `mqtt.stats_interval`; its own thread, because sysinfo's
     // GPU handles cannot move between the runtime's threads
     let stats_stop = shutdown.child_token();
     let stats_thread = {
         let publisher = publisher.clone();
-        let counters = pipeline.counters().clone();
+        let counters = counters.clone();
         let stop = stats_stop.clone();
         let every = cfg.mqtt.stats_interval;
         let stream = cfg.stream.clone();
@@ -110,39 +208,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
             .context("cannot start the stats thread")?
     };
 
-    // the analysis thread: frames in, events out over a channel to the publisher
     let (tx, mut rx) = mpsc::unbounded_channel::<Output>();
-    let analysis_stop = shutdown.child_token();
-    let analysis = {
-        let pipeline = pipeline.clone();
-        let stop = analysis_stop.clone();
-        let tracker_cfg = cfg.tracker.clone();
-        let slowdown = cfg.analysis.slowdown;
-        if !slowdown.is_zero() {
-            tracing::warn!(
-                slowdown_ms = slowdown.as_millis() as u64,
-                "analysis slowed on purpose (analysis.slowdown_ms)"
-            );
-        }
-        std::thread::Builder::new()
-            .name("analysis".into())
-            .spawn(move || {
-                // continues the stream's sequence across restarts (the bridge compares them)
-                let mut tracker = Tracker::new(tracker_cfg, first_seq);
-                let stats = run_loop(&pipeline, slowdown, &recognizer, &mut tracker, &stop, |o| {
-                    let _ = tx.send(o);
-                });
-                if stats.frames > 0 {
-                    tracing::info!(
-                        frames = stats.frames,
-                        mean_inference_ms = stats.inference_ms_total / stats.frames as f64,
-                        "analysis stopped"
-                    );
-                }
-            })
-            .context("cannot start the analysis thread")?
-    };
-
     let forward = {
         let publisher = publisher.clone();
         tasks.spawn(async move {
@@ -160,51 +226,117 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         })
     };
 
-    let mut messages = bus.stream();
-    let mut outcome = Ok(());
-    loop {
-        use futures_util::StreamExt as _;
-        let msg = tokio::select! {
-            () = shutdown.cancelled() => break,
-            m = messages.next() => m,
-        };
-        let Some(msg) = msg else { break };
-        match msg.view() {
-            gst::MessageView::Eos(_) => {
-                tracing::info!("source ended");
-                break;
-            }
-            gst::MessageView::Error(err) => {
-                outcome = Err(anyhow::anyhow!(
-                    "{} (from {})",
-                    err.error(),
-                    err.src()
-                        .map(|s| s.path_string().to_string())
-                        .unwrap_or_default()
-                ));
-                break;
-            }
-            gst::MessageView::Warning(w) => {
-                tracing::warn!(warning = %w.error(), "pipeline warning");
-            }
-            gst::MessageView::SegmentDone(_) if pipeline.looping() => {
-                tracing::debug!("source looped");
-                pipeline.loop_seek()?;
-            }
-            _ => {}
-        }
+    if !cfg.analysis.slowdown.is_zero() {
+        tracing::warn!(
+            slowdown_ms = cfg.analysis.slowdown.as_millis() as u64,
+            "analysis slowed on purpose (analysis.slowdown_ms)"
+        );
     }
 
+    // the supervisor: build and run the pipeline; when it fails (camera unplugged, ingest gone),
+    // rebuild it after a backoff, carrying the tracker over, until the show ends
+    let mut tracker = Tracker::new(cfg.tracker.clone(), first_seq);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut pts_offset_ms = 0u64;
+    let mut last_frame = None;
+    // when the upload fails, analysis carries on in a pipeline without it, and the full one is
+    // tried again after a backoff; a source failure is retried after a backoff
+    let mut upload_down = false;
+    let mut upload_backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let outcome: anyhow::Result<()> = loop {
+        let started = std::time::Instant::now();
+        // the next pipeline's running time starts at zero: keep pts_ms increasing
+        if let Some(f) = last_frame {
+            let f: FrameTime = f;
+            pts_offset_ms =
+                f.pts_ms + crate::pipeline::now_utc_ms().saturating_sub(f.captured_at_ms);
+        }
+        let degraded = upload_down && cfg.upload != Upload::None;
+        let upload = if degraded {
+            Upload::None
+        } else {
+            cfg.upload.clone()
+        };
+        let retry_upload_in = degraded.then(|| upload_backoff.next_delay(mqtt::rand_unit()));
+        let built = Pipeline::build(
+            &cfg.source,
+            &upload,
+            &cfg.analysis,
+            Mode::Live,
+            counters.clone(),
+            pts_offset_ms,
+        );
+        let run = match built {
+            Err(e @ PipelineError::MissingElement(..)) => break Err(e.into()),
+            Err(e) => Err(e.to_string()),
+            Ok(p) => {
+                let p = Arc::new(p);
+                let starting = p.clone();
+                match tokio::task::spawn_blocking(move || starting.start()).await {
+                    Ok(Ok(())) => {
+                        tracing::info!(studio = %cfg.studio, stream = %cfg.stream, source = ?cfg.source, upload = !degraded, "pipeline started");
+                        let (t, ended, last) = run_pipeline(
+                            p,
+                            &cfg,
+                            recognizer.clone(),
+                            tracker,
+                            tx.clone(),
+                            &shutdown,
+                            retry_upload_in,
+                        )
+                        .await?;
+                        tracker = t;
+                        last_frame = last.or(last_frame);
+                        Ok(ended)
+                    }
+                    Ok(Err(e)) => {
+                        p.stop();
+                        Err(e.to_string())
+                    }
+                    Err(e) => Err(format!("the pipeline starter panicked: {e}")),
+                }
+            }
+        };
+        match run {
+            Ok(Ended::Shutdown) | Ok(Ended::SourceFinished) => break Ok(()),
+            Ok(Ended::RetryUpload) => {
+                tracing::info!("trying the upload again");
+                upload_down = false;
+            }
+            Ok(Ended::Failed(reason)) | Err(reason) if cfg.upload != Upload::None && !degraded => {
+                // the source or the upload: analysis goes on without the upload meanwhile, and a
+                // source failure shows up again in the pipeline without it
+                if started.elapsed() > Duration::from_secs(30) {
+                    upload_backoff.reset();
+                }
+                tracing::error!(error = %reason, "pipeline failed; carrying on without the upload while it is retried");
+                upload_down = true;
+            }
+            Ok(Ended::Failed(reason)) | Err(reason) => {
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff.reset(); // it ran well for a while: this is a new failure
+                }
+                let delay = backoff.next_delay(mqtt::rand_unit());
+                tracing::error!(error = %reason, retry_in_ms = delay.as_millis() as u64, "pipeline failed; rebuilding it");
+                tokio::select! {
+                    () = shutdown.cancelled() => break Ok(()),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    };
+    // the show is over: end what is on screen
+    finish(&mut tracker, last_frame, |o| {
+        let _ = tx.send(o);
+    });
+    drop(tx);
+
     tracing::info!("stopping");
-    analysis_stop.cancel();
     watch_stop.cancel();
     stats_stop.cancel();
-    pipeline.stop();
-    let joined =
-        tokio::task::spawn_blocking(move || (analysis.join(), watcher.join(), stats_thread.join()))
-            .await;
-    if !matches!(joined, Ok((Ok(()), Ok(()), Ok(())))) {
-        tracing::error!("a worker thread (analysis, catalog watch or stats) panicked");
+    let joined = tokio::task::spawn_blocking(move || (watcher.join(), stats_thread.join())).await;
+    if !matches!(joined, Ok((Ok(()), Ok(())))) {
+        tracing::error!("a worker thread (catalog watch or stats) panicked");
     }
     // every event the analysis thread sent is forwarded before the goodbye
     let _ = tokio::time::timeout(Duration::from_secs(5), forward).await;

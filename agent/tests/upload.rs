@@ -16,13 +16,17 @@ use spotter_protocol::Stats;
 use support::{free_port, Mosquitto, STREAM, STUDIO};
 
 const NGINX: &str = "/usr/sbin/nginx";
+
+/// One test at a time: each runs an agent with inference and x264 on the 2 cores, and the frame
+/// count is only meaningful when the encoder is not starved by the other test.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
 
 /// nginx-rtmp on a free loopback port, writing HLS of every stream to `<dir>/hls`.
 struct Ingest {
     port: u16,
     dir: tempfile::TempDir,
-    child: Child,
+    child: Option<Child>,
 }
 
 impl Ingest {
@@ -43,19 +47,49 @@ impl Ingest {
             ),
         )
         .expect("write nginx.conf");
+        let mut ingest = Ingest {
+            port,
+            dir,
+            child: None,
+        };
+        ingest.start_again();
+        ingest
+    }
+
+    /// Starts nginx (again) with the same configuration, port and HLS directory.
+    fn start_again(&mut self) {
+        let conf = self.dir.path().join("nginx.conf");
         let child = Command::new(NGINX)
             .args([
                 "-c",
                 &conf.display().to_string(),
                 "-p",
-                &dir.path().display().to_string(),
+                &self.dir.path().display().to_string(),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start nginx (apt-get install nginx libnginx-mod-rtmp)");
-        support::wait_for_port(port, "nginx-rtmp", Duration::from_secs(10));
-        Ingest { port, dir, child }
+        self.child = Some(child);
+        support::wait_for_port(self.port, "nginx-rtmp", Duration::from_secs(10));
+    }
+
+    /// Kills it (the ingest goes away mid-stream).
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The newest modification time of any segment.
+    fn newest_segment(&self) -> Option<std::time::SystemTime> {
+        std::fs::read_dir(self.hls())
+            .ok()?
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "ts"))
+            .filter_map(|e| e.metadata().ok()?.modified().ok())
+            .max()
     }
 
     fn hls(&self) -> PathBuf {
@@ -65,8 +99,7 @@ impl Ingest {
 
 impl Drop for Ingest {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -114,6 +147,7 @@ fn count_frames(dir: &Path) -> (u64, Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_analysis_never_costs_the_upload_a_frame() {
+    let _serial = SERIAL.lock().await;
     let ingest = Ingest::start();
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -202,5 +236,111 @@ async fn a_slow_analysis_never_costs_the_upload_a_frame() {
     assert!(
         (29.5..=30.5).contains(&fps),
         "{intervals} frame intervals over {secs:.2} s at the ingest = {fps:.2} frames/s; the source sends 30"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upload_comes_back_after_the_ingest_does_and_analysis_never_stops() {
+    let _serial = SERIAL.lock().await;
+    let mut ingest = Ingest::start();
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::mug_catalog(dir.path());
+    std::fs::write(dir.path().join("key"), "teststream\n").expect("write key");
+    let model = support::model_path();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "studio = \"{STUDIO}\"\nstream = \"{STREAM}\"\n[source]\nkind = \"test\"\n\
+             [analysis]\ncatalog = \"{d}\"\nmodel = \"{m}\"\nfps = 5.0\n\
+             [mqtt]\nurl = \"mqtt://127.0.0.1:{b}\"\nstats_interval_secs = 1.0\n\
+             [outbox]\ndir = \"{d}/outbox\"\n\
+             [upload]\nkind = \"rtmp\"\nurl = \"rtmp://127.0.0.1:{r}/app/\"\nstream_key_file = \"{d}/key\"\nbitrate_kbps = 1000\nkeyframe_interval_secs = 1\n",
+            d = dir.path().display(),
+            m = model.display(),
+            b = broker.port,
+            r = ingest.port,
+        ),
+    )
+    .expect("write config");
+    let mut opts = MqttOptions::new("outage-test", "127.0.0.1", broker.port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    client
+        .subscribe(format!("spotter/v1/{STUDIO}/stats"), QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let readings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Stats>::new()));
+    let collector = {
+        let readings = readings.clone();
+        tokio::spawn(async move {
+            while let Ok(ev) = eventloop.poll().await {
+                if let Event::Incoming(Packet::Publish(p)) = ev {
+                    if let Ok(s) = serde_json::from_slice::<Stats>(&p.payload) {
+                        readings.lock().expect("lock").push(s);
+                    }
+                }
+            }
+        })
+    };
+
+    let log = dir.path().join("agent.log");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_spotter-agent"))
+        .args(["--config", &config.display().to_string(), "run"])
+        .stdout(std::fs::File::create(&log).expect("log file"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the agent");
+    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    let until = |what: &str, secs: u64, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} within {secs} s; agent log:\n{}",
+                agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until("a first segment at the ingest", 30, &|| {
+        ingest.newest_segment().is_some()
+    });
+
+    ingest.stop();
+    let down_at = spotter_agent::pipeline::now_utc_ms();
+    // analysis goes on while the ingest is away
+    until("stats showing analysis during the outage", 30, &|| {
+        readings
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|s| s.at_ms > down_at + 2500 && s.analysed_fps > 1.0)
+    });
+    std::thread::sleep(Duration::from_secs(2)); // keep it away a while longer
+    let restarted = std::time::SystemTime::now();
+    ingest.start_again();
+    until("new segments after the ingest came back", 60, &|| {
+        ingest
+            .newest_segment()
+            .is_some_and(|t| t > restarted + Duration::from_secs(1))
+    });
+    assert!(
+        agent.try_wait().expect("try_wait").is_none(),
+        "the agent exited; log:\n{}",
+        agent_log()
+    );
+
+    let pid = agent.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let exit = agent.wait().expect("wait");
+    collector.abort();
+    assert!(exit.success(), "agent exit {exit:?}; log:\n{}", agent_log());
+    assert!(
+        agent_log().contains("carrying on without the upload"),
+        "{}",
+        agent_log()
     );
 }
