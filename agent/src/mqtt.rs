@@ -283,7 +283,8 @@ async fn poll(
     links: mpsc::UnboundedSender<Link>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    // capped at 10 s: a studio wants its events flowing soon after the broker returns
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let polled = tokio::select! {
             () = shutdown.cancelled() => return,

@@ -2,8 +2,8 @@
 //! Mosquitto, with the broker stopped while events keep coming, the publisher killed with
 //! SIGKILL mid-flight, and the outbox filled past its bound.
 //!
-//! Needs `/usr/sbin/mosquitto` (`apt-get install mosquitto`). `SPOTTER_LONG_TESTS=1` makes the
-//! broker outage 60 s instead of 3 s.
+//! Needs `/usr/sbin/mosquitto` (`apt-get install mosquitto`). The broker outage lasts 60 s, as
+//! the issue asks; `SPOTTER_QUICK_TESTS=1` makes it 3 s while iterating.
 
 mod support;
 
@@ -67,8 +67,9 @@ async fn finish(publisher: &Publisher, driver: JoinHandle<()>, within: Duration)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_produced_while_the_broker_is_down_arrives_in_order_after_it_returns() {
     init_tracing();
-    let long = std::env::var("SPOTTER_LONG_TESTS").is_ok_and(|v| v == "1");
-    let outage = Duration::from_secs(if long { 60 } else { 3 });
+    // the issue's 60 s; SPOTTER_QUICK_TESTS=1 shortens it to 3 s while iterating
+    let quick = std::env::var("SPOTTER_QUICK_TESTS").is_ok_and(|v| v == "1");
+    let outage = Duration::from_secs(if quick { 3 } else { 60 });
     let mut broker = Mosquitto::start();
     let mut sub = Subscriber::start(broker.port);
     sub.subscribed().await;
