@@ -143,6 +143,23 @@ fn encoder(
     Ok(parse)
 }
 
+/// Counts the encoded bytes leaving `parse` (the upload's bitrate in the stats).
+fn count_bytes(parse: &gst::Element, counters: &Arc<Counters>) -> Result<(), PipelineError> {
+    let pad = parse
+        .static_pad("src")
+        .ok_or_else(|| setup_err("h264parse has no src pad"))?;
+    let counters = counters.clone();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(gst::PadProbeData::Buffer(b)) = &info.data {
+            counters
+                .upload_bytes
+                .fetch_add(b.size() as u64, Ordering::Relaxed);
+        }
+        gst::PadProbeReturn::Ok
+    });
+    Ok(())
+}
+
 fn make(factory: &'static str, plugins: &'static str) -> Result<gst::Element, PipelineError> {
     gst::ElementFactory::make(factory)
         .build()
@@ -274,6 +291,7 @@ impl Pipeline {
                     std::fs::create_dir_all(dir)
                         .map_err(|e| setup_err(format!("cannot create {}: {e}", dir.display())))?;
                     let parse = encoder(&pipeline, &q, *bitrate_kbps, *keyframe_interval_secs)?;
+                    count_bytes(&parse, &counters)?;
                     let sink = gst::ElementFactory::make("hlssink2")
                         .property("location", dir.join("segment%05d.ts").display().to_string())
                         .property(
@@ -297,6 +315,7 @@ impl Pipeline {
                     keyframe_interval_secs,
                 } => {
                     let parse = encoder(&pipeline, &q, *bitrate_kbps, *keyframe_interval_secs)?;
+                    count_bytes(&parse, &counters)?;
                     let mux = gst::ElementFactory::make("flvmux")
                         .property("streamable", true)
                         .build()

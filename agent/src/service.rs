@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use spotter_protocol::{AgentState, Catalog};
+use spotter_protocol::{AgentState, Catalog, UploadState};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -192,6 +192,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
                     let stats = crate::stats::assemble(
                         &stream,
                         crate::pipeline::now_utc_ms(),
+                        counters.upload(),
                         rates,
                         reading,
                         counters.inference_ms(),
@@ -275,6 +276,11 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
                 match tokio::task::spawn_blocking(move || starting.start()).await {
                     Ok(Ok(())) => {
                         tracing::info!(studio = %cfg.studio, stream = %cfg.stream, source = ?cfg.source, upload = !degraded, "pipeline started");
+                        counters.set_upload(match (&upload, degraded) {
+                            (_, true) => UploadState::Down,
+                            (Upload::None, false) => UploadState::None,
+                            _ => UploadState::Live,
+                        });
                         let (t, ended, last) = run_pipeline(
                             p,
                             &cfg,

@@ -5,9 +5,9 @@
 //! [`Counters`] are lock-free and written from GStreamer's streaming threads and the analysis
 //! thread; [`Rates`] turns two readings into per-second figures and is pure.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-use spotter_protocol::{Stats, PROTOCOL_VERSION};
+use spotter_protocol::{Stats, UploadState, PROTOCOL_VERSION};
 
 use crate::outbox::OutboxCounts;
 
@@ -24,8 +24,12 @@ pub struct Counters {
     pub sink_in: AtomicU64,
     /// Frames recognition took from the appsink (the difference was replaced by newer ones).
     pub analysed: AtomicU64,
+    /// Encoded bytes handed to the upload's muxer or sink.
+    pub upload_bytes: AtomicU64,
     /// Moving average of the per-frame recognition time, ms, as `f32` bits.
     inference_ms_bits: AtomicU32,
+    /// The upload's state, as `UploadState as u8`.
+    upload_state: AtomicU8,
 }
 
 /// Weight of the newest sample in the inference-time moving average.
@@ -44,6 +48,25 @@ impl Counters {
             .store(new.to_bits(), Ordering::Relaxed);
     }
 
+    /// Records where the upload stands (the service's supervisor knows).
+    pub fn set_upload(&self, state: UploadState) {
+        let v = match state {
+            UploadState::None => 0,
+            UploadState::Live => 1,
+            UploadState::Down => 2,
+        };
+        self.upload_state.store(v, Ordering::Relaxed);
+    }
+
+    /// Where the upload stands.
+    pub fn upload(&self) -> UploadState {
+        match self.upload_state.load(Ordering::Relaxed) {
+            1 => UploadState::Live,
+            2 => UploadState::Down,
+            _ => UploadState::None,
+        }
+    }
+
     /// The moving average of recognition time, ms.
     pub fn inference_ms(&self) -> f32 {
         f32::from_bits(self.inference_ms_bits.load(Ordering::Relaxed))
@@ -58,6 +81,7 @@ impl Counters {
             camera_frames: get(&self.camera_frames),
             analysed: get(&self.analysed),
             skipped: dropped_late + replaced,
+            upload_bytes: get(&self.upload_bytes),
         }
     }
 }
@@ -71,6 +95,8 @@ pub struct Reading {
     pub analysed: u64,
     /// Frames the analysis branch dropped because recognition was busy.
     pub skipped: u64,
+    /// Encoded bytes sent to the upload.
+    pub upload_bytes: u64,
 }
 
 /// Per-second rates between two readings.
@@ -80,6 +106,8 @@ pub struct Rates {
     pub camera_fps: f32,
     /// Analysed frames a second.
     pub analysed_fps: f32,
+    /// Upload bitrate, kbit/s.
+    pub upload_kbps: f32,
 }
 
 impl Rates {
@@ -95,6 +123,7 @@ impl Rates {
         Rates {
             camera_fps: rate(before.camera_frames, after.camera_frames),
             analysed_fps: rate(before.analysed, after.analysed),
+            upload_kbps: rate(before.upload_bytes, after.upload_bytes) * 8.0 / 1000.0,
         }
     }
 }
@@ -173,9 +202,11 @@ impl Default for Machine {
 }
 
 /// Assembles the stats payload.
+#[allow(clippy::too_many_arguments)] // one figure each, named at the call site
 pub fn assemble(
     stream: &str,
     at_ms: u64,
+    upload: UploadState,
     rates: Rates,
     reading: Reading,
     inference_ms: f32,
@@ -190,6 +221,8 @@ pub fn assemble(
         analysed_fps: rates.analysed_fps,
         skipped_frames: reading.skipped,
         inference_ms,
+        upload,
+        upload_kbps: rates.upload_kbps,
         outbox_depth: outbox.depth,
         outbox_dropped: outbox.dropped,
         cpu_percent: machine.cpu_percent,
@@ -219,10 +252,15 @@ mod tests {
             r,
             Rates {
                 camera_fps: 30.0,
-                analysed_fps: 5.0
+                analysed_fps: 5.0,
+                upload_kbps: 0.0
             }
         );
         assert_eq!(Rates::between(before, after, 0.0).camera_fps, 0.0);
+        c.upload_bytes.store(250_000, Ordering::Relaxed); // 2 Mbit in 10 s
+        assert_eq!(Rates::between(before, c.reading(), 10.0).upload_kbps, 200.0);
+        c.set_upload(UploadState::Down);
+        assert_eq!(c.upload(), UploadState::Down);
     }
 
     #[test]

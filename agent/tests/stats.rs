@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use spotter_protocol::{AgentState, Stats, Status};
+use spotter_protocol::{AgentState, Stats, Status, UploadState};
 use support::{Mosquitto, STREAM, STUDIO};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,6 +93,7 @@ async fn stats_arrive_with_real_frame_rates_and_status_says_stopped() {
         "the model alone is 19 MB: {s:?}"
     );
     assert_eq!((s.outbox_depth, s.outbox_dropped), (0, 0), "{s:?}");
+    assert_eq!(s.upload, UploadState::None, "no upload configured: {s:?}");
 
     // SIGTERM: a clean stop replaces the retained `online` with `stopped`
     let pid = agent.id().to_string();

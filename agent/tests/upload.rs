@@ -12,7 +12,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use spotter_protocol::Stats;
+use spotter_protocol::{Stats, UploadState};
 use support::{free_port, Mosquitto, STREAM, STUDIO};
 
 const NGINX: &str = "/usr/sbin/nginx";
@@ -218,6 +218,11 @@ async fn a_slow_analysis_never_costs_the_upload_a_frame() {
         "the analysis branch dropped frames: {s:?}"
     );
     assert!((28.0..=32.0).contains(&s.camera_fps), "{s:?}");
+    assert_eq!(s.upload, UploadState::Live, "{s:?}");
+    assert!(
+        s.upload_kbps > 10.0,
+        "encoded video flows to the ingest: {s:?}"
+    );
 
     let (intervals, span) = count_frames(&ingest.hls());
     let secs = span.as_secs_f64();
@@ -313,11 +318,9 @@ async fn the_upload_comes_back_after_the_ingest_does_and_analysis_never_stops() 
     let down_at = spotter_agent::pipeline::now_utc_ms();
     // analysis goes on while the ingest is away
     until("stats showing analysis during the outage", 30, &|| {
-        readings
-            .lock()
-            .expect("lock")
-            .iter()
-            .any(|s| s.at_ms > down_at + 2500 && s.analysed_fps > 1.0)
+        readings.lock().expect("lock").iter().any(|s| {
+            s.at_ms > down_at + 2500 && s.analysed_fps > 1.0 && s.upload == UploadState::Down
+        })
     });
     std::thread::sleep(Duration::from_secs(2)); // keep it away a while longer
     let restarted = std::time::SystemTime::now();

@@ -96,6 +96,19 @@ impl OnScreen {
     }
 }
 
+/// Where the upload stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadState {
+    /// No upload configured (analysis only).
+    #[default]
+    None,
+    /// Streaming to the ingest.
+    Live,
+    /// The ingest is unreachable; retrying while analysis continues.
+    Down,
+}
+
 /// Periodic health, on `spotter/v1/<studio>/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
@@ -113,6 +126,12 @@ pub struct Stats {
     pub skipped_frames: u64,
     /// Moving average of the per-frame recognition time, ms.
     pub inference_ms: f32,
+    /// The upload's state.
+    #[serde(default)]
+    pub upload: UploadState,
+    /// Encoded bitrate sent to the upload over the interval, kbit/s.
+    #[serde(default)]
+    pub upload_kbps: f32,
     /// Events waiting to be acknowledged by the broker.
     pub outbox_depth: u64,
     /// Events dropped because the outbox was full, since start.
