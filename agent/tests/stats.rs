@@ -4,10 +4,9 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{Event, Packet};
 use spotter_protocol::{AgentState, Stats, Status, UploadState};
 use support::{Mosquitto, STREAM, STUDIO};
 
@@ -15,45 +14,17 @@ use support::{Mosquitto, STREAM, STUDIO};
 async fn stats_arrive_with_real_frame_rates_and_status_says_stopped() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    support::mug_catalog(dir.path());
-    let model = support::model_path();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "studio = \"{STUDIO}\"\nstream = \"{STREAM}\"\n[source]\nkind = \"test\"\n\
-             [analysis]\ncatalog = \"{}\"\nmodel = \"{}\"\nfps = 5.0\n\
-             [mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nstats_interval_secs = 1.0\n\
-             [outbox]\ndir = \"{}\"\n",
-            dir.path().display(),
-            model.display(),
-            broker.port,
-            dir.path().join("outbox").display()
-        ),
-    )
-    .expect("write config");
-
-    let mut opts = MqttOptions::new("stats-test", "127.0.0.1", broker.port);
-    opts.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = AsyncClient::new(opts, 16);
-    client
-        .subscribe(format!("spotter/v1/{STUDIO}/stats"), QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    client
-        .subscribe(
+    let config = support::agent_config(dir.path(), broker.port, 1.0, "", "");
+    let (_client, mut eventloop) = support::watch(
+        broker.port,
+        "stats-test",
+        &[
+            format!("spotter/v1/{STUDIO}/stats"),
             format!("spotter/v1/{STUDIO}/{STREAM}/status"),
-            QoS::AtLeastOnce,
-        )
-        .await
-        .expect("subscribe");
-
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_spotter-agent"))
-        .args(["--config", &config.display().to_string(), "run"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the agent");
+        ],
+    )
+    .await;
+    let mut agent = support::spawn_agent(&config, &dir.path().join("agent.log"));
 
     // the second reading covers a whole interval of steady playing
     let mut readings: Vec<Stats> = Vec::new();
@@ -96,12 +67,7 @@ async fn stats_arrive_with_real_frame_rates_and_status_says_stopped() {
     assert_eq!(s.upload, UploadState::None, "no upload configured: {s:?}");
 
     // SIGTERM: a clean stop replaces the retained `online` with `stopped`
-    let pid = agent.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    let stopping = std::thread::spawn(move || support::terminate(&mut agent));
     let stopped = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             if states.last() == Some(&AgentState::Stopped) {
@@ -117,7 +83,7 @@ async fn stats_arrive_with_real_frame_rates_and_status_says_stopped() {
         }
     })
     .await;
-    let exit = agent.wait().expect("wait");
+    let exit = stopping.join().expect("the stopping thread");
     assert!(
         stopped.is_ok(),
         "no `stopped` status after SIGTERM; saw {states:?}"

@@ -11,9 +11,9 @@ use std::time::Duration;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{Event, Packet};
 use spotter_protocol::{Stats, UploadState};
-use support::{free_port, Mosquitto, STREAM, STUDIO};
+use support::{free_port, Mosquitto, STUDIO};
 
 const NGINX: &str = "/usr/sbin/nginx";
 
@@ -151,41 +151,26 @@ async fn a_slow_analysis_never_costs_the_upload_a_frame() {
     let ingest = Ingest::start();
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    support::mug_catalog(dir.path());
     std::fs::write(dir.path().join("key"), "teststream\n").expect("write key");
-    let model = support::model_path();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "studio = \"{STUDIO}\"\nstream = \"{STREAM}\"\n[source]\nkind = \"test\"\n\
-             [analysis]\ncatalog = \"{d}\"\nmodel = \"{m}\"\nfps = 5.0\nslowdown_ms = 1000\n\
-             [mqtt]\nurl = \"mqtt://127.0.0.1:{b}\"\nstats_interval_secs = 4.0\n\
-             [outbox]\ndir = \"{d}/outbox\"\n\
-             [upload]\nkind = \"rtmp\"\nurl = \"rtmp://127.0.0.1:{r}/app/\"\nstream_key_file = \"{d}/key\"\nbitrate_kbps = 1500\n",
-            d = dir.path().display(),
-            m = model.display(),
-            b = broker.port,
-            r = ingest.port,
+    let config = support::agent_config(
+        dir.path(),
+        broker.port,
+        4.0,
+        "slowdown_ms = 1000",
+        &format!(
+            "[upload]\nkind = \"rtmp\"\nurl = \"rtmp://127.0.0.1:{}/app/\"\nstream_key_file = \"{}/key\"\nbitrate_kbps = 1500\n",
+            ingest.port,
+            dir.path().display()
         ),
+    );
+    let (_client, mut eventloop) = support::watch(
+        broker.port,
+        "upload-test",
+        &[format!("spotter/v1/{STUDIO}/stats")],
     )
-    .expect("write config");
-
-    let mut opts = MqttOptions::new("upload-test", "127.0.0.1", broker.port);
-    opts.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = AsyncClient::new(opts, 16);
-    client
-        .subscribe(format!("spotter/v1/{STUDIO}/stats"), QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-
+    .await;
     let log = dir.path().join("agent.log");
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_spotter-agent"))
-        .args(["--config", &config.display().to_string(), "run"])
-        .stdout(std::fs::File::create(&log).expect("log file"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the agent");
+    let mut agent = support::spawn_agent(&config, &log);
 
     // two stats readings: the second covers a steady interval
     let mut readings: Vec<Stats> = Vec::new();
@@ -197,9 +182,7 @@ async fn a_slow_analysis_never_costs_the_upload_a_frame() {
         }
     })
     .await;
-    let pid = agent.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let exit = agent.wait().expect("wait");
+    let exit = support::terminate(&mut agent);
     let agent_log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(got.is_ok(), "no stats within 60 s; agent log:\n{agent_log}");
     assert!(exit.success(), "agent exit {exit:?}; log:\n{agent_log}");
@@ -250,32 +233,24 @@ async fn the_upload_comes_back_after_the_ingest_does_and_analysis_never_stops() 
     let mut ingest = Ingest::start();
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    support::mug_catalog(dir.path());
     std::fs::write(dir.path().join("key"), "teststream\n").expect("write key");
-    let model = support::model_path();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "studio = \"{STUDIO}\"\nstream = \"{STREAM}\"\n[source]\nkind = \"test\"\n\
-             [analysis]\ncatalog = \"{d}\"\nmodel = \"{m}\"\nfps = 5.0\n\
-             [mqtt]\nurl = \"mqtt://127.0.0.1:{b}\"\nstats_interval_secs = 1.0\n\
-             [outbox]\ndir = \"{d}/outbox\"\n\
-             [upload]\nkind = \"rtmp\"\nurl = \"rtmp://127.0.0.1:{r}/app/\"\nstream_key_file = \"{d}/key\"\nbitrate_kbps = 1000\nkeyframe_interval_secs = 1\n",
-            d = dir.path().display(),
-            m = model.display(),
-            b = broker.port,
-            r = ingest.port,
+    let config = support::agent_config(
+        dir.path(),
+        broker.port,
+        1.0,
+        "",
+        &format!(
+            "[upload]\nkind = \"rtmp\"\nurl = \"rtmp://127.0.0.1:{}/app/\"\nstream_key_file = \"{}/key\"\nbitrate_kbps = 1000\nkeyframe_interval_secs = 1\n",
+            ingest.port,
+            dir.path().display()
         ),
+    );
+    let (_client, mut eventloop) = support::watch(
+        broker.port,
+        "outage-test",
+        &[format!("spotter/v1/{STUDIO}/stats")],
     )
-    .expect("write config");
-    let mut opts = MqttOptions::new("outage-test", "127.0.0.1", broker.port);
-    opts.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = AsyncClient::new(opts, 16);
-    client
-        .subscribe(format!("spotter/v1/{STUDIO}/stats"), QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
+    .await;
     let readings = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Stats>::new()));
     let collector = {
         let readings = readings.clone();
@@ -291,12 +266,7 @@ async fn the_upload_comes_back_after_the_ingest_does_and_analysis_never_stops() 
     };
 
     let log = dir.path().join("agent.log");
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_spotter-agent"))
-        .args(["--config", &config.display().to_string(), "run"])
-        .stdout(std::fs::File::create(&log).expect("log file"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the agent");
+    let mut agent = support::spawn_agent(&config, &log);
     let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     let until = |what: &str, secs: u64, done: &dyn Fn() -> bool| {
@@ -336,9 +306,7 @@ async fn the_upload_comes_back_after_the_ingest_does_and_analysis_never_stops() 
         agent_log()
     );
 
-    let pid = agent.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let exit = agent.wait().expect("wait");
+    let exit = support::terminate(&mut agent);
     collector.abort();
     assert!(exit.success(), "agent exit {exit:?}; log:\n{}", agent_log());
     assert!(

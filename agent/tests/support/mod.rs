@@ -425,3 +425,67 @@ pub fn mug_catalog(dir: &Path) {
     )
     .expect("write catalog");
 }
+
+/// Writes the config of an agent for the test studio into `dir/agent.toml`: the test pattern,
+/// the mug catalog (written into `dir`), the model, the broker on `broker_port`, stats every
+/// `stats_secs`, an outbox in `dir`; `analysis` and `tail` are TOML added to `[analysis]` and at
+/// the end (an `[upload]` table, say).
+pub fn agent_config(
+    dir: &Path,
+    broker_port: u16,
+    stats_secs: f64,
+    analysis: &str,
+    tail: &str,
+) -> PathBuf {
+    mug_catalog(dir);
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "studio = \"{STUDIO}\"\nstream = \"{STREAM}\"\n[source]\nkind = \"test\"\n\
+             [analysis]\ncatalog = \"{d}\"\nmodel = \"{m}\"\nfps = 5.0\n{analysis}\n\
+             [mqtt]\nurl = \"mqtt://127.0.0.1:{broker_port}\"\nstats_interval_secs = {stats_secs:.1}\n\
+             [outbox]\ndir = \"{d}/outbox\"\n{tail}",
+            d = dir.display(),
+            m = model_path().display(),
+        ),
+    )
+    .expect("write the agent's config");
+    config
+}
+
+/// Starts `spotter-agent run` with `config`, its log (stdout) in `log`.
+pub fn spawn_agent(config: &Path, log: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_spotter-agent"))
+        .args(["--config", &config.display().to_string(), "run"])
+        .stdout(std::fs::File::create(log).expect("log file"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the agent")
+}
+
+/// Asks the process to stop as systemd would (SIGTERM) and waits for it.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    child.wait().expect("wait for the agent")
+}
+
+/// A test client subscribed (QoS 1) to `topics` on the broker at `port`: poll the event loop,
+/// and keep the client alive as long as it is polled.
+pub async fn watch(
+    port: u16,
+    client_id: &str,
+    topics: &[String],
+) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, eventloop) = AsyncClient::new(opts, 16);
+    for t in topics {
+        client
+            .subscribe(t, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+    }
+    (client, eventloop)
+}
