@@ -234,6 +234,9 @@ mod tests {
     }
 
     proptest! {
+        // thousands of random and truncated payloads, as a hostile or broken publisher sends
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
         #[test]
         fn decoder_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = ProductEvent::decode(&bytes);
