@@ -145,23 +145,43 @@ fn count_frames(dir: &Path) -> (u64, Duration) {
     (intervals, Duration::from_nanos(span.nseconds()))
 }
 
+/// The test agent's config with an RTMP upload to `ingest` (stream key `teststream`, from a file
+/// in `dir`); `upload` is added to the `[upload]` table.
+fn rtmp_config(
+    dir: &Path,
+    ingest: &Ingest,
+    broker_port: u16,
+    stats_secs: f64,
+    analysis: &str,
+    upload: &str,
+) -> PathBuf {
+    std::fs::write(dir.join("key"), "teststream\n").expect("write key");
+    support::agent_config(
+        dir,
+        broker_port,
+        stats_secs,
+        analysis,
+        &format!(
+            "[upload]\nkind = \"rtmp\"\nurl = \"rtmp://127.0.0.1:{}/app/\"\nstream_key_file = \"{}/key\"\n{upload}\n",
+            ingest.port,
+            dir.display()
+        ),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_analysis_never_costs_the_upload_a_frame() {
     let _serial = SERIAL.lock().await;
     let ingest = Ingest::start();
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("key"), "teststream\n").expect("write key");
-    let config = support::agent_config(
+    let config = rtmp_config(
         dir.path(),
+        &ingest,
         broker.port,
         4.0,
         "slowdown_ms = 1000",
-        &format!(
-            "[upload]\nkind = \"rtmp\"\nurl = \"rtmp://127.0.0.1:{}/app/\"\nstream_key_file = \"{}/key\"\nbitrate_kbps = 1500\n",
-            ingest.port,
-            dir.path().display()
-        ),
+        "bitrate_kbps = 1500",
     );
     let (_client, mut eventloop) = support::watch(
         broker.port,
@@ -233,17 +253,13 @@ async fn the_upload_comes_back_after_the_ingest_does_and_analysis_never_stops() 
     let mut ingest = Ingest::start();
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("key"), "teststream\n").expect("write key");
-    let config = support::agent_config(
+    let config = rtmp_config(
         dir.path(),
+        &ingest,
         broker.port,
         1.0,
         "",
-        &format!(
-            "[upload]\nkind = \"rtmp\"\nurl = \"rtmp://127.0.0.1:{}/app/\"\nstream_key_file = \"{}/key\"\nbitrate_kbps = 1000\nkeyframe_interval_secs = 1\n",
-            ingest.port,
-            dir.path().display()
-        ),
+        "bitrate_kbps = 1000\nkeyframe_interval_secs = 1",
     );
     let (_client, mut eventloop) = support::watch(
         broker.port,
