@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: setup build demo test lint unit e2e browser bench clean
+.PHONY: setup build demo test lint unit e2e browser bench bench-ort clean
 
 setup:
 	@scripts/setup.sh
@@ -32,6 +32,11 @@ browser:
 bench: setup
 	$(CARGO) bench --profile dev -p spotter-models --bench forward
 	$(CARGO) bench --profile dev -p spotter-agent --bench outbox
+
+# candle against ONNX Runtime (PyPI, in .setup/ort-venv) on the same network, weights, input and
+# threads, in one run: `candle_ms ort_ms ratio` per input size. Not part of `make test`.
+bench-ort: setup
+	python3 models/onnx/bench_ort.py
 
 clean:
 	$(CARGO) clean

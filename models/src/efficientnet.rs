@@ -7,7 +7,13 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use crate::depthwise::{DepthwiseRelu6, Pad2};
+use crate::depthwise::{DepthwiseOp, DepthwiseRelu6, Pad2};
+use crate::epilogue::{BiasRelu6, BiasResidual};
+use crate::stem::{StemConv, StemOp};
+
+/// Index of the last block at stride 16 (112 channels): see
+/// [`EfficientNetLite0::features_with_tap`].
+pub const MID_TAP_BLOCK: usize = 10;
 
 /// How convolutions pad their input; the checkpoint decides, and a wrong choice shifts every
 /// feature by a pixel and costs accuracy.
@@ -50,8 +56,10 @@ pub struct LiteConfig {
     pub padding: Padding,
     /// Batch-norm epsilon of the checkpoint.
     pub bn_eps: f64,
-    /// Run depthwise layers with Spotter's fused CPU kernel (true) or candle's grouped
-    /// convolution (false: the baseline the benchmark compares against; always so on GPUs).
+    /// Run the blocks with Spotter's fused CPU kernels (true: depthwise convolution with the
+    /// expand layer's activation and its own, in-place bias/ReLU6/residual after each matrix
+    /// product) or with candle ops only (false: grouped convolution, the baseline the benchmark
+    /// compares against; always so on GPUs).
     pub fused_depthwise: bool,
 }
 
@@ -100,6 +108,8 @@ fn folded_bn(vb: &VarBuilder, channels: usize, eps: f64) -> Result<(Tensor, Tens
 struct Pointwise {
     weight: Tensor,
     bias: Tensor,
+    /// The same bias on the host, for the CPU epilogues.
+    bias_cpu: Vec<f32>,
     relu6: bool,
 }
 
@@ -118,9 +128,37 @@ impl Pointwise {
         let (scale, shift) = folded_bn(&bn, cout, eps)?;
         Ok(Pointwise {
             weight: w.broadcast_mul(&scale.unsqueeze(1)?)?,
+            bias_cpu: shift.to_dtype(DType::F32)?.to_vec1()?,
             bias: shift.unsqueeze(1)?,
             relu6,
         })
+    }
+
+    /// The matrix product alone, `(N, Cout, H, W)`: the bias and activation are left to the
+    /// caller's fused kernel.
+    fn product(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        self.weight
+            .broadcast_matmul(&x.reshape((n, c, h * w))?)?
+            .reshape((n, (), h, w))
+    }
+
+    /// The whole layer with the CPU epilogue, `residual` added after the bias when given.
+    fn forward_fused(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let y = self.product(x)?;
+        match residual {
+            Some(r) => y.inplace_op2(
+                &r.contiguous()?,
+                &BiasResidual {
+                    bias: &self.bias_cpu,
+                },
+            )?,
+            None => y.inplace_op1(&BiasRelu6 {
+                bias: &self.bias_cpu,
+                relu6: self.relu6,
+            })?,
+        }
+        Ok(y)
     }
 }
 
@@ -164,12 +202,7 @@ impl Depthwise {
             bias: shift.to_dtype(DType::F32)?.to_vec1()?,
             k,
             stride,
-            pad: Pad2 {
-                top: 0,
-                left: 0,
-                bottom: 0,
-                right: 0,
-            },
+            input_bias: None,
         };
         Ok(Depthwise {
             weight,
@@ -181,16 +214,29 @@ impl Depthwise {
     }
 }
 
+impl Depthwise {
+    /// Whether the fused CPU kernels can take `x`.
+    fn fuses(&self, x: &Tensor) -> bool {
+        self.fused && x.device().is_cpu() && x.dtype() == DType::F32
+    }
+
+    /// The CPU kernel; `x` is a raw expand product when the layer holds that layer's bias.
+    fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let pad = self.padding.pad2(h, w, self.cpu.k, self.cpu.stride);
+        x.contiguous()?.apply_op1_no_bwd(&DepthwiseOp {
+            layer: &self.cpu,
+            pad,
+        })
+    }
+}
+
 impl Module for Depthwise {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, c, h, w) = x.dims4()?;
         let pad = self.padding.pad2(h, w, self.cpu.k, self.cpu.stride);
-        if self.fused && x.device().is_cpu() && x.dtype() == DType::F32 {
-            let op = DepthwiseRelu6 {
-                pad,
-                ..self.cpu.clone()
-            };
-            return x.contiguous()?.apply_op1_no_bwd(&op);
+        if self.fuses(x) && self.cpu.input_bias.is_none() {
+            return self.forward_fused(x);
         }
         let x = x
             .pad_with_zeros(2, pad.top, pad.bottom)?
@@ -212,6 +258,16 @@ struct MbConv {
 
 impl Module for MbConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.depthwise.fuses(x) {
+            // the expand product goes to the depthwise kernel raw: it applies that layer's bias
+            // and ReLU6 as it reads (see `MbConv::load`'s `input_bias`)
+            let y = match &self.expand {
+                Some(e) => e.product(x)?,
+                None => x.clone(),
+            };
+            let y = self.depthwise.forward_fused(&y)?;
+            return self.project.forward_fused(&y, self.residual.then_some(x));
+        }
         let mut y = match &self.expand {
             Some(e) => e.forward(x)?,
             None => x.clone(),
@@ -230,7 +286,10 @@ impl Module for MbConv {
 pub struct EfficientNetLite0 {
     stem_weight: Tensor,
     stem_bias: Tensor,
+    /// The same stem for the CPU kernel.
+    stem_cpu: StemConv,
     padding: Padding,
+    fused: bool,
     blocks: Vec<MbConv>,
     head: Pointwise,
     fc: candle_nn::Linear,
@@ -245,6 +304,13 @@ impl EfficientNetLite0 {
             .get((STEM_CHANNELS, 3, 3, 3), "weight")?
             .broadcast_mul(&scale.reshape((STEM_CHANNELS, 1, 1, 1))?)?;
         let stem_bias = shift.reshape((1, STEM_CHANNELS, 1, 1))?;
+        let stem_cpu = StemConv {
+            weight: stem_weight.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
+            bias: shift.to_dtype(DType::F32)?.to_vec1()?,
+            cin: 3,
+            k: 3,
+            stride: 2,
+        };
 
         let mut blocks = Vec::new();
         let mut cin = STEM_CHANNELS;
@@ -265,16 +331,12 @@ impl EfficientNetLite0 {
                 } else {
                     None
                 };
+                let mut depthwise =
+                    Depthwise::load(b.pp("_depthwise_conv"), b.pp("_bn1"), mid, k, stride, cfg)?;
+                depthwise.cpu.input_bias = expand_layer.as_ref().map(|e| e.bias_cpu.clone());
                 blocks.push(MbConv {
                     expand: expand_layer,
-                    depthwise: Depthwise::load(
-                        b.pp("_depthwise_conv"),
-                        b.pp("_bn1"),
-                        mid,
-                        k,
-                        stride,
-                        cfg,
-                    )?,
+                    depthwise,
                     project: Pointwise::load(
                         b.pp("_project_conv"),
                         b.pp("_bn2"),
@@ -300,7 +362,9 @@ impl EfficientNetLite0 {
         Ok(EfficientNetLite0 {
             stem_weight,
             stem_bias,
+            stem_cpu,
             padding: cfg.padding,
+            fused: cfg.fused_depthwise,
             blocks,
             head,
             fc,
@@ -310,18 +374,45 @@ impl EfficientNetLite0 {
     /// The head's feature map, `(N, 1280, H/32, W/32)` for an input `(N, 3, H, W)` from
     /// [`crate::preprocess`]. `H` and `W` should be multiples of 32.
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.features_with_tap(x, None)?.0)
+    }
+
+    /// The head's feature map and, when `tap` is a block index, that block's output as well
+    /// (block [`MID_TAP_BLOCK`] is the last one at stride 16: 112 channels of mid-level
+    /// features, local enough to match parts of an object between two images).
+    pub fn features_with_tap(
+        &self,
+        x: &Tensor,
+        tap: Option<usize>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (_, _, h, w) = x.dims4()?;
         let p = self.padding.pad2(h, w, 3, 2);
-        let mut y = x
-            .pad_with_zeros(2, p.top, p.bottom)?
-            .pad_with_zeros(3, p.left, p.right)?
-            .conv2d(&self.stem_weight, 0, 2, 1, 1)?
-            .broadcast_add(&self.stem_bias)?
-            .clamp(0f32, 6f32)?;
-        for block in &self.blocks {
+        let cpu = self.fused && x.device().is_cpu() && x.dtype() == DType::F32;
+        let mut y = if cpu {
+            x.contiguous()?.apply_op1_no_bwd(&StemOp {
+                layer: &self.stem_cpu,
+                pad: p,
+            })?
+        } else {
+            x.pad_with_zeros(2, p.top, p.bottom)?
+                .pad_with_zeros(3, p.left, p.right)?
+                .conv2d(&self.stem_weight, 0, 2, 1, 1)?
+                .broadcast_add(&self.stem_bias)?
+                .clamp(0f32, 6f32)?
+        };
+        let mut tapped = None;
+        for (i, block) in self.blocks.iter().enumerate() {
             y = block.forward(&y)?;
+            if tap == Some(i) {
+                tapped = Some(y.clone());
+            }
         }
-        self.head.forward(&y)
+        let head = if cpu {
+            self.head.forward_fused(&y, None)?
+        } else {
+            self.head.forward(&y)?
+        };
+        Ok((head, tapped))
     }
 
     /// ImageNet logits from a feature map: global average pool, then the classifier.

@@ -10,7 +10,9 @@
 pub mod depthwise;
 pub mod descriptor;
 pub mod efficientnet;
+pub mod epilogue;
 pub mod preprocess;
+pub mod stem;
 
 pub use descriptor::{CatalogIndex, Match, RegionGrid};
-pub use efficientnet::{EfficientNetLite0, LiteConfig, Padding};
+pub use efficientnet::{EfficientNetLite0, LiteConfig, Padding, MID_TAP_BLOCK};

@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Candle against ONNX Runtime on the same network, weights, input and thread count, in one run.
+
+`make bench-ort` runs this. It makes (once) a virtual environment under `.setup/ort-venv` with
+onnx, onnxruntime, numpy and safetensors from PyPI and re-runs itself there; builds the ONNX graph
+of EfficientNet-Lite0 from `models/weights/efficientnet-lite0.safetensors` (lite0_onnx.py);
+checks that candle and ONNX Runtime give the same feature map for the same input; then times
+both, alternating in rounds so that load from other processes hits both sides alike, and prints
+`candle_ms ort_ms ratio` per input size, with candle's whole per-frame recognition time
+(forward, regional descriptors, catalog match: models/benches/frame.rs).
+
+Usage: python3 models/onnx/bench_ort.py [--threads 2] [--runs 20] [--warmup 5] [--rounds 3]
+                                        [--sizes 384x224,224x224]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
+VENV = os.path.join(ROOT, ".setup", "ort-venv")
+WORK = os.path.join(ROOT, ".setup", "ort")
+# the same override the Rust benches and tests read
+WEIGHTS = os.environ.get("SPOTTER_MODEL") or os.path.join(ROOT, "models", "weights", "efficientnet-lite0.safetensors")
+# pinned so that a rerun next month measures the same runtime
+REQUIREMENTS = ["onnx==1.23.2", "onnxruntime==1.32.0", "numpy==2.4.6", "safetensors==0.8.0"]
+# float32 sums in a different order: the head's ReLU6 outputs agree to ~1e-5; a wrong padding
+# or a missed layer moves them by more than 0.1
+TOLERANCE = 1e-3
+
+
+def log(msg: str) -> None:
+    print(f"bench-ort: {msg}", file=sys.stderr, flush=True)
+
+
+def ensure_venv() -> None:
+    """Re-executes this script inside .setup/ort-venv, making the environment first if needed."""
+    python = os.path.join(VENV, "bin", "python")
+    if os.path.realpath(sys.prefix) == os.path.realpath(VENV):
+        return
+    stamp = os.path.join(VENV, "spotter-requirements.sha256")
+    want = hashlib.sha256("\n".join(REQUIREMENTS).encode()).hexdigest()
+    have = open(stamp).read().strip() if os.path.exists(stamp) else ""
+    if have != want:
+        log(f"making {os.path.relpath(VENV, ROOT)} with {' '.join(REQUIREMENTS)}")
+        subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
+        subprocess.run(
+            [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *REQUIREMENTS],
+            check=True,
+        )
+        with open(stamp, "w") as f:
+            f.write(want + "\n")
+    os.execv(python, [python, os.path.abspath(__file__), *sys.argv[1:]])
+
+
+def candle_binary() -> str:
+    """Path of the `frame` bench binary, from the same build as `make build` (so nothing is
+    built twice); `--keep-going` so that a broken crate elsewhere does not block the model's."""
+    cmd = ["cargo", "build", "--workspace", "--all-targets", "--keep-going", "--message-format=json-render-diagnostics"]
+    log("building (" + " ".join(cmd[:4]) + ")")
+    out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if out.returncode != 0:
+        log("the workspace has build errors (above); measuring the model's bench all the same")
+    for line in out.stdout.splitlines():
+        msg = json.loads(line)
+        target = msg.get("target") or {}
+        if (
+            msg.get("reason") == "compiler-artifact"
+            and target.get("name") == "frame"
+            and "bench" in target.get("kind", [])
+            and msg.get("executable")
+        ):
+            return msg["executable"]
+    sys.exit("bench-ort: cargo built no `frame` bench binary (models/benches/frame.rs)")
+
+
+def median(v: list[float]) -> float:
+    s = sorted(v)
+    return s[len(s) // 2]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2, help="threads for both runtimes (default: 2, this box's cores)")
+    ap.add_argument("--runs", type=int, default=20, help="timed runs per size and round")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed runs first")
+    ap.add_argument("--rounds", type=int, default=3, help="candle, then ORT, this many times")
+    ap.add_argument("--sizes", default="384x224,224x224", help="WxH,WxH (multiples of 32)")
+    args = ap.parse_args()
+    ensure_venv()
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from safetensors.numpy import load_file
+
+    sys.path.insert(0, HERE)
+    from lite0_onnx import INPUT, OUTPUT, build_model
+
+    if not os.path.exists(WEIGHTS):
+        sys.exit(f"bench-ort: {WEIGHTS} is missing: run `make setup`")
+    os.makedirs(WORK, exist_ok=True)
+    model_path = os.path.join(WORK, "efficientnet-lite0-features.onnx")
+    onnx.save(build_model(load_file(WEIGHTS)), model_path)
+
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    rng = np.random.default_rng(0)
+    inputs = {}
+    for w, h in sizes:
+        # a frame of random pixels, normalised as models/src/preprocess.rs does
+        px = rng.integers(0, 256, size=(1, 3, h, w)).astype(np.float32)
+        x = ((px - 127.0) / 128.0).astype(np.float32)
+        x.tofile(os.path.join(WORK, f"input-{w}x{h}.f32"))
+        inputs[(w, h)] = x
+
+    binary = candle_binary()
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
+
+    # same answer first: otherwise the ratio compares two different computations
+    diffs = {}
+    candle = {s: {"forward": [], "frame": []} for s in sizes}
+    onnxrt = {s: [] for s in sizes}
+    for round_ in range(args.rounds):
+        cmd = [
+            binary, "--bench", "--io-dir", WORK, "--sizes", args.sizes,
+            "--warmup", str(args.warmup), "--runs", str(args.runs),
+        ]
+        res = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
+        report = json.loads(res.stdout.strip().splitlines()[-1])
+        for entry, s in zip(report["sizes"], sizes):
+            candle[s]["forward"].append(entry["forward_ms"])
+            candle[s]["frame"].append(entry["frame_ms"])
+        for s in sizes:
+            x = inputs[s]
+            (y,) = session.run([OUTPUT], {INPUT: x})
+            if round_ == 0:
+                ours = np.fromfile(os.path.join(WORK, f"candle-{s[0]}x{s[1]}.f32"), dtype=np.float32)
+                diffs[s] = float(np.max(np.abs(ours.reshape(y.shape) - y)))
+            for _ in range(args.warmup):
+                session.run([OUTPUT], {INPUT: x})
+            t = []
+            for _ in range(args.runs):
+                start = time.perf_counter()
+                session.run([OUTPUT], {INPUT: x})
+                t.append((time.perf_counter() - start) * 1000.0)
+            onnxrt[s].append(median(t))
+
+    print(
+        f"EfficientNet-Lite0 to the 1280-channel head: candle {report['threads']} threads, "
+        f"ONNX Runtime {ort.__version__} intra_op_num_threads={args.threads} sequential; "
+        f"median of {args.runs} runs, median over {args.rounds} alternating rounds"
+    )
+    print(f"{'size':>8} {'candle_ms':>10} {'ort_ms':>8} {'ratio':>6} {'max_abs_diff':>13} {'candle_frame_ms':>16}")
+    results = []
+    worst = 0.0
+    for s in sizes:
+        c = median(candle[s]["forward"])
+        o = median(onnxrt[s])
+        f = median(candle[s]["frame"])
+        worst = max(worst, diffs[s])
+        print(f"{s[0]:>4}x{s[1]:<3} {c:>10.2f} {o:>8.2f} {c / o:>6.3f} {diffs[s]:>13.2e} {f:>16.2f}")
+        results.append(
+            dict(size=f"{s[0]}x{s[1]}", candle_ms=c, ort_ms=o, ratio=c / o, max_abs_diff=diffs[s], candle_frame_ms=f)
+        )
+    print(f"(candle_frame_ms: preprocess + forward + regional descriptors + match against "
+          f"{report['catalog_photos']} reference photos)")
+    with open(os.path.join(WORK, "result.json"), "w") as fh:
+        json.dump(dict(threads=args.threads, runs=args.runs, rounds=args.rounds, ort=ort.__version__, sizes=results),
+                  fh, indent=1)
+    if worst > TOLERANCE:
+        log(f"candle and ONNX Runtime differ by up to {worst:.2e} (> {TOLERANCE}): the graphs are not the same network")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
