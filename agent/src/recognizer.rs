@@ -10,7 +10,10 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use spotter_models::descriptor::{global_descriptor, regional_descriptors};
-use spotter_models::{preprocess, CatalogIndex, EfficientNetLite0, LiteConfig, RegionGrid};
+use spotter_models::verify::{cells, Cells, ReferenceView, VerifyParams, ViewSet};
+use spotter_models::{
+    preprocess, CatalogIndex, EfficientNetLite0, LiteConfig, RegionGrid, MID_TAP_BLOCK,
+};
 use spotter_protocol::Catalog;
 
 use crate::tracker::Detection;
@@ -53,13 +56,35 @@ impl From<candle_core::Error> for RecognizerError {
 pub struct Recognizer {
     model: EfficientNetLite0,
     /// swapped whole when the catalog changes; frames in flight keep the index they started with
-    index: RwLock<Arc<CatalogIndex>>,
+    index: RwLock<Arc<ProductIndex>>,
     grid: RegionGrid,
+    verify: VerifyParams,
+    /// Products the regional descriptors shortlist for verification in each frame.
+    shortlist: usize,
     device: Device,
     /// Input size frames are analysed at.
     pub width: usize,
     /// Input height.
     pub height: usize,
+}
+
+/// What a frame is matched against: global descriptors shortlist candidates, reference views
+/// verify them.
+#[derive(Debug)]
+pub struct ProductIndex {
+    /// Regional-descriptor index (one row per reference photo).
+    pub global: CatalogIndex,
+    /// Reference views of each product, in `global.products()` order.
+    pub views: Vec<ViewSet>,
+}
+
+/// Verified pairs at which a detection's score is one half: `score = n / (n + SCORE_HALF)`.
+pub const SCORE_HALF: f32 = 8.0;
+
+/// A detection's score from its inlier count: monotonic, 0 for none, 0.5 at [`SCORE_HALF`].
+pub fn inlier_score(inliers: usize) -> f32 {
+    let n = inliers as f32;
+    n / (n + SCORE_HALF)
 }
 
 /// Per-frame result with timing.
@@ -90,19 +115,33 @@ pub fn load_model(path: &Path, device: &Device) -> Result<EfficientNetLite0, Rec
     Ok(EfficientNetLite0::load(vb, &LiteConfig::default())?)
 }
 
+/// A reference photo on the square canvas the network sees, and where the object is on it.
+#[derive(Debug, Clone)]
+pub struct Letterboxed {
+    /// The canvas, mid-grey around the photo and under its transparent parts.
+    pub rgb: image::RgbImage,
+    /// Opacity of the photo at each canvas pixel, row-major (0 outside the photo).
+    pub coverage: Vec<f32>,
+    /// The object's box on the canvas, in pixels `[x0, y0, x1, y1]`: the opaque part of the
+    /// photo, or the whole photo where it has no transparency.
+    pub object: [f32; 4],
+}
+
 /// Decodes a photo and letterboxes it onto a mid-grey square canvas of `side` pixels, flattening
 /// transparency onto grey so clip art and photos look alike to the network.
-pub fn photo_to_rgb(path: &Path, side: u32) -> Result<image::RgbImage, image::ImageError> {
+pub fn photo_to_rgb(path: &Path, side: u32) -> Result<Letterboxed, image::ImageError> {
     let img = image::open(path)?.to_rgba8();
     let (w, h) = img.dimensions();
     let scale = side as f32 / w.max(h) as f32;
     let (nw, nh) = (
-        ((w as f32 * scale).round() as u32).max(1),
-        ((h as f32 * scale).round() as u32).max(1),
+        ((w as f32 * scale).round() as u32).clamp(1, side),
+        ((h as f32 * scale).round() as u32).clamp(1, side),
     );
     let resized = image::imageops::resize(&img, nw, nh, image::imageops::FilterType::Triangle);
     let mut canvas = image::RgbImage::from_pixel(side, side, image::Rgb([127, 127, 127]));
+    let mut coverage = vec![0f32; (side * side) as usize];
     let (ox, oy) = ((side - nw) / 2, (side - nh) / 2);
+    let mut object = [f32::INFINITY, f32::INFINITY, 0f32, 0f32];
     for (x, y, p) in resized.enumerate_pixels() {
         let a = f32::from(p[3]) / 255.0;
         let bg = 127.0 * (1.0 - a);
@@ -111,10 +150,65 @@ pub fn photo_to_rgb(path: &Path, side: u32) -> Result<image::RgbImage, image::Im
             (f32::from(p[1]) * a + bg).round() as u8,
             (f32::from(p[2]) * a + bg).round() as u8,
         ]);
-        canvas.put_pixel(ox + x, oy + y, px);
+        let (cx, cy) = (ox + x, oy + y);
+        canvas.put_pixel(cx, cy, px);
+        coverage[(cy * side + cx) as usize] = a;
+        if a >= 0.5 {
+            object = [
+                object[0].min(cx as f32),
+                object[1].min(cy as f32),
+                object[2].max(cx as f32 + 1.0),
+                object[3].max(cy as f32 + 1.0),
+            ];
+        }
     }
-    Ok(canvas)
+    if object[0] > object[2] {
+        // nothing opaque: the object is the whole photo
+        object = [ox as f32, oy as f32, (ox + nw) as f32, (oy + nh) as f32];
+    }
+    Ok(Letterboxed {
+        rgb: canvas,
+        coverage,
+        object,
+    })
 }
+
+/// Stride of the mid-level map that verification matches cells of.
+const MID_STRIDE: usize = 16;
+
+/// Cells of a reference canvas that are at least this much object: the rest is background.
+const MIN_CELL_COVERAGE: f32 = 0.3;
+
+/// The mid-level view of a letterboxed reference photo: only its object's cells.
+fn reference_view(mid: &Tensor, photo: &Letterboxed) -> candle_core::Result<ReferenceView> {
+    let side = photo.rgb.width() as usize;
+    let covered = |y: usize, x: usize| -> bool {
+        let mut sum = 0.0;
+        let mut n = 0usize;
+        for py in y * MID_STRIDE..((y + 1) * MID_STRIDE).min(side) {
+            for px in x * MID_STRIDE..((x + 1) * MID_STRIDE).min(side) {
+                sum += photo.coverage[py * side + px];
+                n += 1;
+            }
+        }
+        n > 0 && sum / n as f32 >= MIN_CELL_COVERAGE
+    };
+    let o = photo.object;
+    let cell = MID_STRIDE as f32;
+    Ok(ReferenceView {
+        cells: cells(mid, covered)?,
+        object: [o[0] / cell, o[1] / cell, o[2] / cell, o[3] / cell],
+    })
+}
+
+/// Products shortlisted for verification in each frame.
+pub const DEFAULT_SHORTLIST: usize = 16;
+
+/// Fewer verified pairs than this is no detection at all.
+const MIN_INLIERS: usize = 3;
+
+/// Sides of the smaller squares a reference photo is also verified at.
+const SMALL_VIEW_SIDES: &[u32] = &[128];
 
 /// Side of the square a reference photo is indexed at.
 const REFERENCE_SIDE: u32 = 224;
@@ -171,6 +265,8 @@ impl Recognizer {
                 model,
                 index: RwLock::new(Arc::new(index)),
                 grid: RegionGrid::default(),
+                verify: VerifyParams::default(),
+                shortlist: DEFAULT_SHORTLIST,
                 device,
                 width,
                 height,
@@ -186,7 +282,7 @@ impl Recognizer {
         Ok(report)
     }
 
-    fn current_index(&self) -> Arc<CatalogIndex> {
+    fn current_index(&self) -> Arc<ProductIndex> {
         self.index
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -198,18 +294,38 @@ impl Recognizer {
         let start = Instant::now();
         let x: Tensor =
             preprocess::rgb_to_tensor(rgb, self.width, self.height, stride, &self.device)?;
-        let features = self.model.features(&x)?;
+        let (features, mid) = self.model.features_with_tap(&x, Some(MID_TAP_BLOCK))?;
+        let mid = mid.ok_or_else(|| candle_core::Error::Msg("the backbone gave no tap".into()))?;
         let regions = regional_descriptors(&features, &self.grid)?;
         let index = self.current_index();
-        let matches = index.best_per_product(&regions)?;
-        let detections = matches
-            .into_iter()
-            .map(|m| Detection {
-                sku: index.products()[m.product].clone(),
-                score: m.score,
-                bbox: m.bbox,
-            })
-            .collect();
+        let candidates = index.global.best_per_product(&regions)?;
+        let frame: Cells = cells(&mid, |_, _| true)?;
+        let frame_t = Tensor::from_slice(&frame.desc, (frame.len(), frame.dim), &self.device)?;
+        let mut detections = Vec::new();
+        for m in candidates.into_iter().take(self.shortlist) {
+            let Some((_, v)) = index.views[m.product].verify(&frame, &frame_t, &self.verify)?
+            else {
+                continue;
+            };
+            tracing::trace!(
+                sku = %index.global.products()[m.product],
+                cosine = m.score,
+                inliers = v.inliers,
+                pairs = v.pairs,
+                scale = v.transform.scale(),
+                degrees = v.transform.degrees(),
+                "candidate verified"
+            );
+            if v.inliers < MIN_INLIERS {
+                continue;
+            }
+            detections.push(Detection {
+                sku: index.global.products()[m.product].clone(),
+                score: inlier_score(v.inliers),
+                bbox: v.bbox,
+            });
+        }
+        detections.sort_by(|a, b| b.score.total_cmp(&a.score));
         Ok(Recognition {
             detections,
             inference_ms: start.elapsed().as_secs_f32() * 1000.0,
@@ -224,10 +340,11 @@ pub fn build_index(
     device: &Device,
     catalog: &Catalog,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<(CatalogIndex, IndexReport), RecognizerError> {
+) -> Result<(ProductIndex, IndexReport), RecognizerError> {
     let total: usize = catalog.products.iter().map(|p| p.images.len()).sum();
     let mut report = IndexReport::default();
     let mut refs = Vec::with_capacity(total);
+    let mut views: std::collections::HashMap<String, Vec<ReferenceView>> = Default::default();
     let mut done = 0;
     for product in &catalog.products {
         let mut indexed = 0;
@@ -245,11 +362,40 @@ pub fn build_index(
                 ))),
                 Ok(_) => match photo_to_rgb(&path, REFERENCE_SIDE) {
                     Err(e) => report.refused.push(refuse(format!("unreadable image: {e}"))),
-                    Ok(rgb) => {
+                    Ok(photo) => {
                         let side = REFERENCE_SIDE as usize;
-                        let x = preprocess::rgb_to_tensor(rgb.as_raw(), side, side, side * 3, device)?;
-                        let features = model.features(&x)?;
+                        let x = preprocess::rgb_to_tensor(
+                            photo.rgb.as_raw(),
+                            side,
+                            side,
+                            side * 3,
+                            device,
+                        )?;
+                        let (features, mid) = model.features_with_tap(&x, Some(MID_TAP_BLOCK))?;
+                        let mid = mid.ok_or_else(|| {
+                            candle_core::Error::Msg("the backbone gave no tap".into())
+                        })?;
                         refs.push((product.sku.clone(), global_descriptor(&features)?));
+                        let product_views = views.entry(product.sku.clone()).or_default();
+                        product_views.push(reference_view(&mid, &photo)?);
+                        // a small product in the frame matches a small view of it far better
+                        for &side in SMALL_VIEW_SIDES {
+                            let small = photo_to_rgb(&path, side)
+                                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                            let s = side as usize;
+                            let x = preprocess::rgb_to_tensor(
+                                small.rgb.as_raw(),
+                                s,
+                                s,
+                                s * 3,
+                                device,
+                            )?;
+                            let (_, mid) = model.features_with_tap(&x, Some(MID_TAP_BLOCK))?;
+                            let mid = mid.ok_or_else(|| {
+                                candle_core::Error::Msg("the backbone gave no tap".into())
+                            })?;
+                            product_views.push(reference_view(&mid, &small)?);
+                        }
                         indexed += 1;
                     }
                 },
@@ -266,7 +412,13 @@ pub fn build_index(
             catalog.dir.display().to_string(),
         ));
     }
-    Ok((CatalogIndex::new(refs, device)?, report))
+    let global = CatalogIndex::new(refs, device)?;
+    let views = global
+        .products()
+        .iter()
+        .map(|sku| ViewSet::new(views.remove(sku).unwrap_or_default(), device))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok((ProductIndex { global, views }, report))
 }
 
 /// `spotter-agent catalog build`: indexes a catalog with a progress bar on stderr and writes the

@@ -33,7 +33,7 @@ fn entry(sku: &str, photo: &str) -> String {
 
 /// A frame showing `photo` in the middle of a grey studio frame.
 fn frame_of(photo: &str) -> Vec<u8> {
-    let product = photo_to_rgb(Path::new(photo), H as u32).expect("photo");
+    let product = photo_to_rgb(Path::new(photo), H as u32).expect("photo").rgb;
     let mut frame = image::RgbImage::from_pixel(W as u32, H as u32, image::Rgb([120, 118, 110]));
     image::imageops::overlay(&mut frame, &product, ((W - H) / 2) as i64, 0);
     frame.into_raw()
@@ -55,8 +55,12 @@ fn a_product_added_mid_show_is_found_after_reload() {
     assert_eq!((report.products, report.photos), (1, 1));
 
     let guitar = frame_of(GUITAR);
-    let (sku, _) = best(&r, &guitar);
-    assert_eq!(sku, "MUG-001", "only the mug is indexed yet");
+    let before = r.recognise(&guitar, W * 3).expect("recognise");
+    assert!(
+        before.detections.iter().all(|d| d.score < 0.5),
+        "only the mug is indexed yet, and the guitar is no mug: {:?}",
+        before.detections
+    );
 
     std::fs::copy(GUITAR, dir.path().join("guitar.png")).expect("copy");
     let both = format!(
@@ -71,7 +75,7 @@ fn a_product_added_mid_show_is_found_after_reload() {
         sku, "GTR-001",
         "the new product is recognised after the reload"
     );
-    assert!(score > 0.6, "score {score}");
+    assert!(score > 0.5, "score {score}");
 
     // a catalog that no longer parses keeps the current index
     std::fs::write(dir.path().join("catalog.toml"), "[[product]\nbroken").expect("write");

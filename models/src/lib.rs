@@ -3,6 +3,8 @@
 //! - [`efficientnet`]: the EfficientNet-Lite0 backbone (ImageNet weights, batch norm folded at load).
 //! - [`descriptor`]: regional descriptors pooled from its feature map, and the catalog index they
 //!   are matched against.
+//! - [`verify`]: geometric verification of a candidate product with mid-level features, which
+//!   tells the catalog's product from a look-alike.
 //! - [`preprocess`]: from RGB pixels to the network's input tensor.
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
@@ -13,6 +15,7 @@ pub mod efficientnet;
 pub mod epilogue;
 pub mod preprocess;
 pub mod stem;
+pub mod verify;
 
 pub use descriptor::{CatalogIndex, Match, RegionGrid};
 pub use efficientnet::{EfficientNetLite0, LiteConfig, Padding, MID_TAP_BLOCK};

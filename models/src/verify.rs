@@ -1,0 +1,454 @@
+//! Geometric verification: is *this* product in the frame, or only something that looks like it?
+//!
+//! Global and regional descriptors say "a mug is here"; they cannot tell the catalog's mug from
+//! another one. Mid-level features (one block at stride 16) describe parts of an object. Cells of
+//! the frame and cells of a reference photo that are each other's nearest neighbour are paired,
+//! and a similarity transform (scale, rotation, shift) that explains many pairs at once is sought
+//! exhaustively over pairs of pairs (a deterministic RANSAC). A look-alike shares a few parts by
+//! chance; the product itself shares many, in the same arrangement. The number of pairs the best
+//! transform explains (its inliers) is the evidence, and the reference's object box carried by
+//! that transform is the product's box in the frame.
+
+use candle_core::{Device, Result, Tensor};
+
+/// Cells of one feature map, each an L2-normalised descriptor with its position.
+#[derive(Debug, Clone)]
+pub struct Cells {
+    /// Descriptor length.
+    pub dim: usize,
+    /// `(n, dim)` row-major, each row of unit length.
+    pub desc: Vec<f32>,
+    /// Centre of each cell, in cells: `[x, y]`.
+    pub pos: Vec<[f32; 2]>,
+    /// Map size in cells: `(h, w)`.
+    pub size: (usize, usize),
+}
+
+impl Cells {
+    /// Number of cells.
+    pub fn len(&self) -> usize {
+        self.pos.len()
+    }
+
+    /// Whether no cell is kept.
+    pub fn is_empty(&self) -> bool {
+        self.pos.is_empty()
+    }
+}
+
+/// Splits a `(1, C, h, w)` map into per-cell descriptors, keeping the cells `keep(y, x)` accepts.
+/// Each descriptor is centred on the map's mean cell first, so what every cell shares (the
+/// lighting, the flat background) does not make unrelated cells look alike.
+pub fn cells(map: &Tensor, keep: impl Fn(usize, usize) -> bool) -> Result<Cells> {
+    let (_, c, h, w) = map.dims4()?;
+    let flat: Vec<f32> = map.flatten_all()?.to_vec1()?;
+    let n = h * w;
+    let mut mean = vec![0f32; c];
+    for (ch, m) in mean.iter_mut().enumerate() {
+        *m = flat[ch * n..(ch + 1) * n].iter().sum::<f32>() / n as f32;
+    }
+    let mut desc = Vec::with_capacity(n * c);
+    let mut pos = Vec::with_capacity(n);
+    for y in 0..h {
+        for x in 0..w {
+            if !keep(y, x) {
+                continue;
+            }
+            let start = desc.len();
+            for ch in 0..c {
+                desc.push(flat[ch * n + y * w + x] - mean[ch]);
+            }
+            let row = &mut desc[start..];
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if norm > 1e-6 {
+                row.iter_mut().for_each(|v| *v /= norm);
+            }
+            pos.push([x as f32 + 0.5, y as f32 + 0.5]);
+        }
+    }
+    Ok(Cells {
+        dim: c,
+        desc,
+        pos,
+        size: (h, w),
+    })
+}
+
+/// One reference photo, ready to be verified against.
+#[derive(Debug, Clone)]
+pub struct ReferenceView {
+    /// The photo's object cells.
+    pub cells: Cells,
+    /// The object's box in the photo, in cells: `[x0, y0, x1, y1]`.
+    pub object: [f32; 4],
+}
+
+/// A similarity transform `frame = a * reference + b`, with points as complex numbers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Similarity {
+    /// `(re, im)` of `a`: scale times rotation.
+    pub a: [f32; 2],
+    /// `(re, im)` of `b`: the shift.
+    pub b: [f32; 2],
+}
+
+impl Similarity {
+    /// Maps a reference point into the frame.
+    pub fn apply(&self, p: [f32; 2]) -> [f32; 2] {
+        let [ar, ai] = self.a;
+        [
+            ar * p[0] - ai * p[1] + self.b[0],
+            ai * p[0] + ar * p[1] + self.b[1],
+        ]
+    }
+
+    /// The scale factor.
+    pub fn scale(&self) -> f32 {
+        self.a[0].hypot(self.a[1])
+    }
+
+    /// The rotation, in degrees.
+    pub fn degrees(&self) -> f32 {
+        self.a[1].atan2(self.a[0]).to_degrees()
+    }
+
+    fn through(r1: [f32; 2], f1: [f32; 2], r2: [f32; 2], f2: [f32; 2]) -> Option<Similarity> {
+        let (dr, di) = (r2[0] - r1[0], r2[1] - r1[1]);
+        let (fr, fi) = (f2[0] - f1[0], f2[1] - f1[1]);
+        let den = dr * dr + di * di;
+        if den < 1e-6 {
+            return None;
+        }
+        // a = (f2 - f1) / (r2 - r1)
+        let a = [(fr * dr + fi * di) / den, (fi * dr - fr * di) / den];
+        let s = Similarity { a, b: [0.0, 0.0] };
+        let m = s.apply(r1);
+        Some(Similarity {
+            a,
+            b: [f1[0] - m[0], f1[1] - m[1]],
+        })
+    }
+}
+
+/// Limits of the verification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyParams {
+    /// Pairs of cells less similar than this (cosine) are not considered.
+    pub min_similarity: f32,
+    /// At most this many best pairs enter the transform search.
+    pub max_pairs: usize,
+    /// A pair agrees with a transform when it lands within this many frame cells.
+    pub inlier_cells: f32,
+    /// Scale limits (frame cells per reference cell).
+    pub min_scale: f32,
+    /// Upper scale limit.
+    pub max_scale: f32,
+    /// Largest rotation, degrees.
+    pub max_degrees: f32,
+}
+
+impl Default for VerifyParams {
+    fn default() -> Self {
+        VerifyParams {
+            min_similarity: 0.6,
+            max_pairs: 48,
+            inlier_cells: 1.0,
+            min_scale: 0.1,
+            max_scale: 2.5,
+            max_degrees: 40.0,
+        }
+    }
+}
+
+/// The outcome of verifying one reference view against a frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    /// Pairs the best transform explains.
+    pub inliers: usize,
+    /// Mutual-nearest pairs found at all.
+    pub pairs: usize,
+    /// The transform.
+    pub transform: Similarity,
+    /// The reference's object box carried into the frame, normalised to `0..=1`.
+    pub bbox: [f32; 4],
+}
+
+/// Mutual nearest neighbours between frame cells (rows of `sims`) and a view's cells (columns
+/// `cols`), at or above `min_similarity`: `(frame cell, view cell, similarity)`.
+fn mutual_pairs(
+    sims: &[f32],
+    stride: usize,
+    rows: usize,
+    cols: std::ops::Range<usize>,
+    min_similarity: f32,
+) -> Vec<(usize, usize, f32)> {
+    let width = cols.len();
+    if width == 0 {
+        return Vec::new();
+    }
+    let mut col_best = vec![(usize::MAX, f32::NEG_INFINITY); width];
+    let mut row_best = vec![(usize::MAX, f32::NEG_INFINITY); rows];
+    for (i, rb) in row_best.iter_mut().enumerate() {
+        let row = &sims[i * stride + cols.start..i * stride + cols.end];
+        for (j, &s) in row.iter().enumerate() {
+            if s > rb.1 {
+                *rb = (j, s);
+            }
+            if s > col_best[j].1 {
+                col_best[j] = (i, s);
+            }
+        }
+    }
+    row_best
+        .iter()
+        .enumerate()
+        .filter(|&(i, &(j, s))| j != usize::MAX && s >= min_similarity && col_best[j].0 == i)
+        .map(|(i, &(j, s))| (i, j, s))
+        .collect()
+}
+
+/// Finds the similarity transform that the most pairs agree with, trying every pair of pairs.
+fn best_transform(
+    frame: &Cells,
+    view: &Cells,
+    pairs: &[(usize, usize, f32)],
+    p: &VerifyParams,
+) -> Option<(Similarity, usize)> {
+    let thr2 = p.inlier_cells * p.inlier_cells;
+    let max_rad = p.max_degrees.to_radians();
+    let count = |t: &Similarity| -> (usize, f32) {
+        let mut n = 0;
+        let mut err = 0.0;
+        for &(fi, vi, _) in pairs {
+            let m = t.apply(view.pos[vi]);
+            let f = frame.pos[fi];
+            let d2 = (m[0] - f[0]).powi(2) + (m[1] - f[1]).powi(2);
+            if d2 <= thr2 {
+                n += 1;
+                err += d2;
+            }
+        }
+        (n, err)
+    };
+    let mut best: Option<(Similarity, usize, f32)> = None;
+    for (k, &(f1, v1, _)) in pairs.iter().enumerate() {
+        for &(f2, v2, _) in &pairs[k + 1..] {
+            let (r1, r2) = (view.pos[v1], view.pos[v2]);
+            // two cells side by side pin the scale and rotation too loosely
+            if (r1[0] - r2[0]).abs().max((r1[1] - r2[1]).abs()) < 2.0 {
+                continue;
+            }
+            let Some(t) = Similarity::through(r1, frame.pos[f1], r2, frame.pos[f2]) else {
+                continue;
+            };
+            let s = t.scale();
+            if s < p.min_scale || s > p.max_scale || t.degrees().to_radians().abs() > max_rad {
+                continue;
+            }
+            let (n, err) = count(&t);
+            let better = match &best {
+                None => true,
+                Some((_, bn, be)) => n > *bn || (n == *bn && err < *be),
+            };
+            if better {
+                best = Some((t, n, err));
+            }
+        }
+    }
+    best.map(|(t, n, _)| (t, n))
+}
+
+/// Verifies several reference views against one frame with one matrix product.
+#[derive(Debug, Clone)]
+pub struct ViewSet {
+    views: Vec<ReferenceView>,
+    /// `(dim, total cells)`: every view's descriptors as columns.
+    columns: Option<Tensor>,
+    offsets: Vec<usize>,
+}
+
+impl ViewSet {
+    /// Stacks the views' descriptors for matching.
+    pub fn new(views: Vec<ReferenceView>, device: &Device) -> Result<Self> {
+        let mut offsets = Vec::with_capacity(views.len() + 1);
+        let mut flat = Vec::new();
+        let mut dim = None;
+        offsets.push(0);
+        for v in &views {
+            if *dim.get_or_insert(v.cells.dim) != v.cells.dim {
+                candle_core::bail!("reference views with descriptors of different lengths");
+            }
+            flat.extend_from_slice(&v.cells.desc);
+            offsets.push(offsets.last().copied().unwrap_or(0) + v.cells.len());
+        }
+        let total = offsets.last().copied().unwrap_or(0);
+        let columns = match dim {
+            Some(d) if total > 0 => Some(Tensor::from_vec(flat, (total, d), device)?.t()?),
+            _ => None,
+        };
+        Ok(ViewSet {
+            views,
+            columns,
+            offsets,
+        })
+    }
+
+    /// Number of views.
+    pub fn len(&self) -> usize {
+        self.views.len()
+    }
+
+    /// Whether there is no view.
+    pub fn is_empty(&self) -> bool {
+        self.views.is_empty()
+    }
+
+    /// The best-verified view against `frame` (`frame_tensor` is `frame.desc` as an `(n, dim)`
+    /// tensor), with its index; `None` if no view has a transform at all.
+    pub fn verify(
+        &self,
+        frame: &Cells,
+        frame_tensor: &Tensor,
+        p: &VerifyParams,
+    ) -> Result<Option<(usize, Verified)>> {
+        let Some(columns) = &self.columns else {
+            return Ok(None);
+        };
+        if frame.is_empty() {
+            return Ok(None);
+        }
+        let sims: Vec<f32> = frame_tensor.matmul(columns)?.flatten_all()?.to_vec1()?;
+        let stride = self.offsets.last().copied().unwrap_or(0);
+        let (fh, fw) = frame.size;
+        let mut best: Option<(usize, Verified)> = None;
+        for (vi, view) in self.views.iter().enumerate() {
+            let cols = self.offsets[vi]..self.offsets[vi + 1];
+            let mut pairs = mutual_pairs(&sims, stride, frame.len(), cols, p.min_similarity);
+            let found = pairs.len();
+            if found < 2 {
+                continue;
+            }
+            pairs.sort_by(|a, b| b.2.total_cmp(&a.2));
+            pairs.truncate(p.max_pairs);
+            let Some((t, inliers)) = best_transform(frame, &view.cells, &pairs, p) else {
+                continue;
+            };
+            if best.as_ref().is_some_and(|(_, b)| b.inliers >= inliers) {
+                continue;
+            }
+            let [x0, y0, x1, y1] = view.object;
+            let corners = [[x0, y0], [x1, y0], [x0, y1], [x1, y1]].map(|c| t.apply(c));
+            let nx = |v: f32| (v / fw as f32).clamp(0.0, 1.0);
+            let ny = |v: f32| (v / fh as f32).clamp(0.0, 1.0);
+            let bbox = [
+                nx(corners.iter().map(|c| c[0]).fold(f32::INFINITY, f32::min)),
+                ny(corners.iter().map(|c| c[1]).fold(f32::INFINITY, f32::min)),
+                nx(corners
+                    .iter()
+                    .map(|c| c[0])
+                    .fold(f32::NEG_INFINITY, f32::max)),
+                ny(corners
+                    .iter()
+                    .map(|c| c[1])
+                    .fold(f32::NEG_INFINITY, f32::max)),
+            ];
+            best = Some((
+                vi,
+                Verified {
+                    inliers,
+                    pairs: found,
+                    transform: t,
+                    bbox,
+                },
+            ));
+        }
+        Ok(best)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A map whose cells carry distinct random-looking codes, so every cell is unique.
+    fn coded_map(h: usize, w: usize, code: impl Fn(usize, usize) -> u64, c: usize) -> Tensor {
+        let mut v = vec![0f32; c * h * w];
+        for y in 0..h {
+            for x in 0..w {
+                let mut s = code(y, x).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                for ch in 0..c {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    v[ch * h * w + y * w + x] = (s % 1000) as f32 / 1000.0 - 0.5;
+                }
+            }
+        }
+        Tensor::from_vec(v, (1, c, h, w), &Device::Cpu).expect("map")
+    }
+
+    #[test]
+    fn finds_a_shifted_copy_and_its_box() {
+        // the reference is a 6x6 object; the frame shows it shifted by (5, 3) in a 10x14 map
+        let reference = coded_map(6, 6, |y, x| (y * 6 + x) as u64 + 1, 16);
+        let frame = coded_map(
+            10,
+            14,
+            |y, x| {
+                if (3..9).contains(&y) && (5..11).contains(&x) {
+                    ((y - 3) * 6 + (x - 5)) as u64 + 1
+                } else {
+                    1000 + (y * 14 + x) as u64
+                }
+            },
+            16,
+        );
+        let view = ReferenceView {
+            cells: cells(&reference, |_, _| true).expect("cells"),
+            object: [0.0, 0.0, 6.0, 6.0],
+        };
+        let set = ViewSet::new(vec![view], &Device::Cpu).expect("set");
+        let fc = cells(&frame, |_, _| true).expect("cells");
+        let ft = Tensor::from_vec(fc.desc.clone(), (fc.len(), fc.dim), &Device::Cpu).expect("t");
+        let (_, v) = set
+            .verify(&fc, &ft, &VerifyParams::default())
+            .expect("verify")
+            .expect("found");
+        assert!(v.inliers >= 30, "{v:?}");
+        assert!((v.transform.scale() - 1.0).abs() < 0.05, "{v:?}");
+        let want = [5.0 / 14.0, 3.0 / 10.0, 11.0 / 14.0, 9.0 / 10.0];
+        for (a, b) in v.bbox.iter().zip(want) {
+            assert!((a - b).abs() < 0.02, "{:?} vs {want:?}", v.bbox);
+        }
+    }
+
+    #[test]
+    fn a_scrambled_copy_has_few_inliers() {
+        // the same parts in another arrangement: pairs exist, but no transform explains them
+        let reference = coded_map(6, 6, |y, x| (y * 6 + x) as u64 + 1, 16);
+        let mut order: Vec<u64> = (1..=36).collect();
+        order.sort_by_key(|&c| c.wrapping_mul(0x2545_F491_4F6C_DD1D).rotate_left(29));
+        let frame = coded_map(6, 6, |y, x| order[y * 6 + x], 16);
+        let view = ReferenceView {
+            cells: cells(&reference, |_, _| true).expect("cells"),
+            object: [0.0, 0.0, 6.0, 6.0],
+        };
+        let set = ViewSet::new(vec![view], &Device::Cpu).expect("set");
+        let fc = cells(&frame, |_, _| true).expect("cells");
+        let ft = Tensor::from_vec(fc.desc.clone(), (fc.len(), fc.dim), &Device::Cpu).expect("t");
+        let found = set
+            .verify(&fc, &ft, &VerifyParams::default())
+            .expect("verify");
+        let inliers = found.map_or(0, |(_, v)| v.inliers);
+        assert!(inliers <= 6, "{inliers}");
+    }
+
+    #[test]
+    fn similarity_through_two_points_maps_both() {
+        let t = Similarity::through([0.0, 0.0], [2.0, 3.0], [1.0, 0.0], [2.0, 5.0]).expect("t");
+        assert!((t.scale() - 2.0).abs() < 1e-5);
+        assert!((t.degrees() - 90.0).abs() < 1e-3);
+        let m = t.apply([1.0, 0.0]);
+        assert!((m[0] - 2.0).abs() < 1e-5 && (m[1] - 5.0).abs() < 1e-5);
+    }
+}
