@@ -7,6 +7,9 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use spotter_protocol::Catalog;
+use spotter_tests::clipgen::eval::{
+    group_products, make_eval_set, BackdropKind, EvalSetSpec, Group, SetProgress, Split,
+};
 use spotter_tests::clipgen::{
     build_catalog, decode_frames, make_clip, make_demo, parse_size, preset, preset_names,
     truth_path, ClipSpec, ProductSource, Show, SPEED_PRESETS,
@@ -31,6 +34,8 @@ const EXAMPLES: &str = "Examples:
   spotter-clipgen catalog --out /tmp/cat --products MUG-001 'BALL-1=/usr/share/openclipart/png/recreation/sports/baseball_anthony_liekens_01.png:Baseball:9.99'
   spotter-clipgen clip --catalog /tmp/cat --out /tmp/clip.mp4 --duration-secs 12 --show MUG-001@3-9
   spotter-clipgen demo --out /tmp/demo
+  spotter-clipgen eval --out target/eval-set
+  spotter-clipgen eval --out /tmp/eval --split test --clips 2 --backdrop studio
   spotter-clipgen frames /tmp/clip.mp4 --at 1 --at 5.5 --out /tmp/frames";
 
 #[derive(Subcommand, Debug)]
@@ -92,6 +97,62 @@ enum Cmd {
         /// Length in seconds (the schedule fills 60 s; shorter keeps the shows that fit).
         #[arg(long, default_value_t = 60.0)]
         duration_secs: f64,
+    },
+    /// The evaluation set: for each split (`tune`, `test`) a catalog of 15 products and clips
+    /// over real photos (Debian's mate-backgrounds) in which catalog products and look-alikes
+    /// (in no catalog) come and go, scaled, tilted, lit, partly covered by a hand and
+    /// motion-blurred. Deterministic from --seed.
+    ///
+    /// Writes OUT/<split>/catalog/, OUT/<split>/clip-NN.mp4 with clip-NN.truth.json
+    /// ([{sku, start_ms, end_ms, bbox, in_catalog, held_ms, conditions, track}]) and, last,
+    /// OUT/<split>/split.json. A split whose split.json matches this generator and these
+    /// options is left as it is (see --force).
+    Eval {
+        /// Directory to write.
+        #[arg(long, required_unless_present = "list_products")]
+        out: Option<PathBuf>,
+        /// Splits to make (repeatable); both by default.
+        #[arg(long = "split", value_parser = ["tune", "test"])]
+        splits: Vec<String>,
+        /// Clips per split.
+        #[arg(long, default_value_t = EvalSetSpec::default().clips)]
+        clips: usize,
+        /// Shortest clip, seconds.
+        #[arg(long, default_value_t = 20.0)]
+        min_secs: f64,
+        /// Longest clip, seconds.
+        #[arg(long, default_value_t = 30.0)]
+        max_secs: f64,
+        /// Frame size, WIDTHxHEIGHT.
+        #[arg(long, default_value = "1280x720")]
+        size: String,
+        /// Frames per second.
+        #[arg(long, default_value_t = 30)]
+        fps: u32,
+        /// Seeds every plan: the same seed gives the same set.
+        #[arg(long, default_value_t = EvalSetSpec::default().seed)]
+        seed: u64,
+        /// H.264 bitrate in kbit/s.
+        #[arg(long, default_value_t = EvalSetSpec::default().bitrate_kbps)]
+        bitrate_kbps: u32,
+        /// x264 speed preset.
+        #[arg(long, default_value = "superfast", value_parser = clap::builder::PossibleValuesParser::new(SPEED_PRESETS.iter().copied()))]
+        speed_preset: String,
+        /// Share of appearances that are look-alikes.
+        #[arg(long, default_value_t = 0.33)]
+        lookalike_share: f32,
+        /// Behind the products: `photo` (mate-backgrounds) or `studio` (the procedural set).
+        #[arg(long, default_value = "photo", value_parser = ["photo", "studio"])]
+        backdrop: String,
+        /// Remake splits even when they are complete and current.
+        #[arg(long)]
+        force: bool,
+        /// Clips made at once (default: the number of CPUs).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Print the products of each group and exit.
+        #[arg(long)]
+        list_products: bool,
     },
     /// Extract frames of a clip as PNG, to look at what was rendered.
     Frames {
@@ -189,6 +250,89 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 started.elapsed().as_secs_f32()
             );
         }
+        Cmd::Eval {
+            out,
+            splits,
+            clips,
+            min_secs,
+            max_secs,
+            size,
+            fps,
+            seed,
+            bitrate_kbps,
+            speed_preset,
+            lookalike_share,
+            backdrop,
+            force,
+            jobs,
+            list_products,
+        } => {
+            if list_products {
+                for (name, group) in [
+                    ("tune", Group::Tune),
+                    ("test", Group::Test),
+                    ("look-alikes", Group::LookAlike),
+                ] {
+                    println!("{name}:");
+                    for p in group_products(group) {
+                        println!("  {:<9} {:<28} {}", p.sku, p.name, p.image.display());
+                    }
+                }
+                return Ok(());
+            }
+            let out = out.context("--out is required")?;
+            let (width, height) = parse_size(&size)?;
+            if !(1..=120).contains(&fps) {
+                bail!("--fps must be within 1..=120, got {fps}");
+            }
+            if !(0.0..=1.0).contains(&lookalike_share) {
+                bail!("--lookalike-share must be within 0..=1, got {lookalike_share}");
+            }
+            let (lo, hi) = (
+                secs_to_ms(min_secs, "--min-secs")?,
+                secs_to_ms(max_secs, "--max-secs")?,
+            );
+            if hi < lo {
+                bail!("--max-secs ({max_secs}) is below --min-secs ({min_secs})");
+            }
+            let spec = EvalSetSpec {
+                seed,
+                clips,
+                duration_ms: (lo, hi),
+                width,
+                height,
+                fps,
+                bitrate_kbps,
+                speed_preset,
+                lookalike_share,
+                backdrop: if backdrop == "studio" {
+                    BackdropKind::Studio
+                } else {
+                    BackdropKind::Photo
+                },
+            };
+            let splits: Vec<Split> = if splits.is_empty() {
+                vec![Split::Tune, Split::Test]
+            } else {
+                splits.iter().map(|s| s.parse()).collect::<Result<_, _>>()?
+            };
+            let mut bar = Bar::default();
+            let jobs = jobs.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            });
+            let dirs = make_eval_set(&out, &splits, &spec, force, jobs, &mut bar)
+                .with_context(|| format!("cannot make the evaluation set in {}", out.display()))?;
+            bar.finish();
+            for dir in dirs {
+                println!("{}", dir.display());
+            }
+            eprintln!(
+                "evaluation set ready in {:.1} s",
+                started.elapsed().as_secs_f32()
+            );
+        }
         Cmd::Frames { clip, at_secs, out } => {
             let at_ms = at_secs
                 .iter()
@@ -211,6 +355,65 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal) and a log line a clip.
+#[derive(Default)]
+struct Bar {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Bar {
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl SetProgress for Bar {
+    fn split_started(&mut self, split: Split, clips: usize, frames: u64) {
+        self.finish();
+        tracing::info!(split = split.name(), clips, frames, "making split");
+        let bar = indicatif::ProgressBar::new(frames);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} frames, {per_sec}, {eta} left",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(split.name());
+        self.bar = Some(bar);
+    }
+
+    fn frames(&mut self, n: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(n);
+        }
+    }
+
+    fn clip_done(&mut self, split: Split, clip: &std::path::Path, appearances: usize, secs: f32) {
+        let log = || {
+            tracing::info!(
+                split = split.name(),
+                clip = %clip.display(),
+                appearances,
+                secs = format!("{secs:.1}"),
+                "clip written"
+            )
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(log),
+            None => log(),
+        }
+    }
+
+    fn split_skipped(&mut self, split: Split, dir: &std::path::Path) {
+        tracing::info!(
+            split = split.name(),
+            dir = %dir.display(),
+            "split is complete and current: kept (--force remakes it)"
+        );
+    }
 }
 
 fn main() -> ExitCode {

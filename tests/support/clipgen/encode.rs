@@ -13,6 +13,25 @@ use image::RgbImage;
 use super::error::ClipgenError;
 use super::scene::{ClipSpec, Scene};
 
+/// Anything that renders numbered frames: the procedural set's [`Scene`] and the evaluation
+/// set's photographic scenes share one encoder.
+pub trait FrameSource {
+    /// How many frames.
+    fn frame_count(&self) -> u64;
+    /// Renders frame `index` into `out` as packed RGBx (cleared first).
+    fn render_frame(&self, index: u64, out: &mut Vec<u8>);
+}
+
+impl FrameSource for Scene {
+    fn frame_count(&self) -> u64 {
+        Scene::frame_count(self)
+    }
+
+    fn render_frame(&self, index: u64, out: &mut Vec<u8>) {
+        self.render(index, out);
+    }
+}
+
 /// x264's speed presets, fastest first.
 pub const SPEED_PRESETS: [&str; 10] = [
     "ultrafast",
@@ -102,6 +121,17 @@ impl Running {
 /// Encodes every frame of `scene` to `out`: appsrc -> videoconvert -> x264enc (zerolatency,
 /// IDR every 2 s, no B-frames) -> h264parse -> mp4mux -> filesink.
 pub fn encode_clip(scene: &Scene, spec: &ClipSpec, out: &Path) -> Result<(), ClipgenError> {
+    encode_frames(scene, spec, out, &mut |_| {})
+}
+
+/// Encodes every frame of `frames` to `out` as [`encode_clip`] does, calling `progress` with
+/// the number of frames handed to the encoder so far (for progress bars).
+pub fn encode_frames(
+    frames: &dyn FrameSource,
+    spec: &ClipSpec,
+    out: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), ClipgenError> {
     if !SPEED_PRESETS.contains(&spec.speed_preset.as_str()) {
         return Err(ClipgenError::Spec(format!(
             "speed preset {:?} is not one of x264's: {}",
@@ -115,7 +145,7 @@ pub fn encode_clip(scene: &Scene, spec: &ClipSpec, out: &Path) -> Result<(), Cli
     }
     let desc = format!(
         "appsrc name=src ! videoconvert ! video/x-raw,format=I420 ! \
-         x264enc name=enc tune=zerolatency speed-preset={preset} key-int-max={gop} bframes=0 \
+         x264enc name=enc tune=zerolatency speed-preset={preset} key-int-max={gop} bframes=0 trellis=false \
          bitrate={kbps} ! video/x-h264,profile=high ! h264parse ! mp4mux ! filesink name=sink",
         preset = spec.speed_preset,
         gop = 2 * spec.fps,
@@ -142,8 +172,8 @@ pub fn encode_clip(scene: &Scene, spec: &ClipSpec, out: &Path) -> Result<(), Cli
     let running = Running::start(pipeline)?;
     let frame_ns = 1_000_000_000u64 / u64::from(spec.fps);
     let mut frame = Vec::with_capacity((spec.width * spec.height * 4) as usize);
-    for i in 0..scene.frame_count() {
-        scene.render(i, &mut frame);
+    for i in 0..frames.frame_count() {
+        frames.render_frame(i, &mut frame);
         let mut buffer = gst::Buffer::from_mut_slice(frame.clone());
         {
             let b = buffer.get_mut().expect("a new buffer is writable");
@@ -158,6 +188,7 @@ pub fn encode_clip(scene: &Scene, spec: &ClipSpec, out: &Path) -> Result<(), Cli
                 running.pending_error()
             )));
         }
+        progress(i + 1);
     }
     src.end_of_stream()
         .map_err(|flow| ClipgenError::Gst(format!("cannot end the stream ({flow:?})")))?;

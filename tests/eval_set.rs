@@ -1,0 +1,186 @@
+//! The evaluation set's generator, small: a split's catalog loads, its truth files agree with its
+//! manifest and catalog, products are drawn where the truth says, and a complete split is kept
+//! rather than remade.
+
+use std::path::Path;
+
+use image::RgbImage;
+use spotter_protocol::Catalog;
+use spotter_tests::clipgen::decode_frames;
+use spotter_tests::clipgen::eval::{
+    group_products, make_eval_set, read_eval_truth, read_manifest, BackdropKind, EvalSetSpec,
+    Group, NoProgress, SetProgress, Split,
+};
+
+/// Six seconds a clip at 320x180 and 10 fps: seconds to make, same code paths as the real set.
+fn tiny(backdrop: BackdropKind) -> EvalSetSpec {
+    EvalSetSpec {
+        clips: 2,
+        duration_ms: (8_000, 8_000),
+        width: 320,
+        height: 180,
+        fps: 10,
+        bitrate_kbps: 800,
+        speed_preset: "ultrafast".into(),
+        backdrop,
+        ..EvalSetSpec::default()
+    }
+}
+
+fn mean_diff(a: &RgbImage, b: &RgbImage, rect: [f32; 4]) -> f32 {
+    let (w, h) = (a.width() as f32, a.height() as f32);
+    let (x0, y0) = ((rect[0] * w) as u32, (rect[1] * h) as u32);
+    let (x1, y1) = ((rect[2] * w) as u32, (rect[3] * h) as u32);
+    let mut sum = 0u64;
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let (p, q) = (a.get_pixel(x, y), b.get_pixel(x, y));
+            sum += (0..3).map(|c| u64::from(p[c].abs_diff(q[c]))).sum::<u64>();
+        }
+    }
+    sum as f32 / (3 * (x1 - x0) * (y1 - y0)).max(1) as f32
+}
+
+#[derive(Default)]
+struct Count {
+    skipped: usize,
+    clips: usize,
+}
+
+impl SetProgress for Count {
+    fn split_started(&mut self, _: Split, _: usize, _: u64) {}
+    fn frames(&mut self, _: u64) {}
+    fn clip_done(&mut self, _: Split, _: &Path, _: usize, _: f32) {
+        self.clips += 1;
+    }
+    fn split_skipped(&mut self, _: Split, _: &Path) {
+        self.skipped += 1;
+    }
+}
+
+#[test]
+fn split_has_its_catalog_truth_that_matches_it_and_products_where_the_truth_says() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The studio backdrop stands still, so a frame with a product can be compared with an
+    // empty one pixel for pixel.
+    let spec = tiny(BackdropKind::Studio);
+    let dirs = make_eval_set(dir.path(), &[Split::Test], &spec, false, 2, &mut NoProgress)
+        .expect("set is made");
+    assert_eq!(dirs, vec![dir.path().join("test")]);
+    let split = &dirs[0];
+    let manifest = read_manifest(split).expect("manifest");
+    assert_eq!(manifest.clips.len(), 2);
+    let catalog = Catalog::load(&split.join(&manifest.catalog)).expect("catalog loads");
+    let test_skus: Vec<String> = group_products(Group::Test)
+        .into_iter()
+        .map(|p| p.sku)
+        .collect();
+    assert_eq!(
+        catalog
+            .products
+            .iter()
+            .map(|p| p.sku.clone())
+            .collect::<Vec<_>>(),
+        test_skus
+    );
+    let lookalikes: Vec<String> = group_products(Group::LookAlike)
+        .into_iter()
+        .map(|p| p.sku)
+        .collect();
+    let mut checked = 0;
+    for clip in &manifest.clips {
+        let truth = read_eval_truth(&split.join(&clip.truth)).expect("truth");
+        assert!(!truth.is_empty(), "{}: no appearance", clip.clip);
+        for t in &truth {
+            assert_eq!(
+                t.in_catalog,
+                catalog.get(&t.sku).is_some(),
+                "{}: in_catalog of {}",
+                clip.clip,
+                t.sku
+            );
+            assert!(t.in_catalog || lookalikes.contains(&t.sku), "{}", t.sku);
+            assert!(t.start_ms <= t.held_ms[0] && t.held_ms[1] <= t.end_ms);
+            assert!(t.end_ms <= clip.duration_ms);
+            let [x0, y0, x1, y1] = t.bbox;
+            assert!(0.0 <= x0 && x0 < x1 && x1 <= 1.0 && 0.0 <= y0 && y0 < y1 && y1 <= 1.0);
+            assert!(!t.track.is_empty());
+        }
+        // Pixels: find an instant with exactly one product held and one with none.
+        let empty_ms = (0..clip.duration_ms)
+            .step_by(100)
+            .find(|&ms| truth.iter().all(|t| !(t.start_ms..t.end_ms).contains(&ms)));
+        let alone = truth.iter().find_map(|t| {
+            let mid = (t.held_ms[0] + t.held_ms[1]) / 2;
+            let others = truth
+                .iter()
+                .filter(|o| (o.start_ms..o.end_ms).contains(&mid))
+                .count();
+            (others == 1 && t.conditions.hand_ms.is_none()).then_some((t, mid))
+        });
+        let (Some(empty_ms), Some((t, mid))) = (empty_ms, alone) else {
+            continue;
+        };
+        let frames = decode_frames(&split.join(&clip.clip), &[empty_ms, mid]).expect("decodes");
+        let (empty, shown) = (&frames[0].1, &frames[1].1);
+        let point = t
+            .track
+            .iter()
+            .min_by_key(|p| p.ms.abs_diff(mid))
+            .expect("track has points");
+        let inside = mean_diff(empty, shown, point.bbox);
+        assert!(
+            inside > 6.0,
+            "{} at {mid} ms: the product changes its box (mean difference {inside})",
+            clip.clip
+        );
+        let [x0, y0, x1, y1] = t.bbox;
+        let pad = 0.03;
+        let outside_regions = [
+            [0.0, 0.0, 1.0, (y0 - pad).max(0.0)],
+            [0.0, (y1 + pad).min(1.0), 1.0, 1.0],
+            [0.0, 0.0, (x0 - pad).max(0.0), 1.0],
+            [(x1 + pad).min(1.0), 0.0, 1.0, 1.0],
+        ];
+        for r in outside_regions {
+            if r[2] - r[0] > 0.05 && r[3] - r[1] > 0.05 {
+                let d = mean_diff(empty, shown, r);
+                assert!(
+                    d < 3.0,
+                    "{}: nothing changes outside the box {r:?}: {d}",
+                    clip.clip
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert!(
+        checked > 0,
+        "no clip had a product alone next to an empty moment"
+    );
+}
+
+#[test]
+fn photo_split_is_kept_when_current_and_remade_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = EvalSetSpec {
+        clips: 1,
+        ..tiny(BackdropKind::Photo)
+    };
+    let mut count = Count::default();
+    make_eval_set(dir.path(), &[Split::Tune], &spec, false, 1, &mut count).expect("made");
+    assert_eq!((count.clips, count.skipped), (1, 0));
+    // The muxer stamps the time into the MP4: compare the truth, which is all the plan.
+    let truth = dir.path().join("tune/clip-01.truth.json");
+    let first = std::fs::read(&truth).expect("truth written");
+    make_eval_set(dir.path(), &[Split::Tune], &spec, false, 1, &mut count).expect("kept");
+    assert_eq!((count.clips, count.skipped), (1, 1));
+    // The same seed makes the same clip.
+    make_eval_set(dir.path(), &[Split::Tune], &spec, true, 1, &mut count).expect("remade");
+    assert_eq!((count.clips, count.skipped), (2, 1));
+    assert_eq!(std::fs::read(&truth).expect("truth rewritten"), first);
+    let other = EvalSetSpec { seed: 7, ..spec };
+    make_eval_set(dir.path(), &[Split::Tune], &other, false, 1, &mut count).expect("new seed");
+    assert_eq!((count.clips, count.skipped), (3, 1));
+    assert_ne!(std::fs::read(&truth).expect("truth rewritten"), first);
+}
