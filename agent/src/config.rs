@@ -7,6 +7,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use spotter_protocol::topic::validate_segment;
 
+use crate::camera::CameraMode;
+use crate::encoder::{EncoderChoice, EncoderKind};
+
 /// Environment prefix for overrides.
 pub const ENV_PREFIX: &str = "SPOTTER_AGENT";
 
@@ -51,8 +54,21 @@ pub struct RawSource {
     pub kind: String,
     /// For `uri`: what GStreamer should open, e.g. `file:///srv/clip.mp4` or `rtsp://cam/stream`.
     pub uri: Option<String>,
-    /// For `v4l2`: the device node.
+    /// For `v4l2`: the device node (default `/dev/video0`).
     pub device: Option<PathBuf>,
+    /// For `v4l2`: the pixel format, as GStreamer names it (`YUY2`, `NV12`...), or `MJPG` for
+    /// motion JPEG (USB cameras need it for 1080p30). Default: any raw format.
+    pub format: Option<String>,
+    /// For `v4l2`: the capture width, pixels. Default: the camera's choice.
+    pub width: Option<u32>,
+    /// For `v4l2`: the capture height, pixels. Default: the camera's choice.
+    pub height: Option<u32>,
+    /// For `v4l2`: frames a second (29.97 finds 30000/1001). Default: the camera's choice.
+    pub fps: Option<f64>,
+    /// A source that delivers no frame for this long (a network stream that stopped sending)
+    /// counts as lost and is reopened with backoff; a first frame gets twice as long.
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout_secs: f64,
     /// Play a file at its own frame rate, as a camera would deliver it (default true).
     #[serde(default = "yes")]
     pub realtime: bool,
@@ -65,8 +81,46 @@ fn default_source_kind() -> String {
     "test".into()
 }
 
+fn default_stall_timeout() -> f64 {
+    5.0
+}
+
 fn yes() -> bool {
     true
+}
+
+impl RawSource {
+    /// The camera mode asked for, checked for sense (whether the camera can do it is checked
+    /// when it is opened).
+    fn camera_mode(&self) -> Result<CameraMode, ConfigError> {
+        if let Some(f) = &self.format {
+            if f.is_empty() || f.len() > 8 || !f.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(invalid(
+                    "source.format",
+                    format!("{f:?} is not a pixel format name such as YUY2, NV12 or MJPG"),
+                ));
+            }
+        }
+        for (key, v) in [("source.width", self.width), ("source.height", self.height)] {
+            if v.is_some_and(|v| !(16..=7680).contains(&v)) {
+                return Err(invalid(key, "must be within 16..=7680 pixels"));
+            }
+        }
+        if let Some(fps) = self.fps {
+            if !(fps.is_finite() && fps > 0.0 && fps <= 240.0) {
+                return Err(invalid(
+                    "source.fps",
+                    format!("must be within (0, 240], got {fps}"),
+                ));
+            }
+        }
+        Ok(CameraMode {
+            format: self.format.clone(),
+            width: self.width,
+            height: self.height,
+            fps: self.fps,
+        })
+    }
 }
 
 impl Default for RawSource {
@@ -75,6 +129,11 @@ impl Default for RawSource {
             kind: default_source_kind(),
             uri: None,
             device: None,
+            format: None,
+            width: None,
+            height: None,
+            fps: None,
+            stall_timeout_secs: default_stall_timeout(),
             realtime: true,
             looping: false,
         }
@@ -280,19 +339,29 @@ pub const MAX_OUTBOX_BYTES: u64 = 1 << 30;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpload {
-    /// `none` (analysis only), `rtmp` (Amazon IVS or any RTMP/RTMPS ingest) or `hls` (a local
-    /// HLS directory, for the demo).
+    /// `none` (analysis only), `rtmp` (Amazon IVS or any RTMP/RTMPS ingest), `srt` (an SRT
+    /// ingest, MPEG-TS over SRT) or `hls` (a local HLS directory, for the demo).
     #[serde(default = "default_upload_kind")]
     pub kind: String,
     /// For `hls`: the directory to write `index.m3u8` and segments into.
     pub hls_dir: Option<PathBuf>,
     /// For `rtmp`: the ingest URL without the stream key, e.g.
-    /// `rtmps://<ingest-endpoint>:443/app/` (IVS).
+    /// `rtmps://<ingest-endpoint>:443/app/` (IVS). For `srt`: `srt://host:port`, with
+    /// `?streamid=...` where the ingest wants one that is not a secret.
     pub url: Option<String>,
     /// For `rtmp`: a file holding the stream key (a secret: never put the key in this file).
     /// Without it the key comes from SPOTTER_STREAM_KEY, or from the systemd credential
-    /// `stream-key` (LoadCredential=stream-key:/path).
+    /// `stream-key` (LoadCredential=stream-key:/path). For `srt`: optional; when set, the key
+    /// is sent as the SRT stream id.
     pub stream_key_file: Option<PathBuf>,
+    /// For `srt`: a file holding the encryption passphrase (10 to 79 characters), if the ingest
+    /// wants one (IVS does unless the channel allows insecure ingest). A secret.
+    pub passphrase_file: Option<PathBuf>,
+    /// The H.264 encoder: `auto` (a hardware encoder where present: `nvv4l2h264enc` on Jetson,
+    /// `nvh264enc` on NVIDIA GPUs, `vah264enc` or `vaapih264enc` with VA-API; `x264enc`
+    /// otherwise), or one of those names to force it.
+    #[serde(default = "default_encoder")]
+    pub encoder: String,
     /// Encoder bitrate, kbit/s.
     #[serde(default = "default_bitrate")]
     pub bitrate_kbps: u32,
@@ -303,6 +372,9 @@ pub struct RawUpload {
 
 fn default_upload_kind() -> String {
     "none".into()
+}
+fn default_encoder() -> String {
+    "auto".into()
 }
 fn default_bitrate() -> u32 {
     2500
@@ -318,6 +390,8 @@ impl Default for RawUpload {
             hls_dir: None,
             url: None,
             stream_key_file: None,
+            passphrase_file: None,
+            encoder: default_encoder(),
             bitrate_kbps: default_bitrate(),
             keyframe_interval_secs: default_idr(),
         }
@@ -342,6 +416,8 @@ pub enum Source {
     V4l2 {
         /// Device node.
         device: PathBuf,
+        /// The mode asked of it.
+        mode: CameraMode,
     },
 }
 
@@ -358,6 +434,8 @@ pub enum Upload {
         bitrate_kbps: u32,
         /// Seconds between IDR frames.
         keyframe_interval_secs: u32,
+        /// The H.264 encoder.
+        encoder: EncoderChoice,
     },
     /// An RTMP or RTMPS ingest (Amazon IVS).
     Rtmp {
@@ -369,7 +447,55 @@ pub enum Upload {
         bitrate_kbps: u32,
         /// Seconds between IDR frames.
         keyframe_interval_secs: u32,
+        /// The H.264 encoder.
+        encoder: EncoderChoice,
     },
+    /// An SRT ingest (caller mode), MPEG-TS inside.
+    Srt {
+        /// `srt://host:port[?query]`.
+        uri: String,
+        /// Sent as the stream id, when set.
+        key: Option<StreamKey>,
+        /// Encryption passphrase, when set.
+        passphrase: Option<StreamKey>,
+        /// kbit/s (constant bitrate).
+        bitrate_kbps: u32,
+        /// Seconds between IDR frames.
+        keyframe_interval_secs: u32,
+        /// The H.264 encoder.
+        encoder: EncoderChoice,
+    },
+}
+
+impl Upload {
+    /// The encoder choice, for an upload that encodes.
+    pub fn encoder(&self) -> Option<EncoderChoice> {
+        match self {
+            Upload::None => None,
+            Upload::Hls { encoder, .. }
+            | Upload::Rtmp { encoder, .. }
+            | Upload::Srt { encoder, .. } => Some(*encoder),
+        }
+    }
+}
+
+/// Parses `upload.encoder`.
+fn encoder_choice(name: &str) -> Result<EncoderChoice, ConfigError> {
+    if name == "auto" {
+        return Ok(EncoderChoice::Auto);
+    }
+    EncoderKind::from_factory(name)
+        .map(EncoderChoice::Force)
+        .ok_or_else(|| {
+            let names: Vec<&str> = EncoderKind::PREFERENCE
+                .iter()
+                .map(|k| k.factory())
+                .collect();
+            invalid(
+                "upload.encoder",
+                format!("{name:?} is not \"auto\" or one of {}", names.join(", ")),
+            )
+        })
 }
 
 /// The ingest's stream key: a secret, so `Debug` never shows it (logs, errors, panics).
@@ -421,6 +547,25 @@ fn stream_key(file: Option<&Path>) -> Result<StreamKey, ConfigError> {
         ));
     }
     Ok(StreamKey(key))
+}
+
+/// Reads an SRT passphrase from `path` (SRT takes 10 to 79 characters).
+fn passphrase(path: &Path) -> Result<StreamKey, ConfigError> {
+    let p = std::fs::read_to_string(path)
+        .map(|k| k.trim().to_owned())
+        .map_err(|e| {
+            invalid(
+                "upload.passphrase_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+    if !(10..=79).contains(&p.chars().count()) {
+        return Err(invalid(
+            "upload.passphrase_file",
+            "an SRT passphrase has 10 to 79 characters",
+        ));
+    }
+    Ok(StreamKey(p))
 }
 
 /// Validated tracker settings.
@@ -564,6 +709,8 @@ pub struct AgentConfig {
     pub stream: String,
     /// Source.
     pub source: Source,
+    /// Silence after which the source counts as lost.
+    pub stall_timeout: Duration,
     /// Recognition.
     pub analysis: AnalysisConfig,
     /// Tracker.
@@ -691,6 +838,7 @@ impl RawConfig {
                         .device
                         .clone()
                         .unwrap_or_else(|| PathBuf::from("/dev/video0")),
+                    mode: self.source.camera_mode()?,
                 },
                 other => {
                     return Err(invalid(
@@ -699,6 +847,8 @@ impl RawConfig {
                     ))
                 }
             };
+        let stall_timeout =
+            positive_secs("source.stall_timeout_secs", self.source.stall_timeout_secs)?;
         let a = &self.analysis;
         if !(a.fps.is_finite() && a.fps > 0.0 && a.fps <= 60.0) {
             return Err(invalid(
@@ -726,6 +876,22 @@ impl RawConfig {
         if !(5..=3600).contains(&self.mqtt.keepalive_secs) {
             return Err(invalid("mqtt.keepalive_secs", "must be within 5..=3600"));
         }
+        let encoder = encoder_choice(&self.upload.encoder)?;
+        if !(100..=50_000).contains(&self.upload.bitrate_kbps) {
+            return Err(invalid(
+                "upload.bitrate_kbps",
+                format!(
+                    "must be within 100..=50000 kbit/s, got {} (IVS: at most 8500 on STANDARD, 1500 on BASIC)",
+                    self.upload.bitrate_kbps
+                ),
+            ));
+        }
+        if !(1..=10).contains(&self.upload.keyframe_interval_secs) {
+            return Err(invalid(
+                "upload.keyframe_interval_secs",
+                "must be within 1..=10 (IVS wants 2, or 1 for lower latency)",
+            ));
+        }
         let upload = match self.upload.kind.as_str() {
             "none" => Upload::None,
             "hls" => Upload::Hls {
@@ -734,6 +900,7 @@ impl RawConfig {
                 })?,
                 bitrate_kbps: self.upload.bitrate_kbps,
                 keyframe_interval_secs: self.upload.keyframe_interval_secs,
+                encoder,
             },
             "rtmp" => {
                 let url = self.upload.url.clone().ok_or_else(|| {
@@ -753,12 +920,43 @@ impl RawConfig {
                     key: stream_key(self.upload.stream_key_file.as_deref())?,
                     bitrate_kbps: self.upload.bitrate_kbps,
                     keyframe_interval_secs: self.upload.keyframe_interval_secs,
+                    encoder,
+                }
+            }
+            "srt" => {
+                let uri = self.upload.url.clone().ok_or_else(|| {
+                    invalid(
+                        "upload.url",
+                        "required when upload.kind = \"srt\" (srt://host:port)",
+                    )
+                })?;
+                if !uri.starts_with("srt://") {
+                    return Err(invalid(
+                        "upload.url",
+                        format!("{uri:?} must start with srt://"),
+                    ));
+                }
+                Upload::Srt {
+                    uri,
+                    key: match &self.upload.stream_key_file {
+                        Some(f) => Some(stream_key(Some(f))?),
+                        None => None,
+                    },
+                    passphrase: self
+                        .upload
+                        .passphrase_file
+                        .as_deref()
+                        .map(passphrase)
+                        .transpose()?,
+                    bitrate_kbps: self.upload.bitrate_kbps,
+                    keyframe_interval_secs: self.upload.keyframe_interval_secs,
+                    encoder,
                 }
             }
             other => {
                 return Err(invalid(
                     "upload.kind",
-                    format!("{other:?} is not one of \"none\", \"rtmp\", \"hls\""),
+                    format!("{other:?} is not one of \"none\", \"rtmp\", \"srt\", \"hls\""),
                 ))
             }
         };
@@ -817,6 +1015,7 @@ impl RawConfig {
             studio: self.studio,
             stream: self.stream,
             source,
+            stall_timeout,
             upload,
         })
     }
@@ -951,6 +1150,118 @@ mod tests {
         ))
         .expect_err("scheme");
         assert!(err.to_string().contains("upload.url"), "{err}");
+    }
+
+    #[test]
+    fn camera_mode_and_encoder_come_from_the_config() {
+        let c = parse(
+            "studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[source]\nkind = \"v4l2\"\n\
+             device = \"/dev/video2\"\nformat = \"MJPG\"\nwidth = 1920\nheight = 1080\nfps = 30\n\
+             stall_timeout_secs = 3\n[upload]\nkind = \"hls\"\nhls_dir = \"h\"\nencoder = \"x264enc\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.source,
+            Source::V4l2 {
+                device: PathBuf::from("/dev/video2"),
+                mode: CameraMode {
+                    format: Some("MJPG".into()),
+                    width: Some(1920),
+                    height: Some(1080),
+                    fps: Some(30.0),
+                },
+            }
+        );
+        assert_eq!(c.stall_timeout, Duration::from_secs(3));
+        assert_eq!(
+            c.upload.encoder(),
+            Some(EncoderChoice::Force(EncoderKind::X264))
+        );
+        let base = "studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n";
+        let minimal = parse(&format!(
+            "{base}[upload]\nkind = \"hls\"\nhls_dir = \"h\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(minimal.upload.encoder(), Some(EncoderChoice::Auto));
+        assert_eq!(minimal.stall_timeout, Duration::from_secs(5));
+        for (tail, key) in [
+            ("[upload]\nencoder = \"nvenc\"\n", "upload.encoder"),
+            ("[upload]\nbitrate_kbps = 10\n", "upload.bitrate_kbps"),
+            (
+                "[upload]\nkeyframe_interval_secs = 0\n",
+                "upload.keyframe_interval_secs",
+            ),
+            (
+                "[source]\nkind = \"v4l2\"\nformat = \"YU Y2\"\n",
+                "source.format",
+            ),
+            ("[source]\nkind = \"v4l2\"\nwidth = 0\n", "source.width"),
+            ("[source]\nkind = \"v4l2\"\nfps = -1\n", "source.fps"),
+            (
+                "[source]\nstall_timeout_secs = 0\n",
+                "source.stall_timeout_secs",
+            ),
+            ("[upload]\nkind = \"srt\"\n", "upload.url"),
+            (
+                "[upload]\nkind = \"srt\"\nurl = \"udp://x:1\"\n",
+                "upload.url",
+            ),
+        ] {
+            let err = parse(&format!("{base}{tail}")).expect_err(tail);
+            assert!(err.to_string().contains(key), "{tail}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_srt_upload_keeps_its_secrets_out_of_debug_output() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "SECRETKEY\n").expect("write");
+        let pass = dir.path().join("pass");
+        std::fs::write(&pass, "SECRETPASSPHRASE\n").expect("write");
+        let c = parse(&format!(
+            "studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[upload]\nkind = \"srt\"\n\
+             url = \"srt://ingest.example:9000\"\nstream_key_file = \"{}\"\npassphrase_file = \"{}\"\n",
+            key.display(),
+            pass.display()
+        ))
+        .expect("valid");
+        let Upload::Srt {
+            uri,
+            key,
+            passphrase,
+            ..
+        } = &c.upload
+        else {
+            panic!("srt upload: {c:?}")
+        };
+        assert_eq!(uri, "srt://ingest.example:9000");
+        assert_eq!(key.as_ref().map(StreamKey::expose), Some("SECRETKEY"));
+        assert_eq!(
+            passphrase.as_ref().map(StreamKey::expose),
+            Some("SECRETPASSPHRASE")
+        );
+        assert!(!format!("{c:?}").contains("SECRET"), "{c:?}");
+        // no key file: no stream id, and no error
+        let c = parse(
+            "studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[upload]\nkind = \"srt\"\nurl = \"srt://h:9000?streamid=x\"\n",
+        )
+        .expect("valid");
+        assert!(matches!(
+            c.upload,
+            Upload::Srt {
+                key: None,
+                passphrase: None,
+                ..
+            }
+        ));
+        std::fs::write(&pass, "short\n").expect("write");
+        let err = parse(&format!(
+            "studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[upload]\nkind = \"srt\"\nurl = \"srt://h:1\"\npassphrase_file = \"{}\"\n",
+            pass.display()
+        ))
+        .expect_err("short passphrase");
+        assert!(err.to_string().contains("upload.passphrase_file"), "{err}");
     }
 
     #[test]

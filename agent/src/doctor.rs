@@ -10,6 +10,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 
 use crate::config::{AgentConfig, Source, Upload};
+use crate::encoder::{EncoderChoice, EncoderKind};
 
 /// How a check went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,10 +60,28 @@ fn needed_elements(cfg: &AgentConfig) -> Vec<(&'static str, &'static str)> {
         }
         Source::V4l2 { .. } => v.push(("v4l2src", "gstreamer1.0-plugins-good")),
     }
-    if let Upload::Hls { .. } = cfg.upload {
-        v.push(("x264enc", "gstreamer1.0-plugins-ugly"));
-        v.push(("h264parse", "gstreamer1.0-plugins-bad"));
-        v.push(("hlssink2", "gstreamer1.0-plugins-bad"));
+    // the encoder has its own check: which one is used depends on what is present
+    match cfg.upload {
+        Upload::None => {}
+        Upload::Hls { .. } => {
+            v.push(("h264parse", "gstreamer1.0-plugins-bad"));
+            v.push(("hlssink2", "gstreamer1.0-plugins-bad"));
+        }
+        Upload::Rtmp { .. } => {
+            v.push(("h264parse", "gstreamer1.0-plugins-bad"));
+            v.push(("flvmux", "gstreamer1.0-plugins-good"));
+            v.push(("rtmp2sink", "gstreamer1.0-plugins-bad"));
+        }
+        Upload::Srt { .. } => {
+            v.push(("h264parse", "gstreamer1.0-plugins-bad"));
+            v.push(("mpegtsmux", "gstreamer1.0-plugins-bad"));
+            v.push(("srtsink", "gstreamer1.0-plugins-bad"));
+        }
+    }
+    if let Source::V4l2 { mode, .. } = &cfg.source {
+        if mode.is_jpeg() {
+            v.push(("jpegdec", "gstreamer1.0-plugins-good"));
+        }
     }
     v
 }
@@ -96,14 +115,76 @@ fn check_elements(cfg: &AgentConfig) -> Check {
     }
 }
 
+/// Which encoder the upload will use, and whether it encodes a few frames.
+fn check_encoder(cfg: &AgentConfig) -> Option<Check> {
+    let choice = cfg.upload.encoder()?;
+    if gst::init().is_err() {
+        return None; // the gstreamer check says why
+    }
+    let kind = match crate::encoder::choose_here(choice) {
+        Ok(k) => k,
+        Err(e) => return Some(check("encoder", Verdict::Fail, e.to_string())),
+    };
+    let how = match choice {
+        EncoderChoice::Auto if kind.is_hardware() => "hardware, picked automatically",
+        EncoderChoice::Auto => "software: no hardware encoder found (nvv4l2h264enc, nvh264enc, vah264enc, vaapih264enc)",
+        EncoderChoice::Force(_) => "forced by upload.encoder",
+    };
+    // an element can be registered and still fail to open its device: encode a few frames
+    let convert = if kind == EncoderKind::NvV4l2 {
+        "nvvidconv ! video/x-raw(memory:NVMM)"
+    } else {
+        "videoconvert"
+    };
+    let launch = format!(
+        "videotestsrc num-buffers=10 ! video/x-raw,width=640,height=360 ! {convert} ! {} ! fakesink",
+        kind.factory()
+    );
+    let works = gst::parse::launch(&launch).ok().and_then(|p| {
+        let bus = p.bus()?;
+        p.set_state(gst::State::Playing).ok()?;
+        let msg = bus.timed_pop_filtered(
+            gst::ClockTime::from_seconds(10),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        );
+        let _ = p.set_state(gst::State::Null);
+        msg.map(|m| matches!(m.view(), gst::MessageView::Eos(_)))
+    });
+    Some(if works == Some(true) {
+        check(
+            "encoder",
+            Verdict::Ok,
+            format!("{} ({how})", kind.factory()),
+        )
+    } else {
+        check(
+            "encoder",
+            Verdict::Fail,
+            format!(
+                "{} ({how}) did not encode a test clip: check its driver, or set upload.encoder",
+                kind.factory()
+            ),
+        )
+    })
+}
+
 fn check_source(cfg: &AgentConfig) -> Check {
     let launch = match &cfg.source {
         Source::Test => return check("source", Verdict::Ok, "test pattern"),
         Source::Uri { uri, .. } => format!("uridecodebin uri=\"{uri}\" ! fakesink"),
-        Source::V4l2 { device } => format!(
-            "v4l2src device=\"{}\" num-buffers=1 ! fakesink",
-            device.display()
-        ),
+        Source::V4l2 { device, mode } => {
+            if let Err(e) = gst::init() {
+                return check("source", Verdict::Fail, format!("GStreamer: {e}"));
+            }
+            return match crate::camera::check(device, mode) {
+                Ok(()) => check(
+                    "source",
+                    Verdict::Ok,
+                    format!("{} opens and offers {}", device.display(), mode.describe()),
+                ),
+                Err(e) => check("source", Verdict::Fail, e.to_string()),
+            };
+        }
     };
     let pipeline = match gst::parse::launch(&launch) {
         Ok(p) => p,
@@ -263,6 +344,7 @@ fn check_clock() -> Check {
 /// Runs every check.
 pub fn run_checks(cfg: &AgentConfig) -> Vec<Check> {
     let mut checks = vec![check_elements(cfg), check_source(cfg)];
+    checks.extend(check_encoder(cfg));
     checks.extend(check_model_and_catalog(cfg));
     checks.push(check_broker(cfg));
     checks.push(check_clock());

@@ -7,9 +7,11 @@
 
 pub mod analysis;
 pub mod analyze;
+pub mod camera;
 pub mod catalog_watch;
 pub mod config;
 pub mod doctor;
+pub mod encoder;
 pub mod model_import;
 pub mod mqtt;
 pub mod outbox;
@@ -18,4 +20,5 @@ pub mod ratelimit;
 pub mod recognizer;
 pub mod service;
 pub mod stats;
+pub mod supervisor;
 pub mod tracker;

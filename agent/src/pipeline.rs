@@ -20,9 +20,16 @@ use gstreamer_video as gst_video;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::camera::CameraError;
 use crate::config::{AnalysisConfig, Source, Upload};
+use crate::encoder::{EncoderChoice, EncoderError, EncoderKind};
 use crate::stats::Counters;
+use crate::supervisor::Part;
 use crate::tracker::FrameTime;
+
+/// Every element of the upload branch has a name starting with this, so that an error can be
+/// told to be the upload's (analysis goes on without it) or the source's (everything waits).
+const UPLOAD_PREFIX: &str = "upload-";
 
 /// Why the pipeline could not be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +43,64 @@ pub enum PipelineError {
     /// Elements would not link or change state.
     #[error("pipeline: {0}")]
     Setup(String),
+    /// The camera is missing, does not open, or cannot deliver the configured mode.
+    #[error(transparent)]
+    Camera(#[from] CameraError),
+    /// No usable encoder (a forced one is missing).
+    #[error(transparent)]
+    Encoder(#[from] EncoderError),
+    /// Part of the pipeline failed while starting or running.
+    #[error("{reason}")]
+    Failed {
+        /// The source's side or the upload's.
+        part: Part,
+        /// What GStreamer said, and from which element.
+        reason: String,
+    },
+}
+
+impl PipelineError {
+    /// Whether rebuilding the pipeline cannot help: a plugin or encoder is missing.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            PipelineError::MissingElement(..) | PipelineError::Encoder(_)
+        )
+    }
+
+    /// Which side failed: the upload, or the source (anything else).
+    pub fn part(&self) -> Part {
+        match self {
+            PipelineError::Failed { part, .. } => *part,
+            _ => Part::Source,
+        }
+    }
+}
+
+/// Which side of the tee the element at `path` (`/GstPipeline:spotter/GstRtmp2Sink:upload-sink`)
+/// is on.
+pub fn classify(path: &str) -> Part {
+    let upload = path
+        .split('/')
+        .filter_map(|seg| seg.rsplit(':').next())
+        .any(|name| name.starts_with(UPLOAD_PREFIX));
+    if upload {
+        Part::Upload
+    } else {
+        Part::Source
+    }
+}
+
+/// An error message from the bus as a classified failure.
+pub fn failure_from(err: &gst::message::Error) -> PipelineError {
+    let path = err
+        .src()
+        .map(|s| s.path_string().to_string())
+        .unwrap_or_default();
+    PipelineError::Failed {
+        part: classify(&path),
+        reason: format!("{} (from {path})", err.error()),
+    }
 }
 
 /// Live (paced, dropping analysis frames under load) or offline (every sampled frame, unpaced).
@@ -63,6 +128,8 @@ pub struct Frame {
 pub struct Pipeline {
     /// The GStreamer pipeline.
     pub pipeline: gst::Pipeline,
+    /// The upload's encoder, if it has one.
+    encoder_kind: Option<EncoderKind>,
     appsink: gst_app::AppSink,
     looping: bool,
     mode: Mode,
@@ -84,28 +151,33 @@ fn count_buffers(pad: &gst::Pad, counters: &Arc<Counters>, counter: fn(&Counters
     });
 }
 
-/// The upload encoder after `q`, as IVS wants it: H.264, constant bitrate, zero-latency tuning,
-/// no B-frames, an IDR every `idr_secs` (set from the negotiated frame rate, as x264 counts in
-/// frames). Returns the parser to link the muxer or sink to.
+/// The upload encoder after `q` (chosen by [`crate::encoder::choose_here`]), as IVS wants it:
+/// H.264, constant bitrate, low latency, no B-frames, an IDR every `idr_secs` (set again from the
+/// negotiated frame rate, as encoders count in frames). Returns the parser to link the muxer or
+/// sink to, and the encoder used.
 fn encoder(
     pipeline: &gst::Pipeline,
     q: &gst::Element,
+    choice: EncoderChoice,
     bitrate_kbps: u32,
     idr_secs: u32,
-) -> Result<gst::Element, PipelineError> {
-    let conv = make("videoconvert", "base")?;
-    let enc = gst::ElementFactory::make("x264enc")
-        .property("bitrate", bitrate_kbps)
-        .property_from_str("pass", "cbr")
-        .property_from_str("tune", "zerolatency")
-        .property_from_str("speed-preset", "veryfast")
-        .property("key-int-max", 30 * idr_secs)
-        .property("bframes", 0u32)
+) -> Result<(gst::Element, EncoderKind), PipelineError> {
+    let kind = crate::encoder::choose_here(choice)?;
+    let conv = named("videoconvert", "upload-convert", "base")?;
+    let enc = gst::ElementFactory::make(kind.factory())
+        .name("upload-encoder")
         .build()
-        .map_err(|_| PipelineError::MissingElement("x264enc", "ugly"))?;
+        .map_err(|_| EncoderError::ForcedMissing {
+            name: kind.factory(),
+            hint: kind.package_hint(),
+        })?;
+    crate::encoder::apply(
+        &enc,
+        &crate::encoder::settings(kind, bitrate_kbps, 30 * idr_secs),
+    );
     let enc_sink = enc
         .static_pad("sink")
-        .ok_or_else(|| setup_err("x264enc has no sink pad"))?;
+        .ok_or_else(|| setup_err("the encoder has no sink pad"))?;
     let weak = enc.downgrade();
     enc_sink.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
         if let Some(gst::PadProbeData::Event(ev)) = &info.data {
@@ -116,17 +188,23 @@ fn encoder(
                     .and_then(|st| st.get::<gst::Fraction>("framerate").ok())
                     .filter(|f| f.numer() > 0 && f.denom() > 0);
                 if let (Some(fps), Some(enc)) = (fps, weak.upgrade()) {
-                    let frames = (f64::from(fps.numer()) / f64::from(fps.denom())
-                        * f64::from(idr_secs))
-                    .round()
-                    .max(1.0) as u32;
-                    enc.set_property("key-int-max", frames);
+                    let frames = crate::encoder::gop_frames(fps, idr_secs);
+                    for p in crate::encoder::gop_properties(kind) {
+                        crate::encoder::apply(
+                            &enc,
+                            &[crate::encoder::Setting {
+                                name: p,
+                                value: frames.to_string(),
+                            }],
+                        );
+                    }
                 }
             }
         }
         gst::PadProbeReturn::Ok
     });
     let caps = gst::ElementFactory::make("capsfilter")
+        .name("upload-h264caps")
         .property(
             "caps",
             gst::Caps::builder("video/x-h264")
@@ -135,12 +213,37 @@ fn encoder(
         )
         .build()
         .map_err(|_| PipelineError::MissingElement("capsfilter", "core"))?;
-    let parse = make("h264parse", "bad")?;
+    let parse = named("h264parse", "upload-parse", "bad")?;
     pipeline
         .add_many([&conv, &enc, &caps, &parse])
         .map_err(setup_err)?;
-    gst::Element::link_many([q, &conv, &enc, &caps, &parse]).map_err(setup_err)?;
-    Ok(parse)
+    // Jetson's encoder reads frames from NVMM memory: its converter puts them there
+    let nvconv = match kind {
+        EncoderKind::NvV4l2 => {
+            let c = gst::ElementFactory::make("nvvidconv")
+                .name("upload-nvvidconv")
+                .build()
+                .map_err(|_| EncoderError::ForcedMissing {
+                    name: "nvvidconv",
+                    hint: "NVIDIA JetPack's gstreamer1.0 plugins, Jetson only",
+                })?;
+            pipeline.add(&c).map_err(setup_err)?;
+            Some(c)
+        }
+        _ => None,
+    };
+    match &nvconv {
+        Some(c) => {
+            gst::Element::link_many([q, &conv, c]).map_err(setup_err)?;
+            let nvmm = gst::Caps::builder("video/x-raw")
+                .features(["memory:NVMM"])
+                .build();
+            c.link_filtered(&enc, &nvmm).map_err(setup_err)?;
+        }
+        None => gst::Element::link_many([q, &conv, &enc]).map_err(setup_err)?,
+    }
+    gst::Element::link_many([&enc, &caps, &parse]).map_err(setup_err)?;
+    Ok((parse, kind))
 }
 
 /// Counts the encoded bytes leaving `parse` (the upload's bitrate in the stats).
@@ -162,6 +265,18 @@ fn count_bytes(parse: &gst::Element, counters: &Arc<Counters>) -> Result<(), Pip
 
 fn make(factory: &'static str, plugins: &'static str) -> Result<gst::Element, PipelineError> {
     gst::ElementFactory::make(factory)
+        .build()
+        .map_err(|_| PipelineError::MissingElement(factory, plugins))
+}
+
+/// [`make`] with a name (the upload's elements are told apart by theirs).
+fn named(
+    factory: &'static str,
+    name: &str,
+    plugins: &'static str,
+) -> Result<gst::Element, PipelineError> {
+    gst::ElementFactory::make(factory)
+        .name(name)
         .build()
         .map_err(|_| PipelineError::MissingElement(factory, plugins))
 }
@@ -220,13 +335,28 @@ impl Pipeline {
                 pipeline.add_many([&src, &filter]).map_err(setup_err)?;
                 gst::Element::link_many([&src, &filter, &convert_in]).map_err(setup_err)?;
             }
-            Source::V4l2 { device } => {
+            Source::V4l2 { device, mode } => {
+                // ask the camera first: a mode it lacks fails here with what it offers, rather
+                // than as GStreamer's "not-negotiated"
+                crate::camera::check(device, mode)?;
                 let src = gst::ElementFactory::make("v4l2src")
+                    .name("source")
                     .property("device", device.display().to_string())
                     .build()
                     .map_err(|_| PipelineError::MissingElement("v4l2src", "good"))?;
-                pipeline.add(&src).map_err(setup_err)?;
-                src.link(&convert_in).map_err(setup_err)?;
+                let filter = gst::ElementFactory::make("capsfilter")
+                    .property("caps", mode.caps())
+                    .build()
+                    .map_err(|_| PipelineError::MissingElement("capsfilter", "core"))?;
+                pipeline.add_many([&src, &filter]).map_err(setup_err)?;
+                src.link(&filter).map_err(setup_err)?;
+                if mode.is_jpeg() {
+                    let dec = make("jpegdec", "good")?;
+                    pipeline.add(&dec).map_err(setup_err)?;
+                    gst::Element::link_many([&filter, &dec, &convert_in]).map_err(setup_err)?;
+                } else {
+                    filter.link(&convert_in).map_err(setup_err)?;
+                }
             }
             Source::Uri {
                 uri, looping: l, ..
@@ -269,8 +399,9 @@ impl Pipeline {
             convert_in.link(&tee).map_err(setup_err)?;
         }
 
+        let mut encoder_kind = None;
         if mode == Mode::Live {
-            let q = make("queue", "core")?;
+            let q = named("queue", "upload-queue", "core")?;
             pipeline.add(&q).map_err(setup_err)?;
             tee.link(&q).map_err(setup_err)?;
             match upload {
@@ -287,12 +418,23 @@ impl Pipeline {
                     dir,
                     bitrate_kbps,
                     keyframe_interval_secs,
+                    encoder: choice,
                 } => {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| setup_err(format!("cannot create {}: {e}", dir.display())))?;
-                    let parse = encoder(&pipeline, &q, *bitrate_kbps, *keyframe_interval_secs)?;
+                    std::fs::create_dir_all(dir).map_err(|e| PipelineError::Failed {
+                        part: Part::Upload,
+                        reason: format!("cannot create {}: {e}", dir.display()),
+                    })?;
+                    let (parse, kind) = encoder(
+                        &pipeline,
+                        &q,
+                        *choice,
+                        *bitrate_kbps,
+                        *keyframe_interval_secs,
+                    )?;
+                    encoder_kind = Some(kind);
                     count_bytes(&parse, &counters)?;
                     let sink = gst::ElementFactory::make("hlssink2")
+                        .name("upload-sink")
                         .property("location", dir.join("segment%05d.ts").display().to_string())
                         .property(
                             "playlist-location",
@@ -313,15 +455,25 @@ impl Pipeline {
                     key,
                     bitrate_kbps,
                     keyframe_interval_secs,
+                    encoder: choice,
                 } => {
-                    let parse = encoder(&pipeline, &q, *bitrate_kbps, *keyframe_interval_secs)?;
+                    let (parse, kind) = encoder(
+                        &pipeline,
+                        &q,
+                        *choice,
+                        *bitrate_kbps,
+                        *keyframe_interval_secs,
+                    )?;
+                    encoder_kind = Some(kind);
                     count_bytes(&parse, &counters)?;
                     let mux = gst::ElementFactory::make("flvmux")
+                        .name("upload-mux")
                         .property("streamable", true)
                         .build()
                         .map_err(|_| PipelineError::MissingElement("flvmux", "good"))?;
                     let location = format!("{}/{}", url.trim_end_matches('/'), key.expose());
                     let sink = gst::ElementFactory::make("rtmp2sink")
+                        .name("upload-sink")
                         .property("location", location)
                         .property("async-connect", false)
                         .build()
@@ -330,6 +482,46 @@ impl Pipeline {
                     parse
                         .link_pads(Some("src"), &mux, Some("video"))
                         .map_err(setup_err)?;
+                    mux.link(&sink).map_err(setup_err)?;
+                }
+                Upload::Srt {
+                    uri,
+                    key,
+                    passphrase,
+                    bitrate_kbps,
+                    keyframe_interval_secs,
+                    encoder: choice,
+                } => {
+                    let (parse, kind) = encoder(
+                        &pipeline,
+                        &q,
+                        *choice,
+                        *bitrate_kbps,
+                        *keyframe_interval_secs,
+                    )?;
+                    encoder_kind = Some(kind);
+                    count_bytes(&parse, &counters)?;
+                    let mux = gst::ElementFactory::make("mpegtsmux")
+                        .name("upload-mux")
+                        // seven 188-byte packets a buffer: 1316 bytes, one SRT payload
+                        .property("alignment", 7i32)
+                        .build()
+                        .map_err(|_| PipelineError::MissingElement("mpegtsmux", "bad"))?;
+                    let sink = gst::ElementFactory::make("srtsink")
+                        .name("upload-sink")
+                        .property("uri", uri)
+                        // a missing ingest is an error to retry, not a pipeline that hangs
+                        .property("wait-for-connection", false)
+                        .build()
+                        .map_err(|_| PipelineError::MissingElement("srtsink", "bad"))?;
+                    if let Some(k) = key {
+                        sink.set_property("streamid", k.expose());
+                    }
+                    if let Some(p) = passphrase {
+                        sink.set_property("passphrase", p.expose());
+                    }
+                    pipeline.add_many([&mux, &sink]).map_err(setup_err)?;
+                    parse.link(&mux).map_err(setup_err)?;
                     mux.link(&sink).map_err(setup_err)?;
                 }
             }
@@ -388,6 +580,7 @@ impl Pipeline {
 
         Ok(Pipeline {
             pipeline,
+            encoder_kind,
             appsink,
             looping,
             mode,
@@ -401,8 +594,17 @@ impl Pipeline {
     /// that its end posts `SegmentDone` (answered by [`Pipeline::loop_seek`]) instead of EOS and
     /// running time, hence every event's `pts_ms`, keeps increasing across loops.
     pub fn start(&self) -> Result<(), PipelineError> {
-        let refused =
-            || PipelineError::Setup("the pipeline refused to start: see the error above".into());
+        // the element that refused posted why on the bus: say it, and whose it was
+        let refused = || {
+            self.pipeline
+                .bus()
+                .and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error]))
+                .and_then(|m| match m.view() {
+                    gst::MessageView::Error(e) => Some(failure_from(e)),
+                    _ => None,
+                })
+                .unwrap_or_else(|| PipelineError::Setup("the pipeline refused to start".into()))
+        };
         if self.looping {
             self.pipeline
                 .set_state(gst::State::Paused)
@@ -427,6 +629,11 @@ impl Pipeline {
             .set_state(gst::State::Playing)
             .map_err(|_| refused())?;
         Ok(())
+    }
+
+    /// The upload's encoder, when the pipeline has an upload that encodes.
+    pub fn encoder_kind(&self) -> Option<EncoderKind> {
+        self.encoder_kind
     }
 
     /// Stops and releases everything (state Null).

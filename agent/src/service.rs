@@ -2,13 +2,14 @@
 //! orderly shutdown on SIGTERM/SIGINT (pipeline to Null, open appearances ended and published,
 //! `stopped` status, disconnect).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use spotter_protocol::{AgentState, Catalog, UploadState};
+use spotter_protocol::{AgentState, Catalog};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,8 +20,8 @@ use crate::mqtt;
 use crate::pipeline::{Mode, Pipeline, PipelineError};
 use crate::recognizer::Recognizer;
 use crate::stats::Counters;
+use crate::supervisor::{Change, Flow, Part, Supervisor, Watchdog};
 use crate::tracker::{FrameTime, Tracker};
-use spotter_protocol::backoff::Backoff;
 
 /// How one pipeline's run ended.
 #[derive(Debug)]
@@ -29,14 +30,47 @@ enum Ended {
     Shutdown,
     /// A file played to its end (and does not loop): the show is over.
     SourceFinished,
-    /// An error, or the end of a source that should not end: rebuild.
-    Failed(String),
+    /// An error, silence from the source, or the end of a source that should not end: rebuild.
+    Failed(PipelineError),
     /// A pipeline running without its upload reached the time to try the upload again.
     RetryUpload,
 }
 
+/// Logs a state change and publishes the supervisor's view in the stats.
+fn report(change: &Change, supervisor: &Supervisor, counters: &Counters) {
+    counters.set_source(supervisor.source());
+    counters.set_upload(supervisor.upload());
+    counters
+        .restarts
+        .store(supervisor.restarts(), Ordering::Relaxed);
+    let ms = |d: &Duration| d.as_millis() as u64;
+    match change {
+        Change::SourceLive { after: None } => tracing::info!("source live: frames are flowing"),
+        Change::SourceLive { after: Some(d) } => {
+            tracing::info!(outage_ms = ms(d), "source back: frames are flowing again")
+        }
+        Change::SourceLost { reason, retry_in } => tracing::error!(
+            error = %reason,
+            retry_in_ms = ms(retry_in),
+            restarts = supervisor.restarts(),
+            "source down; reopening it with backoff"
+        ),
+        Change::UploadLive { after: None } => tracing::info!("upload live"),
+        Change::UploadLive { after: Some(d) } => {
+            tracing::info!(outage_ms = ms(d), "upload back")
+        }
+        Change::UploadLost { reason, retry_in } => tracing::error!(
+            error = %reason,
+            retry_upload_in_ms = ms(retry_in),
+            restarts = supervisor.restarts(),
+            "upload lost; carrying on without the upload while it is retried"
+        ),
+    }
+}
+
 /// Runs one pipeline with its analysis thread until it ends; returns the tracker (to carry over)
 /// and the last analysed frame's time.
+#[allow(clippy::too_many_arguments)] // the pipeline's whole context, named at the one call site
 async fn run_pipeline(
     pipeline: Arc<Pipeline>,
     cfg: &AgentConfig,
@@ -45,6 +79,7 @@ async fn run_pipeline(
     tx: mpsc::UnboundedSender<Output>,
     shutdown: &CancellationToken,
     retry_upload_in: Option<Duration>,
+    supervisor: &mut Supervisor,
 ) -> anyhow::Result<(Tracker, Ended, Option<FrameTime>)> {
     let retry_upload = async move {
         match retry_upload_in {
@@ -77,32 +112,49 @@ async fn run_pipeline(
     let finite_file =
         matches!(&cfg.source, Source::Uri { uri, looping: false, .. } if uri.starts_with("file:"));
     let mut messages = bus.stream();
+    let counters = pipeline.counters().clone();
+    let frames = || counters.camera_frames.load(Ordering::Relaxed);
+    let mut watchdog = Watchdog::new(cfg.stall_timeout, Instant::now(), frames());
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let source_failed = |reason: String| {
+        Ended::Failed(PipelineError::Failed {
+            part: Part::Source,
+            reason,
+        })
+    };
     let ended = loop {
         use futures_util::StreamExt as _;
         let msg = tokio::select! {
             () = shutdown.cancelled() => break Ended::Shutdown,
             () = &mut retry_upload => break Ended::RetryUpload,
+            _ = tick.tick() => {
+                match watchdog.observe(Instant::now(), frames()) {
+                    Flow::Flowing => {
+                        if let Some(change) = supervisor.flowing(Instant::now()) {
+                            report(&change, supervisor, &counters);
+                        }
+                    }
+                    Flow::Waiting => {}
+                    Flow::Stalled => break source_failed(format!(
+                        "no frame from the source for {} s",
+                        watchdog.timeout().as_secs_f64()
+                    )),
+                }
+                continue;
+            }
             m = messages.next() => m,
         };
         let Some(msg) = msg else {
-            break Ended::Failed("the pipeline's bus closed".into());
+            break source_failed("the pipeline's bus closed".into());
         };
         match msg.view() {
             gst::MessageView::Eos(_) if finite_file => {
                 tracing::info!("source ended");
                 break Ended::SourceFinished;
             }
-            gst::MessageView::Eos(_) => {
-                break Ended::Failed("the source ended unexpectedly".into())
-            }
+            gst::MessageView::Eos(_) => break source_failed("the source ended".into()),
             gst::MessageView::Error(err) => {
-                break Ended::Failed(format!(
-                    "{} (from {})",
-                    err.error(),
-                    err.src()
-                        .map(|s| s.path_string().to_string())
-                        .unwrap_or_default()
-                ))
+                break Ended::Failed(crate::pipeline::failure_from(err))
             }
             gst::MessageView::Warning(w) => {
                 tracing::warn!(warning = %w.error(), "pipeline warning");
@@ -110,7 +162,7 @@ async fn run_pipeline(
             gst::MessageView::SegmentDone(_) if pipeline.looping() => {
                 tracing::debug!("source looped");
                 if let Err(e) = pipeline.loop_seek() {
-                    break Ended::Failed(e.to_string());
+                    break Ended::Failed(e);
                 }
             }
             _ => {}
@@ -192,7 +244,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
                     let stats = crate::stats::assemble(
                         &stream,
                         crate::pipeline::now_utc_ms(),
-                        counters.upload(),
+                        counters.health(),
                         rates,
                         reading,
                         counters.inference_ms(),
@@ -234,31 +286,27 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         );
     }
 
-    // the supervisor: build and run the pipeline; when it fails (camera unplugged, ingest gone),
-    // rebuild it after a backoff, carrying the tracker over, until the show ends
+    // the supervisor: build and run the pipeline; when it fails (camera unplugged, network
+    // source silent, ingest gone), rebuild it, carrying the tracker over, until the show ends.
+    // A lost upload is dropped at once so that analysis goes on, and tried again after a
+    // backoff; a lost source is reopened after a backoff.
     let mut tracker = Tracker::new(cfg.tracker.clone(), first_seq);
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut supervisor = Supervisor::new(cfg.upload != Upload::None);
     let mut pts_offset_ms = 0u64;
     let mut last_frame = None;
-    // when the upload fails, analysis carries on in a pipeline without it, and the full one is
-    // tried again after a backoff; a source failure is retried after a backoff
-    let mut upload_down = false;
-    let mut upload_backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let outcome: anyhow::Result<()> = loop {
-        let started = std::time::Instant::now();
         // the next pipeline's running time starts at zero: keep pts_ms increasing
         if let Some(f) = last_frame {
             let f: FrameTime = f;
             pts_offset_ms =
                 f.pts_ms + crate::pipeline::now_utc_ms().saturating_sub(f.captured_at_ms);
         }
-        let degraded = upload_down && cfg.upload != Upload::None;
-        let upload = if degraded {
-            Upload::None
-        } else {
+        let plan = supervisor.plan(Instant::now());
+        let upload = if plan.with_upload {
             cfg.upload.clone()
+        } else {
+            Upload::None
         };
-        let retry_upload_in = degraded.then(|| upload_backoff.next_delay(mqtt::rand_unit()));
         let built = Pipeline::build(
             &cfg.source,
             &upload,
@@ -268,19 +316,25 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
             pts_offset_ms,
         );
         let run = match built {
-            Err(e @ PipelineError::MissingElement(..)) => break Err(e.into()),
-            Err(e) => Err(e.to_string()),
+            Err(e) if e.is_permanent() => break Err(e.into()),
+            Err(e) => Err(e),
             Ok(p) => {
                 let p = Arc::new(p);
                 let starting = p.clone();
                 match tokio::task::spawn_blocking(move || starting.start()).await {
                     Ok(Ok(())) => {
-                        tracing::info!(studio = %cfg.studio, stream = %cfg.stream, source = ?cfg.source, upload = !degraded, "pipeline started");
-                        counters.set_upload(match (&upload, degraded) {
-                            (_, true) => UploadState::Down,
-                            (Upload::None, false) => UploadState::None,
-                            _ => UploadState::Live,
-                        });
+                        tracing::info!(
+                            studio = %cfg.studio,
+                            stream = %cfg.stream,
+                            source = ?cfg.source,
+                            upload = plan.with_upload,
+                            encoder = p.encoder_kind().map(|k| k.factory()),
+                            hardware_encoder = p.encoder_kind().is_some_and(|k| k.is_hardware()),
+                            "pipeline started"
+                        );
+                        if let Some(change) = supervisor.started(plan.with_upload, Instant::now()) {
+                            report(&change, &supervisor, &counters);
+                        }
                         let (t, ended, last) = run_pipeline(
                             p,
                             &cfg,
@@ -288,7 +342,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
                             tracker,
                             tx.clone(),
                             &shutdown,
-                            retry_upload_in,
+                            plan.retry_upload_in,
+                            &mut supervisor,
                         )
                         .await?;
                         tracker = t;
@@ -297,36 +352,24 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
                     }
                     Ok(Err(e)) => {
                         p.stop();
-                        Err(e.to_string())
+                        Err(e)
                     }
-                    Err(e) => Err(format!("the pipeline starter panicked: {e}")),
+                    Err(e) => Err(PipelineError::Setup(format!(
+                        "the pipeline starter panicked: {e}"
+                    ))),
                 }
             }
         };
         match run {
             Ok(Ended::Shutdown) | Ok(Ended::SourceFinished) => break Ok(()),
-            Ok(Ended::RetryUpload) => {
-                tracing::info!("trying the upload again");
-                upload_down = false;
-            }
-            Ok(Ended::Failed(reason)) | Err(reason) if cfg.upload != Upload::None && !degraded => {
-                // the source or the upload: analysis goes on without the upload meanwhile, and a
-                // source failure shows up again in the pipeline without it
-                if started.elapsed() > Duration::from_secs(30) {
-                    upload_backoff.reset();
-                }
-                tracing::error!(error = %reason, "pipeline failed; carrying on without the upload while it is retried");
-                upload_down = true;
-            }
-            Ok(Ended::Failed(reason)) | Err(reason) => {
-                if started.elapsed() > Duration::from_secs(30) {
-                    backoff.reset(); // it ran well for a while: this is a new failure
-                }
-                let delay = backoff.next_delay(mqtt::rand_unit());
-                tracing::error!(error = %reason, retry_in_ms = delay.as_millis() as u64, "pipeline failed; rebuilding it");
+            Ok(Ended::RetryUpload) => tracing::info!("trying the upload again"),
+            Ok(Ended::Failed(e)) | Err(e) => {
+                let (wait, change) =
+                    supervisor.failed(e.part(), &e.to_string(), Instant::now(), mqtt::rand_unit());
+                report(&change, &supervisor, &counters);
                 tokio::select! {
                     () = shutdown.cancelled() => break Ok(()),
-                    () = tokio::time::sleep(delay) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
             }
         }

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-use spotter_protocol::{Stats, UploadState, PROTOCOL_VERSION};
+use spotter_protocol::{SourceState, Stats, UploadState, PROTOCOL_VERSION};
 
 use crate::outbox::OutboxCounts;
 
@@ -30,6 +30,10 @@ pub struct Counters {
     inference_ms_bits: AtomicU32,
     /// The upload's state, as `UploadState as u8`.
     upload_state: AtomicU8,
+    /// The source's state, as `SourceState as u8`.
+    source_state: AtomicU8,
+    /// Pipelines rebuilt after a failure.
+    pub restarts: AtomicU64,
 }
 
 /// Weight of the newest sample in the inference-time moving average.
@@ -56,6 +60,25 @@ impl Counters {
             UploadState::Down => 2,
         };
         self.upload_state.store(v, Ordering::Relaxed);
+    }
+
+    /// Records where the source stands (the service's supervisor knows).
+    pub fn set_source(&self, state: SourceState) {
+        let v = match state {
+            SourceState::Starting => 0,
+            SourceState::Live => 1,
+            SourceState::Down => 2,
+        };
+        self.source_state.store(v, Ordering::Relaxed);
+    }
+
+    /// Where the source stands.
+    pub fn source(&self) -> SourceState {
+        match self.source_state.load(Ordering::Relaxed) {
+            1 => SourceState::Live,
+            2 => SourceState::Down,
+            _ => SourceState::Starting,
+        }
     }
 
     /// Where the upload stands.
@@ -201,12 +224,34 @@ impl Default for Machine {
     }
 }
 
+/// Where the pipeline stands, as the supervisor last said.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PipelineHealth {
+    /// The source.
+    pub source: SourceState,
+    /// Rebuilds after failures.
+    pub restarts: u64,
+    /// The upload.
+    pub upload: UploadState,
+}
+
+impl Counters {
+    /// The supervisor's view, for the stats.
+    pub fn health(&self) -> PipelineHealth {
+        PipelineHealth {
+            source: self.source(),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            upload: self.upload(),
+        }
+    }
+}
+
 /// Assembles the stats payload.
 #[allow(clippy::too_many_arguments)] // one figure each, named at the call site
 pub fn assemble(
     stream: &str,
     at_ms: u64,
-    upload: UploadState,
+    health: PipelineHealth,
     rates: Rates,
     reading: Reading,
     inference_ms: f32,
@@ -221,7 +266,9 @@ pub fn assemble(
         analysed_fps: rates.analysed_fps,
         skipped_frames: reading.skipped,
         inference_ms,
-        upload,
+        source: health.source,
+        restarts: health.restarts,
+        upload: health.upload,
         upload_kbps: rates.upload_kbps,
         outbox_depth: outbox.depth,
         outbox_dropped: outbox.dropped,
@@ -261,6 +308,17 @@ mod tests {
         assert_eq!(Rates::between(before, c.reading(), 10.0).upload_kbps, 200.0);
         c.set_upload(UploadState::Down);
         assert_eq!(c.upload(), UploadState::Down);
+        assert_eq!(c.source(), SourceState::Starting);
+        c.set_source(SourceState::Down);
+        c.restarts.store(3, Ordering::Relaxed);
+        assert_eq!(
+            c.health(),
+            PipelineHealth {
+                source: SourceState::Down,
+                restarts: 3,
+                upload: UploadState::Down
+            }
+        );
     }
 
     #[test]

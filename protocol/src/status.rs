@@ -109,6 +109,19 @@ pub enum UploadState {
     Down,
 }
 
+/// Where the video source stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceState {
+    /// Not delivering yet: the pipeline is starting.
+    #[default]
+    Starting,
+    /// Frames are flowing.
+    Live,
+    /// Lost (unplugged, stopped sending, ended, refused to open); retried with backoff.
+    Down,
+}
+
 /// Periodic health, on `spotter/v1/<studio>/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
@@ -126,6 +139,12 @@ pub struct Stats {
     pub skipped_frames: u64,
     /// Moving average of the per-frame recognition time, ms.
     pub inference_ms: f32,
+    /// The source's state.
+    #[serde(default)]
+    pub source: SourceState,
+    /// Times the pipeline was rebuilt after a failure of the source or the upload, since start.
+    #[serde(default)]
+    pub restarts: u64,
     /// The upload's state.
     #[serde(default)]
     pub upload: UploadState,

@@ -437,12 +437,31 @@ pub fn agent_config(
     analysis: &str,
     tail: &str,
 ) -> PathBuf {
+    agent_config_with_source(
+        dir,
+        broker_port,
+        stats_secs,
+        "kind = \"test\"",
+        analysis,
+        tail,
+    )
+}
+
+/// [`agent_config`] with `source` as the `[source]` table's body instead of the test pattern.
+pub fn agent_config_with_source(
+    dir: &Path,
+    broker_port: u16,
+    stats_secs: f64,
+    source: &str,
+    analysis: &str,
+    tail: &str,
+) -> PathBuf {
     mug_catalog(dir);
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,
         format!(
-            "studio = \"{STUDIO}\"\nstream = \"{STREAM}\"\n[source]\nkind = \"test\"\n\
+            "studio = \"{STUDIO}\"\nstream = \"{STREAM}\"\n[source]\n{source}\n\
              [analysis]\ncatalog = \"{d}\"\nmodel = \"{m}\"\nfps = 5.0\n{analysis}\n\
              [mqtt]\nurl = \"mqtt://127.0.0.1:{broker_port}\"\nstats_interval_secs = {stats_secs:.1}\n\
              [outbox]\ndir = \"{d}/outbox\"\n{tail}",
@@ -452,6 +471,36 @@ pub fn agent_config(
     )
     .expect("write the agent's config");
     config
+}
+
+/// A UDP port nothing is bound to now on the loopback (SRT runs over UDP).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free loopback UDP port")
+        .port()
+}
+
+/// Collects every stats payload published on the test studio's stats topic, in the background.
+pub async fn collect_stats(
+    port: u16,
+    client_id: &str,
+) -> std::sync::Arc<std::sync::Mutex<Vec<spotter_protocol::Stats>>> {
+    let (client, mut eventloop) =
+        watch(port, client_id, &[format!("spotter/v1/{STUDIO}/stats")]).await;
+    let readings = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = readings.clone();
+    tokio::spawn(async move {
+        let _client = client; // the subscription lives as long as this task
+        while let Ok(ev) = eventloop.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                if let Ok(s) = serde_json::from_slice(&p.payload) {
+                    out.lock().expect("stats lock").push(s);
+                }
+            }
+        }
+    });
+    readings
 }
 
 /// Starts `spotter-agent run` with `config`, its log (stdout) in `log`.
