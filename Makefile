@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: setup build demo test lint unit e2e browser bench bench-ort clean
+.PHONY: setup build demo test lint unit e2e browser bench bench-ort eval eval-tune clean
 
 setup:
 	@scripts/setup.sh
@@ -37,6 +37,21 @@ bench: setup
 # threads, in one run: `candle_ms ort_ms ratio` per input size. Not part of `make test`.
 bench-ort: setup
 	python3 models/onnx/bench_ort.py
+
+# Recognition on the evaluation set (issue 3): makes the split once (deterministic, kept under
+# $(EVAL_SET) while current), runs `spotter-agent analyze` on each clip and prints recall,
+# precision and time to first detection. Not part of `make test`: minutes, not seconds.
+# Pass analyze's flags with EVAL_ARGS='-- --fps 8'; add --check to fail below the targets.
+EVAL_SET ?= target/eval-set
+EVAL_ARGS ?=
+
+eval: build
+	target/debug/spotter-clipgen eval --out $(EVAL_SET) --split test
+	target/debug/spotter-eval --set $(EVAL_SET) --split test $(EVAL_ARGS)
+
+eval-tune: build
+	target/debug/spotter-clipgen eval --out $(EVAL_SET) --split tune
+	target/debug/spotter-eval --set $(EVAL_SET) --split tune $(EVAL_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -1,16 +1,18 @@
-//! The evaluation set's generator, small: a split's catalog loads, its truth files agree with its
-//! manifest and catalog, products are drawn where the truth says, and a complete split is kept
-//! rather than remade.
+//! The evaluation set's generator and report, small: a split's catalog loads, its truth files
+//! agree with its manifest and catalog, products are drawn where the truth says, a complete
+//! split is kept rather than remade, and `spotter-eval` scores kept events against it.
 
 use std::path::Path;
+use std::process::Command;
 
 use image::RgbImage;
-use spotter_protocol::Catalog;
+use spotter_protocol::{BBox, Catalog, EventType, ProductEvent, PROTOCOL_VERSION};
 use spotter_tests::clipgen::decode_frames;
 use spotter_tests::clipgen::eval::{
     group_products, make_eval_set, read_eval_truth, read_manifest, BackdropKind, EvalSetSpec,
-    Group, NoProgress, SetProgress, Split,
+    EvalTruth, Group, NoProgress, SetProgress, Split,
 };
+use spotter_tests::score::{score, ClipInput, Scoring};
 
 /// Six seconds a clip at 320x180 and 10 fps: seconds to make, same code paths as the real set.
 fn tiny(backdrop: BackdropKind) -> EvalSetSpec {
@@ -183,4 +185,123 @@ fn photo_split_is_kept_when_current_and_remade_when_asked() {
     make_eval_set(dir.path(), &[Split::Tune], &other, false, 1, &mut count).expect("new seed");
     assert_eq!((count.clips, count.skipped), (3, 1));
     assert_ne!(std::fs::read(&truth).expect("truth rewritten"), first);
+}
+
+/// A perfect recogniser's events for a clip: one `new` 300 ms into each catalog appearance,
+/// an `end` after it.
+fn perfect_events(truth: &[EvalTruth]) -> Vec<ProductEvent> {
+    let mut events = Vec::new();
+    for (i, t) in truth.iter().filter(|t| t.in_catalog).enumerate() {
+        for (kind, pts_ms) in [
+            (EventType::New, t.start_ms + 300),
+            (EventType::End, t.end_ms + 1500),
+        ] {
+            events.push(ProductEvent {
+                v: PROTOCOL_VERSION,
+                kind,
+                event_id: format!("app-{i}"),
+                seq: events.len() as u64 + 1,
+                sku: t.sku.clone(),
+                score: 0.9,
+                bbox: BBox(t.bbox),
+                captured_at_ms: 1_800_000_000_000 + pts_ms,
+                pts_ms,
+            });
+        }
+    }
+    events
+}
+
+fn lines(events: &[ProductEvent]) -> Vec<u8> {
+    events
+        .iter()
+        .flat_map(|e| {
+            let mut l = e.encode();
+            l.push(b'\n');
+            l
+        })
+        .collect()
+}
+
+#[test]
+fn report_scores_a_generated_split_from_kept_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Catalog products only: every appearance can be found.
+    let spec = EvalSetSpec {
+        clips: 1,
+        lookalike_share: 0.0,
+        ..tiny(BackdropKind::Photo)
+    };
+    make_eval_set(dir.path(), &[Split::Test], &spec, false, 1, &mut NoProgress).expect("made");
+    let split = dir.path().join("test");
+    let truth = read_eval_truth(&split.join("clip-01.truth.json")).expect("truth");
+    let catalog_shown = truth.iter().filter(|t| t.in_catalog).count();
+    assert!(
+        catalog_shown > 0,
+        "the clip shows a catalog product: {truth:?}"
+    );
+
+    // The metrics, on the generated truth: perfect events score 1 and 1.
+    let perfect = perfect_events(&truth);
+    let input = |events: Vec<ProductEvent>| ClipInput {
+        name: "clip-01".into(),
+        backdrop: None,
+        truth: truth.clone(),
+        events,
+    };
+    let r = score(&[input(perfect.clone())], Scoring::default());
+    assert_eq!((r.recall, r.precision), (Some(1.0), Some(1.0)));
+    assert_eq!(r.latency.map(|l| l.median_ms), Some(300));
+    // One appearance missed: recall drops by one appearance's share.
+    let first_sku = perfect[0].sku.clone();
+    let fewer: Vec<ProductEvent> = perfect
+        .iter()
+        .filter(|e| e.event_id != "app-0")
+        .cloned()
+        .collect();
+    let r = score(&[input(fewer)], Scoring::default());
+    let want = (catalog_shown - 1) as f64 / catalog_shown as f64;
+    assert_eq!(r.recall, Some(want), "without {first_sku}");
+
+    // The binary, on events kept as an earlier run would have kept them.
+    let out = dir.path().join("report");
+    let events_dir = out.join("events");
+    std::fs::create_dir_all(&events_dir).expect("events dir");
+    let mut with_duplicate = perfect.clone();
+    let mut dup = perfect[0].clone();
+    dup.event_id = "again".into();
+    dup.pts_ms += 200;
+    with_duplicate.push(dup);
+    std::fs::write(events_dir.join("clip-01.jsonl"), lines(&with_duplicate)).expect("write");
+    let run = Command::new(env!("CARGO_BIN_EXE_spotter-eval"))
+        .arg("--set")
+        .arg(dir.path())
+        .args(["--split", "test", "--rescore", "--out"])
+        .arg(&out)
+        .output()
+        .expect("spotter-eval runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("recall     1.000"), "{stdout}");
+    assert!(stdout.contains("1 duplicate"), "{stdout}");
+    let json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("report.json")).expect("report.json written"),
+    )
+    .expect("report.json parses");
+    let precision = json["report"]["precision"].as_f64().expect("precision");
+    let want = catalog_shown as f64 / (catalog_shown + 1) as f64;
+    assert!((precision - want).abs() < 1e-9, "{precision} vs {want}");
+    // --check fails below the targets: the duplicate costs precision.
+    let checked = Command::new(env!("CARGO_BIN_EXE_spotter-eval"))
+        .arg("--set")
+        .arg(dir.path())
+        .args(["--split", "test", "--rescore", "--check", "--out"])
+        .arg(&out)
+        .output()
+        .expect("spotter-eval runs");
+    assert!(!checked.status.success());
 }

@@ -6,8 +6,9 @@
 
 pub mod clipgen;
 pub mod harness;
+pub mod score;
 
 pub use harness::{
-    bin_path, free_port, http_get, model_path, wait_for_http_ok, wait_for_tcp, workspace_root,
-    ChildGuard, HarnessError,
+    bin_path, free_port, http_get, model_path, target_profile_dirs, wait_for_http_ok, wait_for_tcp,
+    workspace_root, ChildGuard, HarnessError,
 };
