@@ -35,6 +35,8 @@ enum Command {
     /// model, the catalog, inference speed, the broker, the clock.
     Doctor,
     /// Recognise products in a video file offline and print one JSON event per line on stdout.
+    ///
+    /// With --config, the file's [tracker] thresholds apply (the file must still be valid).
     Analyze(AnalyzeCmd),
     /// Model files: import the ImageNet checkpoint, classify photos.
     #[command(subcommand)]
@@ -214,7 +216,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     catalog_poll: std::time::Duration::from_secs(2),
                     slowdown: std::time::Duration::ZERO,
                 },
-                tracker: TrackerConfig::default(),
+                // `--config` (global) brings the file's [tracker] thresholds to offline runs,
+                // so they can be tuned on the evaluation set; the rest of the file is checked
+                // but the flags above decide catalog, model and rate.
+                tracker: match cli.config.as_deref() {
+                    Some(path) => config::load(Some(path))
+                        .context("invalid configuration")?
+                        .tracker,
+                    None => TrackerConfig::default(),
+                },
             };
             let shutdown = runtime.block_on(async { shutdown_on_signals() });
             let mut stdout = std::io::stdout().lock();
