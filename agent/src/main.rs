@@ -220,9 +220,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 // so they can be tuned on the evaluation set; the rest of the file is checked
                 // but the flags above decide catalog, model and rate.
                 tracker: match cli.config.as_deref() {
-                    Some(path) => config::load(Some(path))
-                        .context("invalid configuration")?
-                        .tracker,
+                    Some(path) => {
+                        config::load(Some(path))
+                            .context("invalid configuration")?
+                            .tracker
+                    }
                     None => TrackerConfig::default(),
                 },
             };
