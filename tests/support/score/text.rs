@@ -151,6 +151,12 @@ fn write_report(s: &mut String, r: &Report, title: &str) -> std::fmt::Result {
         "\nper product (shown, found; wrong `new`s naming it; wrong `new`s while it was shown):"
     )?;
     for k in &r.skus {
+        // A look-alike has nothing to find: only what it drew counts.
+        let found = if k.in_catalog {
+            k.found.to_string()
+        } else {
+            "-".into()
+        };
         writeln!(
             s,
             "  {:<9} {:<11} shown {:>2}  found {:>2}  named wrongly {:>2}  drew {:>2}",
@@ -161,7 +167,7 @@ fn write_report(s: &mut String, r: &Report, title: &str) -> std::fmt::Result {
                 "look-alike"
             },
             k.appearances,
-            k.found,
+            found,
             k.named_wrongly,
             k.drew_false
         )?;
