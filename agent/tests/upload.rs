@@ -1,6 +1,8 @@
 //! The upload never pays for analysis: with recognition slowed on purpose to about one frame a
 //! second, the stream that reaches a real RTMP ingest (nginx with libnginx-mod-rtmp, writing
 //! HLS) keeps the source's full 30 frames a second, and the stats say analysis skipped frames.
+//! The ingest killed for 20 s comes back by itself while analysis goes on; and the SRT upload
+//! reaches an SRT listener the test runs, at full rate with an IDR every 2 s.
 
 mod support;
 
@@ -308,7 +310,32 @@ async fn the_upload_comes_back_after_the_ingest_does_and_analysis_never_stops() 
             s.at_ms > down_at + 2500 && s.analysed_fps > 1.0 && s.upload == UploadState::Down
         })
     });
-    std::thread::sleep(Duration::from_secs(2)); // keep it away a while longer
+    // the issue's 20 s away; SPOTTER_QUICK_TESTS=1 shortens it to 5 s while iterating
+    let quick = std::env::var("SPOTTER_QUICK_TESTS").is_ok_and(|v| v == "1");
+    let outage_ms = if quick { 5_000 } else { 20_000 };
+    let away_for = (down_at + outage_ms).saturating_sub(spotter_agent::pipeline::now_utc_ms());
+    std::thread::sleep(Duration::from_millis(away_for)); // the outage itself, not a wait for an event
+    {
+        // analysis kept going through the whole outage: every reading in it says so
+        let during: Vec<Stats> = readings
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| s.at_ms > down_at + 2500 && s.at_ms < down_at + outage_ms)
+            .cloned()
+            .collect();
+        assert!(
+            during.len() as u64 >= outage_ms / 1000 - 4,
+            "stats kept coming during the outage: {} readings",
+            during.len()
+        );
+        assert!(
+            during
+                .iter()
+                .all(|s| s.analysed_fps > 1.0 && s.upload == UploadState::Down),
+            "analysis went on and the upload was down throughout: {during:?}"
+        );
+    }
     let restarted = std::time::SystemTime::now();
     ingest.start_again();
     until("new segments after the ingest came back", 60, &|| {
@@ -329,5 +356,153 @@ async fn the_upload_comes_back_after_the_ingest_does_and_analysis_never_stops() 
         agent_log().contains("carrying on without the upload"),
         "{}",
         agent_log()
+    );
+}
+
+/// An SRT listener on a free loopback UDP port, as an SRT ingest: it demuxes what arrives and
+/// records each video frame's PTS and whether it is a keyframe.
+struct SrtIngest {
+    port: u16,
+    pipeline: gst::Pipeline,
+    frames: std::sync::Arc<std::sync::Mutex<Vec<(gst::ClockTime, bool)>>>,
+}
+
+impl SrtIngest {
+    fn start() -> SrtIngest {
+        gst::init().expect("gstreamer");
+        let port = support::free_udp_port();
+        let pipeline = gst::parse::launch(&format!(
+            "srtsrc uri=\"srt://127.0.0.1:{port}?mode=listener\" ! tsdemux ! h264parse \
+             ! video/x-h264,alignment=au ! appsink name=out sync=false"
+        ))
+        .expect("listener pipeline")
+        .downcast::<gst::Pipeline>()
+        .expect("a pipeline");
+        let sink = pipeline
+            .by_name("out")
+            .expect("appsink")
+            .downcast::<gst_app::AppSink>()
+            .expect("appsink");
+        let frames = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = frames.clone();
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    if let Some(b) = sample.buffer() {
+                        if let Some(pts) = b.pts() {
+                            let key = !b.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                            out.lock().expect("frames lock").push((pts, key));
+                        }
+                    }
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+        pipeline.set_state(gst::State::Playing).expect("listen");
+        SrtIngest {
+            port,
+            pipeline,
+            frames,
+        }
+    }
+
+    fn frames(&self) -> Vec<(gst::ClockTime, bool)> {
+        self.frames.lock().expect("frames lock").clone()
+    }
+}
+
+impl Drop for SrtIngest {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_srt_upload_reaches_an_srt_ingest_at_full_rate_with_an_idr_every_2_s() {
+    let _serial = SERIAL.lock().await;
+    let ingest = SrtIngest::start();
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("key"), "srtsecretkey\n").expect("write key");
+    let config = support::agent_config(
+        dir.path(),
+        broker.port,
+        1.0,
+        "",
+        &format!(
+            "[upload]\nkind = \"srt\"\nurl = \"srt://127.0.0.1:{}\"\nstream_key_file = \"{}/key\"\n\
+             bitrate_kbps = 1500\nkeyframe_interval_secs = 2\nencoder = \"auto\"\n",
+            ingest.port,
+            dir.path().display()
+        ),
+    );
+    let readings = support::collect_stats(broker.port, "srt-test").await;
+    let log = dir.path().join("agent.log");
+    let mut agent = support::spawn_agent(&config, &log);
+    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // 8 s of video at the ingest
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let f = ingest.frames();
+        if f.len() > 1 && f[f.len() - 1].0.saturating_sub(f[0].0) > gst::ClockTime::from_seconds(8)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} frames at the SRT ingest within 60 s; agent log:\n{}",
+            f.len(),
+            agent_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exit = support::terminate(&mut agent);
+    let log_text = agent_log();
+    assert!(exit.success(), "agent exit {exit:?}; log:\n{log_text}");
+    assert!(
+        !log_text.contains("srtsecretkey"),
+        "the stream key appeared in the log"
+    );
+    assert!(
+        log_text.contains("hardware_encoder") && log_text.contains("\"x264enc\""),
+        "the encoder choice is logged:\n{log_text}"
+    );
+
+    let mut frames = ingest.frames();
+    frames.sort();
+    frames.dedup_by_key(|(t, _)| *t);
+    let first = frames[0].0;
+    let span = (frames[frames.len() - 1].0 - first).seconds_f64();
+    let fps = (frames.len() - 1) as f64 / span;
+    let gaps_ms: Vec<u64> = frames
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0).mseconds())
+        .filter(|g| *g > 40)
+        .collect();
+    assert!(
+        (29.0..=31.0).contains(&fps) && gaps_ms.is_empty(),
+        "{} frames over {span:.2} s at the ingest = {fps:.2} frames/s, gaps over 40 ms: \
+         {gaps_ms:?}; the source sends 30",
+        frames.len()
+    );
+    let keys: Vec<f64> = frames
+        .iter()
+        .filter(|(_, key)| *key)
+        .map(|(t, _)| (*t - first).seconds_f64())
+        .collect();
+    let gaps: Vec<f64> = keys.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.len() >= 3, "keyframes at {keys:?}");
+    assert!(
+        gaps.iter().all(|g| (1.9..=2.1).contains(g)),
+        "an IDR every 2 s, as IVS asks: keyframes at {keys:?}"
+    );
+    let stats = readings.lock().expect("lock").clone();
+    assert!(
+        stats
+            .iter()
+            .any(|s| s.upload == UploadState::Live && s.upload_kbps > 100.0),
+        "the stats show the upload live: {stats:?}"
     );
 }
