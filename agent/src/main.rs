@@ -31,8 +31,10 @@ enum Command {
     Run,
     /// Check the configuration and the catalog, print a summary, and exit.
     Validate,
-    /// Check everything a studio needs before going live: GStreamer elements, the source, the
-    /// model, the catalog, inference speed, the broker, the clock.
+    /// Check everything a studio needs before going live: GStreamer elements, the source (a
+    /// camera's mode against the modes it offers), the upload's encoder (which one was picked:
+    /// hardware where present, x264 otherwise) with a test encode, the model, the catalog,
+    /// inference speed, the broker, the clock.
     Doctor,
     /// Recognise products in a video file offline and print one JSON event per line on stdout.
     ///
@@ -68,13 +70,13 @@ struct AnalyzeCmd {
     #[arg(long, default_value_os_t = config::default_model())]
     model: PathBuf,
     /// Frames analysed per second of video.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = config::default_fps())]
     fps: f64,
     /// Analysis width (multiple of 32).
-    #[arg(long, default_value_t = 384)]
+    #[arg(long, default_value_t = config::default_width())]
     width: u32,
     /// Analysis height (multiple of 32).
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = config::default_height())]
     height: u32,
     /// The video file.
     video: PathBuf,

@@ -10,7 +10,9 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use spotter_models::descriptor::{global_descriptor, regional_descriptors};
-use spotter_models::verify::{cells, Cells, ReferenceView, VerifyParams, ViewSet};
+use spotter_models::verify::{
+    cells, competition, Cells, ReferenceView, Similarities, VerifyParams, ViewSet,
+};
 use spotter_models::{
     preprocess, CatalogIndex, EfficientNetLite0, LiteConfig, RegionGrid, MID_TAP_BLOCK,
 };
@@ -195,8 +197,14 @@ fn reference_view(mid: &Tensor, photo: &Letterboxed) -> candle_core::Result<Refe
     };
     let o = photo.object;
     let cell = MID_STRIDE as f32;
+    let weight = |x: usize, y: usize| photo.coverage[y * side + x];
     Ok(ReferenceView {
-        cells: cells(mid, covered)?,
+        cells: cells(mid, covered)?.with_colours(
+            photo.rgb.as_raw(),
+            (side, side),
+            side * 3,
+            weight,
+        ),
         object: [o[0] / cell, o[1] / cell, o[2] / cell, o[3] / cell],
     })
 }
@@ -299,17 +307,31 @@ impl Recognizer {
         let regions = regional_descriptors(&features, &self.grid)?;
         let index = self.current_index();
         let candidates = index.global.best_per_product(&regions)?;
-        let frame: Cells = cells(&mid, |_, _| true)?;
+        let frame: Cells = cells(&mid, |_, _| true)?.with_colours(
+            rgb,
+            (self.width, self.height),
+            stride,
+            |_, _| 1.0,
+        );
         let frame_t = Tensor::from_slice(&frame.desc, (frame.len(), frame.dim), &self.device)?;
+        let shortlist: Vec<usize> = candidates
+            .iter()
+            .take(self.shortlist)
+            .map(|m| m.product)
+            .collect();
+        let sims = shortlist
+            .iter()
+            .map(|&p| index.views[p].similarities(&frame, &frame_t))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let floors = competition(&sims.iter().map(Similarities::row_max).collect::<Vec<_>>());
         let mut detections = Vec::new();
-        for m in candidates.into_iter().take(self.shortlist) {
-            let Some((_, v)) = index.views[m.product].verify(&frame, &frame_t, &self.verify)?
+        for ((&p, sims), floor) in shortlist.iter().zip(&sims).zip(&floors) {
+            let Some((_, v)) = index.views[p].verify(&frame, sims, Some(floor), &self.verify)
             else {
                 continue;
             };
             tracing::trace!(
-                sku = %index.global.products()[m.product],
-                cosine = m.score,
+                sku = %index.global.products()[p],
                 inliers = v.inliers,
                 pairs = v.pairs,
                 scale = v.transform.scale(),
@@ -320,7 +342,7 @@ impl Recognizer {
                 continue;
             }
             detections.push(Detection {
-                sku: index.global.products()[m.product].clone(),
+                sku: index.global.products()[p].clone(),
                 score: inlier_score(v.inliers),
                 bbox: v.bbox,
             });

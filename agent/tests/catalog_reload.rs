@@ -57,7 +57,10 @@ fn a_product_added_mid_show_is_found_after_reload() {
     let guitar = frame_of(GUITAR);
     let before = r.recognise(&guitar, W * 3).expect("recognise");
     assert!(
-        before.detections.iter().all(|d| d.score < 0.5),
+        before
+            .detections
+            .iter()
+            .all(|d| d.score < spotter_agent::config::TrackerConfig::default().min_score),
         "only the mug is indexed yet, and the guitar is no mug: {:?}",
         before.detections
     );

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use spotter_agent::config::TrackerConfig;
 use spotter_agent::recognizer::{photo_to_rgb, Recognizer};
 use spotter_agent::tracker::iou;
 use spotter_protocol::Catalog;
@@ -76,6 +77,8 @@ fn the_catalog_mug_is_found_and_look_alikes_are_not() {
     .expect("write");
     let catalog = Catalog::load(dir.path()).expect("catalog");
     let (r, _) = Recognizer::load(&model(), &catalog, W, H).expect("recognizer");
+    // what the tracker takes as a sighting by default
+    let sighting = TrackerConfig::default().min_score;
 
     // the product, a little under half the frame's height, off centre
     let (frame, truth) = frame_with(MUG, 200, 70, 110);
@@ -84,7 +87,11 @@ fn the_catalog_mug_is_found_and_look_alikes_are_not() {
         .iter()
         .find(|d| d.sku == "MUG-001")
         .unwrap_or_else(|| panic!("the catalog mug is not found: {found:?}"));
-    assert!(mug.score >= 0.55, "score {} too low to confirm", mug.score);
+    assert!(
+        mug.score >= TrackerConfig::default().confirm_score,
+        "score {} too low to confirm",
+        mug.score
+    );
     assert!(
         iou(mug.bbox, truth) >= 0.4,
         "box {:?} is not where the mug is ({truth:?})",
@@ -95,14 +102,14 @@ fn the_catalog_mug_is_found_and_look_alikes_are_not() {
         let (frame, _) = frame_with(art, 200, 70, 110);
         let found = r.recognise(&frame, W * 3).expect("recognise").detections;
         assert!(
-            found.iter().all(|d| d.score < 0.5),
+            found.iter().all(|d| d.score < sighting),
             "{what} is taken for the catalog's mug: {found:?}"
         );
     }
     let empty = backdrop().into_raw();
     let found = r.recognise(&empty, W * 3).expect("recognise").detections;
     assert!(
-        found.iter().all(|d| d.score < 0.5),
+        found.iter().all(|d| d.score < sighting),
         "the photograph alone is taken for the mug: {found:?}"
     );
 }

@@ -22,6 +22,9 @@ pub struct Cells {
     pub pos: Vec<[f32; 2]>,
     /// Map size in cells: `(h, w)`.
     pub size: (usize, usize),
+    /// Chromaticity `[r, g] / (r + g + b)` of each cell's pixels, when known (see
+    /// [`Cells::with_colours`]); empty otherwise.
+    pub chroma: Vec<[f32; 2]>,
 }
 
 impl Cells {
@@ -33,6 +36,56 @@ impl Cells {
     /// Whether no cell is kept.
     pub fn is_empty(&self) -> bool {
         self.pos.is_empty()
+    }
+
+    /// Adds each cell's chromaticity from the image the map was computed from: packed RGB rows
+    /// `stride` bytes apart, `weight(x, y)` how much each pixel belongs to the object (1 for a
+    /// frame; a reference photo's opacity, so its letterbox does not tint the cells).
+    pub fn with_colours(
+        mut self,
+        rgb: &[u8],
+        (width, height): (usize, usize),
+        stride: usize,
+        weight: impl Fn(usize, usize) -> f32,
+    ) -> Self {
+        let (h, w) = self.size;
+        if h == 0 || w == 0 {
+            return self;
+        }
+        let (ch, cw) = (height.div_ceil(h), width.div_ceil(w));
+        self.chroma = self
+            .pos
+            .iter()
+            .map(|&[cx, cy]| {
+                let (x0, y0) = ((cx - 0.5) as usize * cw, (cy - 0.5) as usize * ch);
+                let mut sum = [0f32; 3];
+                for y in y0..(y0 + ch).min(height) {
+                    for x in x0..(x0 + cw).min(width) {
+                        let wgt = weight(x, y);
+                        let i = y * stride + x * 3;
+                        if wgt > 0.0 && i + 2 < rgb.len() {
+                            for (c, s) in sum.iter_mut().enumerate() {
+                                *s += wgt * f32::from(rgb[i + c]);
+                            }
+                        }
+                    }
+                }
+                let total = sum[0] + sum[1] + sum[2];
+                if total <= 1e-3 {
+                    [1.0 / 3.0, 1.0 / 3.0]
+                } else {
+                    [sum[0] / total, sum[1] / total]
+                }
+            })
+            .collect();
+        self
+    }
+
+    fn chroma_distance(&self, i: usize, other: &Cells, j: usize) -> f32 {
+        match (self.chroma.get(i), other.chroma.get(j)) {
+            (Some(a), Some(b)) => (a[0] - b[0]).hypot(a[1] - b[1]),
+            _ => 0.0,
+        }
     }
 }
 
@@ -71,6 +124,7 @@ pub fn cells(map: &Tensor, keep: impl Fn(usize, usize) -> bool) -> Result<Cells>
         desc,
         pos,
         size: (h, w),
+        chroma: Vec::new(),
     })
 }
 
@@ -145,9 +199,17 @@ pub struct VerifyParams {
     pub max_scale: f32,
     /// Largest rotation, degrees.
     pub max_degrees: f32,
+    /// How much more a frame cell must resemble this product than any other to count.
+    pub distinct_margin: f32,
+    /// Pairs of cells whose colours (chromaticity) differ more than this are not considered:
+    /// the features see shape far more than colour, and a blue book is no grey mug.
+    pub max_chroma_distance: f32,
 }
 
 impl Default for VerifyParams {
+    /// Tuned on the evaluation set's `tune` split (`make eval-tune`): cell pairs below 0.6 or
+    /// looser than one cell let background and look-alikes collect 10-19 chance inliers; with
+    /// the distinctiveness margin and the colour check they collect at most 5.
     fn default() -> Self {
         VerifyParams {
             min_similarity: 0.6,
@@ -156,6 +218,8 @@ impl Default for VerifyParams {
             min_scale: 0.1,
             max_scale: 2.5,
             max_degrees: 40.0,
+            distinct_margin: 0.05,
+            max_chroma_distance: 0.12,
         }
     }
 }
@@ -303,27 +367,48 @@ impl ViewSet {
         self.views.is_empty()
     }
 
-    /// The best-verified view against `frame` (`frame_tensor` is `frame.desc` as an `(n, dim)`
-    /// tensor), with its index; `None` if no view has a transform at all.
+    /// Similarities of every frame cell (rows) to every cell of every view (columns);
+    /// `frame_tensor` is `frame.desc` as an `(n, dim)` tensor.
+    pub fn similarities(&self, frame: &Cells, frame_tensor: &Tensor) -> Result<Similarities> {
+        let cols = self.offsets.last().copied().unwrap_or(0);
+        let data = match &self.columns {
+            Some(columns) if !frame.is_empty() => {
+                frame_tensor.matmul(columns)?.flatten_all()?.to_vec1()?
+            }
+            _ => Vec::new(),
+        };
+        Ok(Similarities {
+            rows: if data.is_empty() { 0 } else { frame.len() },
+            cols,
+            data,
+        })
+    }
+
+    /// The best-verified view, with its index; `None` if no view has a transform at all.
+    /// `floor[i]`, when given, is how similar frame cell `i` is to *other* products: a pair
+    /// counts only if it beats that by `p.distinct_margin`, so a cell that looks like many
+    /// products (a straight edge, a flat colour) is evidence for none of them.
     pub fn verify(
         &self,
         frame: &Cells,
-        frame_tensor: &Tensor,
+        sims: &Similarities,
+        floor: Option<&[f32]>,
         p: &VerifyParams,
-    ) -> Result<Option<(usize, Verified)>> {
-        let Some(columns) = &self.columns else {
-            return Ok(None);
-        };
-        if frame.is_empty() {
-            return Ok(None);
+    ) -> Option<(usize, Verified)> {
+        if sims.rows == 0 || sims.rows != frame.len() {
+            return None;
         }
-        let sims: Vec<f32> = frame_tensor.matmul(columns)?.flatten_all()?.to_vec1()?;
-        let stride = self.offsets.last().copied().unwrap_or(0);
         let (fh, fw) = frame.size;
         let mut best: Option<(usize, Verified)> = None;
         for (vi, view) in self.views.iter().enumerate() {
             let cols = self.offsets[vi]..self.offsets[vi + 1];
-            let mut pairs = mutual_pairs(&sims, stride, frame.len(), cols, p.min_similarity);
+            let mut pairs = mutual_pairs(&sims.data, sims.cols, sims.rows, cols, p.min_similarity);
+            if let Some(floor) = floor {
+                pairs.retain(|&(i, _, s)| s >= floor[i] + p.distinct_margin);
+            }
+            pairs.retain(|&(i, j, _)| {
+                frame.chroma_distance(i, &view.cells, j) <= p.max_chroma_distance
+            });
             let found = pairs.len();
             if found < 2 {
                 continue;
@@ -338,19 +423,15 @@ impl ViewSet {
             }
             let [x0, y0, x1, y1] = view.object;
             let corners = [[x0, y0], [x1, y0], [x0, y1], [x1, y1]].map(|c| t.apply(c));
-            let nx = |v: f32| (v / fw as f32).clamp(0.0, 1.0);
-            let ny = |v: f32| (v / fh as f32).clamp(0.0, 1.0);
+            let xs = corners.map(|c| c[0]);
+            let ys = corners.map(|c| c[1]);
+            let lo = |v: [f32; 4]| v.into_iter().fold(f32::INFINITY, f32::min);
+            let hi = |v: [f32; 4]| v.into_iter().fold(f32::NEG_INFINITY, f32::max);
             let bbox = [
-                nx(corners.iter().map(|c| c[0]).fold(f32::INFINITY, f32::min)),
-                ny(corners.iter().map(|c| c[1]).fold(f32::INFINITY, f32::min)),
-                nx(corners
-                    .iter()
-                    .map(|c| c[0])
-                    .fold(f32::NEG_INFINITY, f32::max)),
-                ny(corners
-                    .iter()
-                    .map(|c| c[1])
-                    .fold(f32::NEG_INFINITY, f32::max)),
+                (lo(xs) / fw as f32).clamp(0.0, 1.0),
+                (lo(ys) / fh as f32).clamp(0.0, 1.0),
+                (hi(xs) / fw as f32).clamp(0.0, 1.0),
+                (hi(ys) / fh as f32).clamp(0.0, 1.0),
             ];
             best = Some((
                 vi,
@@ -362,8 +443,63 @@ impl ViewSet {
                 },
             ));
         }
-        Ok(best)
+        best
     }
+}
+
+/// Frame cells against reference cells, row-major `(rows, cols)`.
+#[derive(Debug, Clone, Default)]
+pub struct Similarities {
+    /// Frame cells.
+    pub rows: usize,
+    /// Reference cells.
+    pub cols: usize,
+    /// The cosines.
+    pub data: Vec<f32>,
+}
+
+impl Similarities {
+    /// The best similarity of each frame cell to any reference cell.
+    pub fn row_max(&self) -> Vec<f32> {
+        if self.cols == 0 {
+            return vec![f32::NEG_INFINITY; self.rows];
+        }
+        self.data
+            .chunks_exact(self.cols)
+            .map(|row| row.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+            .collect()
+    }
+}
+
+/// For each product, how similar each frame cell is to the *other* products' cells: the largest
+/// of the others' [`Similarities::row_max`].
+pub fn competition(row_max: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    let rows = row_max.iter().map(Vec::len).max().unwrap_or(0);
+    let mut first = vec![(f32::NEG_INFINITY, usize::MAX); rows];
+    let mut second = vec![f32::NEG_INFINITY; rows];
+    for (p, maxes) in row_max.iter().enumerate() {
+        for (i, &m) in maxes.iter().enumerate() {
+            if m > first[i].0 {
+                second[i] = first[i].0;
+                first[i] = (m, p);
+            } else if m > second[i] {
+                second[i] = m;
+            }
+        }
+    }
+    (0..row_max.len())
+        .map(|p| {
+            (0..rows)
+                .map(|i| {
+                    if first[i].1 == p {
+                        second[i]
+                    } else {
+                        first[i].0
+                    }
+                })
+                .collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -410,9 +546,9 @@ mod tests {
         let set = ViewSet::new(vec![view], &Device::Cpu).expect("set");
         let fc = cells(&frame, |_, _| true).expect("cells");
         let ft = Tensor::from_vec(fc.desc.clone(), (fc.len(), fc.dim), &Device::Cpu).expect("t");
+        let sims = set.similarities(&fc, &ft).expect("sims");
         let (_, v) = set
-            .verify(&fc, &ft, &VerifyParams::default())
-            .expect("verify")
+            .verify(&fc, &sims, None, &VerifyParams::default())
             .expect("found");
         assert!(v.inliers >= 30, "{v:?}");
         assert!((v.transform.scale() - 1.0).abs() < 0.05, "{v:?}");
@@ -436,11 +572,18 @@ mod tests {
         let set = ViewSet::new(vec![view], &Device::Cpu).expect("set");
         let fc = cells(&frame, |_, _| true).expect("cells");
         let ft = Tensor::from_vec(fc.desc.clone(), (fc.len(), fc.dim), &Device::Cpu).expect("t");
-        let found = set
-            .verify(&fc, &ft, &VerifyParams::default())
-            .expect("verify");
+        let sims = set.similarities(&fc, &ft).expect("sims");
+        let found = set.verify(&fc, &sims, None, &VerifyParams::default());
         let inliers = found.map_or(0, |(_, v)| v.inliers);
         assert!(inliers <= 6, "{inliers}");
+    }
+
+    #[test]
+    fn competition_is_the_best_of_the_others() {
+        let c = competition(&[vec![0.9, 0.1], vec![0.5, 0.7], vec![0.2, 0.3]]);
+        assert_eq!(c[0], vec![0.5, 0.7]);
+        assert_eq!(c[1], vec![0.9, 0.3]);
+        assert_eq!(c[2], vec![0.9, 0.7]);
     }
 
     #[test]
