@@ -9,6 +9,7 @@
 //! to candle's grouped convolution.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 /// Zero padding before and after, per spatial axis.
@@ -67,12 +68,11 @@ fn phase_starts(wp: usize, s: usize) -> Vec<usize> {
     starts
 }
 
-/// Output columns a tap block holds in registers.
-const BLOCK: usize = 16;
-/// Zeros after every scratch row, so a block that runs past the row's last output column still
-/// reads inside the buffer (those lanes are computed and never stored): no scalar tail loop,
-/// which the narrow late layers (12 or 24 columns) would otherwise spend most of their time in.
-pub(crate) const SLACK: usize = BLOCK;
+/// Zeros after every scratch row, at least one SIMD vector (16 floats with AVX-512), so a vector
+/// that runs past the row's last output column still reads inside the buffer (those lanes are
+/// computed and never stored): no scalar tail loop, which the narrow late layers (12 or 24
+/// columns) would otherwise spend most of their time in.
+pub(crate) const SLACK: usize = 16;
 
 /// How one input size's planes sit in a scratch buffer.
 #[derive(Debug, Clone)]
@@ -88,7 +88,8 @@ pub(crate) struct ScratchGeometry {
     pad: Pad2,
     w: usize,
     h: usize,
-    s: usize,
+    /// Stride of the convolution.
+    pub s: usize,
 }
 
 impl ScratchGeometry {
@@ -115,6 +116,7 @@ impl ScratchGeometry {
 
     /// Copies one `h x w` plane into `scratch`: zero padding around it, each row split by stride
     /// phase, `clamp(x + b, 0, 6)` applied first when `in_bias` is `Some(b)`.
+    #[inline(always)] // into the caller's SIMD dispatch, so that it is compiled for it
     pub(crate) fn fill(&self, scratch: &mut [f32], src: &[f32], in_bias: Option<f32>) {
         let (p, w, s) = (self.pad, self.w, self.s);
         let wp = w + p.left + p.right;
@@ -130,10 +132,28 @@ impl ScratchGeometry {
             let src_row = &src[(r - p.top) * w..(r - p.top + 1) * w];
             if s == 1 {
                 dst[..p.left].fill(0.0);
-                for (d, &v) in dst[p.left..p.left + w].iter_mut().zip(src_row) {
-                    *d = act(v);
+                let body = &mut dst[p.left..p.left + w];
+                // two loops, not a match per element: each vectorises
+                match in_bias {
+                    Some(b) => {
+                        for (d, &v) in body.iter_mut().zip(src_row) {
+                            *d = (v + b).clamp(0.0, 6.0);
+                        }
+                    }
+                    None => body.copy_from_slice(src_row),
                 }
                 dst[p.left + w..].fill(0.0);
+            } else if s == 2 {
+                dst.fill(0.0);
+                let (even, odd) = dst[..wp].split_at_mut(self.starts[1]);
+                for (i, &v) in src_row.iter().enumerate() {
+                    let col = p.left + i;
+                    if col % 2 == 0 {
+                        even[col / 2] = act(v);
+                    } else {
+                        odd[col / 2] = act(v);
+                    }
+                }
             } else {
                 for (j, &start) in self.starts.iter().enumerate() {
                     let end = self.starts.get(j + 1).copied().unwrap_or(wp);
@@ -178,60 +198,105 @@ impl CustomOp1 for DepthwiseOp<'_> {
         let ho = l.out_dim(h, p.top, p.bottom);
         let wo = l.out_dim(w, p.left, p.right);
         let g = ScratchGeometry::new((h, w), k, s, p);
+        let arch = pulp::Arch::new();
         let mut out = vec![0f32; n * c * ho * wo];
-        out.par_chunks_mut(ho * wo).enumerate().for_each_init(
-            || vec![0f32; g.len()],
-            |scratch, (plane, dst)| {
-                let ch = plane % c;
-                let src = &input[plane * h * w..(plane + 1) * h * w];
-                g.fill(scratch, src, l.input_bias.as_ref().map(|b| b[ch]));
-                let kern = &l.weight[ch * k * k..(ch + 1) * k * k];
-                for (oy, row) in dst.chunks_exact_mut(wo).enumerate() {
-                    row.fill(l.bias[ch]);
-                    let rows = &scratch[oy * s * g.stride..(oy * s + k) * g.stride];
-                    conv_row(row, rows, &g, kern, true);
+        // a few tasks per thread, each with one scratch plane for all its channels: rayon's
+        // `for_each_init` would allocate (and zero) one for every split it makes
+        let planes = n * c;
+        let per_task = planes.div_ceil(4 * rayon::current_num_threads()).max(1);
+        out.par_chunks_mut(ho * wo * per_task)
+            .enumerate()
+            .for_each(|(task, dst)| {
+                let mut scratch = vec![0f32; g.len()];
+                for (i, dst) in dst.chunks_exact_mut(ho * wo).enumerate() {
+                    let plane = task * per_task + i;
+                    let ch = plane % c;
+                    // compiled for the widest SIMD the CPU has (AVX-512, AVX2), chosen at run time
+                    arch.dispatch(Plane {
+                        g: &g,
+                        scratch: &mut scratch,
+                        src: &input[plane * h * w..(plane + 1) * h * w],
+                        in_bias: l.input_bias.as_ref().map(|b| b[ch]),
+                        kern: &l.weight[ch * k * k..(ch + 1) * k * k],
+                        bias: l.bias[ch],
+                        dst,
+                        wo,
+                    });
                 }
-            },
-        );
+            });
         Ok((CpuStorage::F32(out), Shape::from((n, c, ho, wo))))
+    }
+}
+
+/// One channel's plane, as a unit of SIMD dispatch.
+struct Plane<'a> {
+    g: &'a ScratchGeometry,
+    scratch: &'a mut [f32],
+    src: &'a [f32],
+    in_bias: Option<f32>,
+    kern: &'a [f32],
+    bias: f32,
+    dst: &'a mut [f32],
+    wo: usize,
+}
+
+impl WithSimd for Plane<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let (g, k) = (self.g, self.g.taps.len());
+        g.fill(self.scratch, self.src, self.in_bias);
+        for (oy, row) in self.dst.chunks_exact_mut(self.wo).enumerate() {
+            row.fill(self.bias);
+            let rows = &self.scratch[oy * g.s * g.stride..(oy * g.s + k) * g.stride];
+            conv_row(simd, row, rows, g, self.kern, true);
+        }
     }
 }
 
 /// Adds the taps of `kern` over the `k` scratch `rows` to `out` (one output row, which holds
 /// the bias or an earlier input channel's sum), clamping to ReLU6 at the end when `relu6`.
-pub(crate) fn conv_row(
+#[inline(always)] // into the caller's SIMD dispatch, so that it is compiled for it
+pub(crate) fn conv_row<S: Simd>(
+    simd: S,
     out: &mut [f32],
     rows: &[f32],
     g: &ScratchGeometry,
     kern: &[f32],
     relu6: bool,
 ) {
+    let lanes = S::F32_LANES;
     let k = g.taps.len();
-    for (ox, out) in out
-        .chunks_mut(BLOCK)
-        .enumerate()
-        .map(|(i, o)| (i * BLOCK, o))
-    {
-        let mut acc = [0f32; BLOCK];
-        acc[..out.len()].copy_from_slice(out);
+    let mut ox = 0;
+    while ox < out.len() {
+        let n = (out.len() - ox).min(lanes);
+        let mut acc = if n == lanes {
+            S::as_simd_f32s(&out[ox..ox + lanes]).0[0]
+        } else {
+            simd.partial_load_f32s(&out[ox..ox + n])
+        };
         for (row, wrow) in rows.chunks_exact(g.stride).zip(kern.chunks_exact(k)) {
             for (&at, &wgt) in g.taps.iter().zip(wrow) {
-                // within the row thanks to SLACK; lanes past `out.len()` are dropped below
-                let src: &[f32; BLOCK] = row[at + ox..at + ox + BLOCK]
-                    .try_into()
-                    .expect("a slice of BLOCK floats");
-                for (a, v) in acc.iter_mut().zip(src) {
-                    *a += wgt * v;
-                }
+                // a whole vector even at the row's end, within the row thanks to SLACK; the
+                // lanes past `n` are never stored
+                let v = S::as_simd_f32s(&row[at + ox..at + ox + lanes]).0[0];
+                acc = simd.mul_add_e_f32s(simd.splat_f32s(wgt), v, acc);
             }
         }
         if relu6 {
-            for (o, a) in out.iter_mut().zip(&acc) {
-                *o = a.clamp(0.0, 6.0);
-            }
-        } else {
-            out.copy_from_slice(&acc[..out.len()]);
+            acc = simd.min_f32s(
+                simd.max_f32s(acc, simd.splat_f32s(0.0)),
+                simd.splat_f32s(6.0),
+            );
         }
+        if n == lanes {
+            S::as_mut_simd_f32s(&mut out[ox..ox + lanes]).0[0] = acc;
+        } else {
+            // pulp's masked store: a call, but only once a row
+            simd.partial_store_f32s(&mut out[ox..ox + n], acc);
+        }
+        ox += lanes;
     }
 }
 

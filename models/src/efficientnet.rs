@@ -107,6 +107,8 @@ fn folded_bn(vb: &VarBuilder, channels: usize, eps: f64) -> Result<(Tensor, Tens
 #[derive(Debug, Clone)]
 struct Pointwise {
     weight: Tensor,
+    /// `(Cin, Cout)`, for products whose output is channels-last.
+    weight_t: Tensor,
     bias: Tensor,
     /// The same bias on the host, for the CPU epilogues.
     bias_cpu: Vec<f32>,
@@ -126,29 +128,39 @@ impl Pointwise {
             .get((cout, cin, 1, 1), "weight")?
             .reshape((cout, cin))?;
         let (scale, shift) = folded_bn(&bn, cout, eps)?;
+        let weight = w.broadcast_mul(&scale.unsqueeze(1)?)?;
         Ok(Pointwise {
-            weight: w.broadcast_mul(&scale.unsqueeze(1)?)?,
+            weight_t: weight.t()?.contiguous()?,
+            weight,
             bias_cpu: shift.to_dtype(DType::F32)?.to_vec1()?,
             bias: shift.unsqueeze(1)?,
             relu6,
         })
     }
 
-    /// The matrix product alone, `(N, Cout, H, W)`: the bias and activation are left to the
-    /// caller's fused kernel.
-    fn product(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
+    /// The matrix product alone from a channels-last `(1, H, W, Cin)` input, as `(1, Cout, H, W)`
+    /// (the depthwise kernel's layout): the bias and activation are left to the caller's fused
+    /// kernel. Many output channels, so they make the product's long side.
+    fn product_from_nhwc(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, h, w, c) = x.dims4()?;
         self.weight
-            .broadcast_matmul(&x.reshape((n, c, h * w))?)?
+            .broadcast_matmul(&x.reshape((n, h * w, c))?.transpose(1, 2)?)?
             .reshape((n, (), h, w))
     }
 
-    /// The whole layer with the CPU epilogue, `residual` added after the bias when given.
-    fn forward_fused(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        let y = self.product(x)?;
+    /// The layer from a `(1, Cin, H, W)` input to a channels-last `(1, H, W, Cout)` output, with
+    /// `residual` (channels-last too) added after the bias when given. Few output channels
+    /// (16 to 320): as the product's short side they would leave most of gemm's 64-row AVX-512
+    /// tile empty; the pixels make the long side instead.
+    fn forward_to_nhwc(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let y = x
+            .reshape((n, c, h * w))?
+            .transpose(1, 2)?
+            .broadcast_matmul(&self.weight_t)?;
         match residual {
             Some(r) => y.inplace_op2(
-                &r.contiguous()?,
+                &r.reshape(y.shape())?.contiguous()?,
                 &BiasResidual {
                     bias: &self.bias_cpu,
                 },
@@ -156,9 +168,10 @@ impl Pointwise {
             None => y.inplace_op1(&BiasRelu6 {
                 bias: &self.bias_cpu,
                 relu6: self.relu6,
+                channels_last: true,
             })?,
         }
-        Ok(y)
+        y.reshape((n, h, w, ()))
     }
 }
 
@@ -256,18 +269,24 @@ struct MbConv {
     residual: bool,
 }
 
+impl MbConv {
+    /// The block on the CPU kernels, one image: channels-last `(1, H, W, C)` in and out, except
+    /// that the first block (no expand layer) takes the stem's `(1, C, H, W)`. The expanded
+    /// tensors stay channels-first for the depthwise kernel, which reads whole planes.
+    fn forward_cpu(&self, x: &Tensor) -> Result<Tensor> {
+        // the expand product goes to the depthwise kernel raw: it applies that layer's bias
+        // and ReLU6 as it reads (see `MbConv::load`'s `input_bias`)
+        let expanded = match &self.expand {
+            Some(e) => e.product_from_nhwc(x)?,
+            None => x.clone(),
+        };
+        let y = self.depthwise.forward_fused(&expanded)?;
+        self.project.forward_to_nhwc(&y, self.residual.then_some(x))
+    }
+}
+
 impl Module for MbConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.depthwise.fuses(x) {
-            // the expand product goes to the depthwise kernel raw: it applies that layer's bias
-            // and ReLU6 as it reads (see `MbConv::load`'s `input_bias`)
-            let y = match &self.expand {
-                Some(e) => e.product(x)?,
-                None => x.clone(),
-            };
-            let y = self.depthwise.forward_fused(&y)?;
-            return self.project.forward_fused(&y, self.residual.then_some(x));
-        }
         let mut y = match &self.expand {
             Some(e) => e.forward(x)?,
             None => x.clone(),
@@ -387,19 +406,15 @@ impl EfficientNetLite0 {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (_, _, h, w) = x.dims4()?;
         let p = self.padding.pad2(h, w, 3, 2);
-        let cpu = self.fused && x.device().is_cpu() && x.dtype() == DType::F32;
-        let mut y = if cpu {
-            x.contiguous()?.apply_op1_no_bwd(&StemOp {
-                layer: &self.stem_cpu,
-                pad: p,
-            })?
-        } else {
-            x.pad_with_zeros(2, p.top, p.bottom)?
-                .pad_with_zeros(3, p.left, p.right)?
-                .conv2d(&self.stem_weight, 0, 2, 1, 1)?
-                .broadcast_add(&self.stem_bias)?
-                .clamp(0f32, 6f32)?
-        };
+        if self.fused && x.device().is_cpu() && x.dtype() == DType::F32 {
+            return self.features_cpu(x, p, tap);
+        }
+        let mut y = x
+            .pad_with_zeros(2, p.top, p.bottom)?
+            .pad_with_zeros(3, p.left, p.right)?
+            .conv2d(&self.stem_weight, 0, 2, 1, 1)?
+            .broadcast_add(&self.stem_bias)?
+            .clamp(0f32, 6f32)?;
         let mut tapped = None;
         for (i, block) in self.blocks.iter().enumerate() {
             y = block.forward(&y)?;
@@ -407,11 +422,52 @@ impl EfficientNetLite0 {
                 tapped = Some(y.clone());
             }
         }
-        let head = if cpu {
-            self.head.forward_fused(&y, None)?
-        } else {
-            self.head.forward(&y)?
-        };
+        Ok((self.head.forward(&y)?, tapped))
+    }
+
+    /// [`Self::features_with_tap`] on the CPU kernels. Between blocks the activations are
+    /// channels-last, so that each 1x1 product has a long side (see `Pointwise`); the results are
+    /// turned back to `(N, C, H, W)`.
+    fn features_cpu(
+        &self,
+        x: &Tensor,
+        p: Pad2,
+        tap: Option<usize>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let n = x.dim(0)?;
+        if n != 1 {
+            // one image at a time: the channels-last products fold the batch into their rows
+            let mut heads = Vec::with_capacity(n);
+            let mut taps = Vec::with_capacity(n);
+            for i in 0..n {
+                let (f, t) = self.features_cpu(&x.narrow(0, i, 1)?, p, tap)?;
+                heads.push(f);
+                taps.extend(t);
+            }
+            let tapped = if taps.is_empty() {
+                None
+            } else {
+                Some(Tensor::cat(&taps, 0)?)
+            };
+            return Ok((Tensor::cat(&heads, 0)?, tapped));
+        }
+        let mut y = x.contiguous()?.apply_op1_no_bwd(&StemOp {
+            layer: &self.stem_cpu,
+            pad: p,
+        })?;
+        let mut tapped = None;
+        for (i, block) in self.blocks.iter().enumerate() {
+            y = block.forward_cpu(&y)?;
+            if tap == Some(i) {
+                tapped = Some(y.permute((0, 3, 1, 2))?.contiguous()?);
+            }
+        }
+        let head = self.head.product_from_nhwc(&y)?;
+        head.inplace_op1(&BiasRelu6 {
+            bias: &self.head.bias_cpu,
+            relu6: self.head.relu6,
+            channels_last: false,
+        })?;
         Ok((head, tapped))
     }
 

@@ -7,6 +7,7 @@
 //! once the way the depthwise kernel reads it, and each output channel sums 3 input planes.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::depthwise::{conv_row, Pad2, ScratchGeometry};
@@ -62,6 +63,8 @@ impl CustomOp1 for StemOp<'_> {
         let ho = (h + p.top + p.bottom - k) / s + 1;
         let wo = (w + p.left + p.right - k) / s + 1;
         let g = ScratchGeometry::new((h, w), k, s, p);
+        // the same run-time SIMD choice as the depthwise kernel
+        let arch = pulp::Arch::new();
         let mut out = vec![0f32; n * cout * ho * wo];
         let mut scratch = vec![0f32; cin * g.len()];
         for (image, out) in input
@@ -74,21 +77,51 @@ impl CustomOp1 for StemOp<'_> {
             {
                 g.fill(dst, plane, None);
             }
+            let scratch = &scratch;
             out.par_chunks_mut(ho * wo)
                 .enumerate()
                 .for_each(|(co, dst)| {
-                    for (oy, row) in dst.chunks_exact_mut(wo).enumerate() {
-                        row.fill(l.bias[co]);
-                        for ci in 0..cin {
-                            let plane = &scratch[ci * g.len()..(ci + 1) * g.len()];
-                            let rows = &plane[oy * s * g.stride..(oy * s + k) * g.stride];
-                            let kern = &l.weight[(co * cin + ci) * k * k..][..k * k];
-                            conv_row(row, rows, &g, kern, ci + 1 == cin);
-                        }
-                    }
+                    arch.dispatch(OutputChannel {
+                        g: &g,
+                        scratch,
+                        kern: &l.weight[co * cin * k * k..(co + 1) * cin * k * k],
+                        bias: l.bias[co],
+                        dst,
+                        wo,
+                    });
                 });
         }
         Ok((CpuStorage::F32(out), Shape::from((n, cout, ho, wo))))
+    }
+}
+
+/// One output channel, as a unit of SIMD dispatch: the sum over every input plane.
+struct OutputChannel<'a> {
+    g: &'a ScratchGeometry,
+    /// The padded input planes, one after the other.
+    scratch: &'a [f32],
+    /// `[in_channels * k * k]`.
+    kern: &'a [f32],
+    bias: f32,
+    dst: &'a mut [f32],
+    wo: usize,
+}
+
+impl WithSimd for OutputChannel<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let (g, k) = (self.g, self.g.taps.len());
+        let cin = self.kern.len() / (k * k);
+        for (oy, row) in self.dst.chunks_exact_mut(self.wo).enumerate() {
+            row.fill(self.bias);
+            for (ci, kern) in self.kern.chunks_exact(k * k).enumerate() {
+                let plane = &self.scratch[ci * g.len()..(ci + 1) * g.len()];
+                let rows = &plane[oy * g.s * g.stride..(oy * g.s + k) * g.stride];
+                conv_row(simd, row, rows, g, kern, ci + 1 == cin);
+            }
+        }
     }
 }
 
