@@ -32,6 +32,7 @@ browser:
 bench: setup
 	$(CARGO) bench --profile dev -p spotter-models --bench forward
 	$(CARGO) bench --profile dev -p spotter-agent --bench outbox
+	$(CARGO) bench --profile dev -p spotter-agent --bench video
 
 # candle against ONNX Runtime (PyPI, in .setup/ort-venv) on the same network, weights, input and
 # threads, in one run: `candle_ms ort_ms ratio` per input size. Not part of `make test`.

@@ -70,3 +70,41 @@ fn reports_each_check_and_fails_on_a_dead_broker_and_missing_model() {
         model_check.detail
     );
 }
+
+#[test]
+fn names_the_encoder_it_picked_and_a_missing_camera() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::mug_catalog(dir.path());
+    let text = format!(
+        "studio = \"doc\"\n[source]\nkind = \"v4l2\"\ndevice = \"/dev/video-spotter-missing\"\n\
+         width = 1280\nheight = 720\n[analysis]\ncatalog = \"{}\"\nmodel = \"{}\"\n\
+         [mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[upload]\nkind = \"hls\"\nhls_dir = \"{}/hls\"\n",
+        dir.path().display(),
+        support::model_path().display(),
+        closed_port(),
+        dir.path().display(),
+    );
+    let raw: RawConfig = toml::from_str(&text).expect("config parses");
+    let checks = run_checks(&raw.validate().expect("config is valid"));
+    let find = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no {name} check in {checks:?}"))
+    };
+    // no GPU here: the software encoder, said so, and it encodes
+    let encoder = find("encoder");
+    assert_eq!(encoder.verdict, Verdict::Ok, "{encoder:?}");
+    assert!(
+        encoder.detail.contains("x264enc") && encoder.detail.contains("no hardware encoder"),
+        "{encoder:?}"
+    );
+    let source = find("source");
+    assert_eq!(source.verdict, Verdict::Fail, "{source:?}");
+    assert!(
+        source
+            .detail
+            .contains("/dev/video-spotter-missing does not exist"),
+        "{source:?}"
+    );
+}
