@@ -2,13 +2,21 @@
 //! other, a leaky queue into an appsink that hands sampled, scaled RGB frames to recognition.
 //!
 //! ```text
-//! source ─► videoconvert ─► [clocksync] ─► tee ─┬─► queue ─► upload (x264 ─► HLS, or fakesink)
+//! source ─► videoconvert ─► [clocksync] ─► tee ─┬─► queue ─► H.264 encoder ─► h264parse ─►
+//!                                               │     flvmux ─► rtmp2sink | mpegtsmux ─► srtsink
+//!                                               │     | hlssink2 (or fakesink without upload)
 //!                                               └─► queue(leaky) ─► videorate ─► videoscale ─►
 //!                                                   videoconvert ─► RGB WxH@fps ─► appsink(drop)
 //! ```
 //! Analysis can never stall the upload: its queue drops old frames when full and its appsink keeps
 //! one buffer (`drop=true max-buffers=1`). Offline analysis (`analyze`) has no upload branch and
 //! no dropping: every sampled frame is analysed, as fast as the model goes.
+//!
+//! The source is a camera (`v4l2src`, its mode checked first by [`crate::camera`]), a URI
+//! (`uridecodebin`: file, RTSP, SRT...) or the test pattern. The encoder is chosen by
+//! [`crate::encoder`]. Every element of the upload branch is named `upload-*`, so that an error
+//! on the bus says which side failed ([`classify`]): the service drops a failed upload at once
+//! and keeps analysing, but waits and reopens a failed source.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -712,5 +720,36 @@ impl Pipeline {
                 captured_at_ms,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_told_apart_by_the_side_of_the_tee_they_come_from() {
+        assert_eq!(
+            classify("/GstPipeline:spotter/GstRtmp2Sink:upload-sink"),
+            Part::Upload
+        );
+        assert_eq!(
+            classify("/GstPipeline:spotter/GstX264Enc:upload-encoder"),
+            Part::Upload
+        );
+        assert_eq!(
+            classify("/GstPipeline:spotter/GstURIDecodeBin:uridecodebin0/GstSRTSrc:source"),
+            Part::Source
+        );
+        assert_eq!(
+            classify("/GstPipeline:spotter/GstV4l2Src:source"),
+            Part::Source
+        );
+        assert_eq!(classify(""), Part::Source);
+        // a source element whose own name merely contains the word is not the upload's
+        assert_eq!(
+            classify("/GstPipeline:spotter/GstFileSrc:my-upload-file"),
+            Part::Source
+        );
     }
 }
