@@ -245,13 +245,69 @@ impl WithSimd for Plane<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
-        let (g, k) = (self.g, self.g.taps.len());
+        let (g, k, wo) = (self.g, self.g.taps.len(), self.wo);
+        let ho = self.dst.len() / wo;
         g.fill(self.scratch, self.src, self.in_bias);
-        for (oy, row) in self.dst.chunks_exact_mut(self.wo).enumerate() {
-            row.fill(self.bias);
-            let rows = &self.scratch[oy * g.s * g.stride..(oy * g.s + k) * g.stride];
-            conv_row(simd, row, rows, g, self.kern, true);
+        // two output rows at a time: two independent FMA chains per tap instead of one, so the
+        // CPU is not waiting on each FMA's latency (most planes here are 1 or 2 vectors wide)
+        let mut pairs = self.dst.chunks_exact_mut(2 * wo);
+        for (pair, out) in pairs.by_ref().enumerate() {
+            let oy = 2 * pair;
+            let (a, b) = out.split_at_mut(wo);
+            let rows_a = &self.scratch[oy * g.s * g.stride..(oy * g.s + k) * g.stride];
+            let rows_b = &self.scratch[(oy + 1) * g.s * g.stride..((oy + 1) * g.s + k) * g.stride];
+            conv_row_pair(simd, [a, b], [rows_a, rows_b], g, self.kern, self.bias);
         }
+        let last = pairs.into_remainder();
+        if !last.is_empty() {
+            let oy = ho - 1;
+            last.fill(self.bias);
+            let rows = &self.scratch[oy * g.s * g.stride..(oy * g.s + k) * g.stride];
+            conv_row(simd, last, rows, g, self.kern, true);
+        }
+    }
+}
+
+/// Two output rows of `clamp(bias + taps, 0, 6)`, each from its own `k` scratch rows.
+#[inline(always)]
+fn conv_row_pair<S: Simd>(
+    simd: S,
+    [out_a, out_b]: [&mut [f32]; 2],
+    [rows_a, rows_b]: [&[f32]; 2],
+    g: &ScratchGeometry,
+    kern: &[f32],
+    bias: f32,
+) {
+    let lanes = S::F32_LANES;
+    let k = g.taps.len();
+    let (zero, six) = (simd.splat_f32s(0.0), simd.splat_f32s(6.0));
+    let mut ox = 0;
+    while ox < out_a.len() {
+        let n = (out_a.len() - ox).min(lanes);
+        let mut acc_a = simd.splat_f32s(bias);
+        let mut acc_b = acc_a;
+        for ((ra, rb), wrow) in rows_a
+            .chunks_exact(g.stride)
+            .zip(rows_b.chunks_exact(g.stride))
+            .zip(kern.chunks_exact(k))
+        {
+            for (&at, &wgt) in g.taps.iter().zip(wrow) {
+                let wv = simd.splat_f32s(wgt);
+                let va = S::as_simd_f32s(&ra[at + ox..at + ox + lanes]).0[0];
+                let vb = S::as_simd_f32s(&rb[at + ox..at + ox + lanes]).0[0];
+                acc_a = simd.mul_add_e_f32s(wv, va, acc_a);
+                acc_b = simd.mul_add_e_f32s(wv, vb, acc_b);
+            }
+        }
+        for (out, acc) in [(&mut *out_a, acc_a), (&mut *out_b, acc_b)] {
+            let acc = simd.min_f32s(simd.max_f32s(acc, zero), six);
+            if n == lanes {
+                S::as_mut_simd_f32s(&mut out[ox..ox + lanes]).0[0] = acc;
+            } else {
+                simd.partial_store_f32s(&mut out[ox..ox + n], acc);
+            }
+        }
+        ox += lanes;
     }
 }
 
