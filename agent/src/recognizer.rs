@@ -181,6 +181,19 @@ const MID_STRIDE: usize = 16;
 /// Cells of a reference canvas that are at least this much object: the rest is background.
 const MIN_CELL_COVERAGE: f32 = 0.3;
 
+/// The head's feature map and the mid-level tap of a letterboxed photo.
+fn backbone(
+    model: &EfficientNetLite0,
+    photo: &Letterboxed,
+    device: &Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let (w, h) = (photo.rgb.width() as usize, photo.rgb.height() as usize);
+    let x = preprocess::rgb_to_tensor(photo.rgb.as_raw(), w, h, w * 3, device)?;
+    let (features, mid) = model.features_with_tap(&x, Some(MID_TAP_BLOCK))?;
+    let mid = mid.ok_or_else(|| candle_core::Error::Msg("the backbone gave no tap".into()))?;
+    Ok((features, mid))
+}
+
 /// The mid-level view of a letterboxed reference photo: only its object's cells.
 fn reference_view(mid: &Tensor, photo: &Letterboxed) -> candle_core::Result<ReferenceView> {
     let side = photo.rgb.width() as usize;
@@ -385,18 +398,7 @@ pub fn build_index(
                 Ok(_) => match photo_to_rgb(&path, REFERENCE_SIDE) {
                     Err(e) => report.refused.push(refuse(format!("unreadable image: {e}"))),
                     Ok(photo) => {
-                        let side = REFERENCE_SIDE as usize;
-                        let x = preprocess::rgb_to_tensor(
-                            photo.rgb.as_raw(),
-                            side,
-                            side,
-                            side * 3,
-                            device,
-                        )?;
-                        let (features, mid) = model.features_with_tap(&x, Some(MID_TAP_BLOCK))?;
-                        let mid = mid.ok_or_else(|| {
-                            candle_core::Error::Msg("the backbone gave no tap".into())
-                        })?;
+                        let (features, mid) = backbone(model, &photo, device)?;
                         refs.push((product.sku.clone(), global_descriptor(&features)?));
                         let product_views = views.entry(product.sku.clone()).or_default();
                         product_views.push(reference_view(&mid, &photo)?);
@@ -404,18 +406,7 @@ pub fn build_index(
                         for &side in SMALL_VIEW_SIDES {
                             let small = photo_to_rgb(&path, side)
                                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                            let s = side as usize;
-                            let x = preprocess::rgb_to_tensor(
-                                small.rgb.as_raw(),
-                                s,
-                                s,
-                                s * 3,
-                                device,
-                            )?;
-                            let (_, mid) = model.features_with_tap(&x, Some(MID_TAP_BLOCK))?;
-                            let mid = mid.ok_or_else(|| {
-                                candle_core::Error::Msg("the backbone gave no tap".into())
-                            })?;
+                            let (_, mid) = backbone(model, &small, device)?;
                             product_views.push(reference_view(&mid, &small)?);
                         }
                         indexed += 1;

@@ -523,6 +523,19 @@ mod tests {
         Tensor::from_vec(v, (1, c, h, w), &Device::Cpu).expect("map")
     }
 
+    /// Verifies a whole 6x6 reference map against a frame map, with the default parameters.
+    fn verify_one(reference: &Tensor, frame: &Tensor) -> Option<(usize, Verified)> {
+        let view = ReferenceView {
+            cells: cells(reference, |_, _| true).expect("cells"),
+            object: [0.0, 0.0, 6.0, 6.0],
+        };
+        let set = ViewSet::new(vec![view], &Device::Cpu).expect("set");
+        let fc = cells(frame, |_, _| true).expect("cells");
+        let ft = Tensor::from_vec(fc.desc.clone(), (fc.len(), fc.dim), &Device::Cpu).expect("t");
+        let sims = set.similarities(&fc, &ft).expect("sims");
+        set.verify(&fc, &sims, None, &VerifyParams::default())
+    }
+
     #[test]
     fn finds_a_shifted_copy_and_its_box() {
         // the reference is a 6x6 object; the frame shows it shifted by (5, 3) in a 10x14 map
@@ -539,17 +552,7 @@ mod tests {
             },
             16,
         );
-        let view = ReferenceView {
-            cells: cells(&reference, |_, _| true).expect("cells"),
-            object: [0.0, 0.0, 6.0, 6.0],
-        };
-        let set = ViewSet::new(vec![view], &Device::Cpu).expect("set");
-        let fc = cells(&frame, |_, _| true).expect("cells");
-        let ft = Tensor::from_vec(fc.desc.clone(), (fc.len(), fc.dim), &Device::Cpu).expect("t");
-        let sims = set.similarities(&fc, &ft).expect("sims");
-        let (_, v) = set
-            .verify(&fc, &sims, None, &VerifyParams::default())
-            .expect("found");
+        let (_, v) = verify_one(&reference, &frame).expect("found");
         assert!(v.inliers >= 30, "{v:?}");
         assert!((v.transform.scale() - 1.0).abs() < 0.05, "{v:?}");
         let want = [5.0 / 14.0, 3.0 / 10.0, 11.0 / 14.0, 9.0 / 10.0];
@@ -565,17 +568,39 @@ mod tests {
         let mut order: Vec<u64> = (1..=36).collect();
         order.sort_by_key(|&c| c.wrapping_mul(0x2545_F491_4F6C_DD1D).rotate_left(29));
         let frame = coded_map(6, 6, |y, x| order[y * 6 + x], 16);
-        let view = ReferenceView {
+        let found = verify_one(&reference, &frame);
+        let inliers = found.map_or(0, |(_, v)| v.inliers);
+        assert!(inliers <= 6, "{inliers}");
+    }
+
+    #[test]
+    fn a_copy_in_another_colour_is_refused() {
+        let reference = coded_map(6, 6, |y, x| (y * 6 + x) as u64 + 1, 16);
+        let mut view = ReferenceView {
             cells: cells(&reference, |_, _| true).expect("cells"),
             object: [0.0, 0.0, 6.0, 6.0],
         };
+        // a blue reference: 6x6 cells of 2x2 pixels
+        let blue = [20u8, 40, 200].repeat(12 * 12);
+        view.cells = view.cells.with_colours(&blue, (12, 12), 36, |_, _| 1.0);
+        assert!((view.cells.chroma[0][0] - 20.0 / 260.0).abs() < 1e-4);
         let set = ViewSet::new(vec![view], &Device::Cpu).expect("set");
-        let fc = cells(&frame, |_, _| true).expect("cells");
-        let ft = Tensor::from_vec(fc.desc.clone(), (fc.len(), fc.dim), &Device::Cpu).expect("t");
-        let sims = set.similarities(&fc, &ft).expect("sims");
-        let found = set.verify(&fc, &sims, None, &VerifyParams::default());
-        let inliers = found.map_or(0, |(_, v)| v.inliers);
-        assert!(inliers <= 6, "{inliers}");
+        let p = VerifyParams::default();
+        for (rgb, want_found) in [([20u8, 40, 200], true), ([120u8, 130, 100], false)] {
+            let fc = cells(&reference, |_, _| true).expect("cells").with_colours(
+                &rgb.repeat(12 * 12),
+                (12, 12),
+                36,
+                |_, _| 1.0,
+            );
+            let ft = Tensor::from_vec(fc.desc.clone(), (fc.len(), fc.dim), &Device::Cpu)
+                .expect("tensor");
+            let sims = set.similarities(&fc, &ft).expect("sims");
+            let inliers = set
+                .verify(&fc, &sims, None, &p)
+                .map_or(0, |(_, v)| v.inliers);
+            assert_eq!(inliers >= 30, want_found, "{rgb:?}: {inliers} inliers");
+        }
     }
 
     #[test]
