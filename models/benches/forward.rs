@@ -1,5 +1,6 @@
-//! Forward-pass benchmark: EfficientNet-Lite0 in candle at the agent's input sizes, with the fused
-//! depthwise kernel against candle's grouped convolution as the in-process baseline.
+//! Forward-pass benchmark: EfficientNet-Lite0 in candle at the agent's input sizes, with Spotter's
+//! fused CPU kernels (`LiteConfig::fused_depthwise`) against candle's own ops (grouped
+//! convolution and all) as the in-process baseline. Against ONNX Runtime: `make bench-ort`.
 //!
 //! `cargo bench -p spotter-models --bench forward` (weights from `make setup`, or SPOTTER_MODEL).
 
@@ -69,7 +70,7 @@ fn main() {
     );
     println!(
         "{:>10} {:>14} {:>16} {:>8}",
-        "input", "fused dw (ms)", "grouped dw (ms)", "ratio"
+        "input", "kernels (ms)", "candle ops (ms)", "ratio"
     );
     for (w, h) in [(224, 224), (384, 224), (448, 256)] {
         let x = Tensor::randn(0f32, 1f32, (1, 3, h, w), &device).expect("input");

@@ -2,11 +2,11 @@
 //!
 //! candle runs a grouped convolution as one convolution per group, which for a depthwise layer of
 //! 1152 channels means 1152 tiny im2col calls; this kernel walks each channel's plane once instead,
-//! one rayon task a plane. The plane is first copied into a zero-padded scratch buffer, applying
-//! the expand convolution's bias and ReLU6 on the way when the layer has one (so that product is
-//! read once, not written back activated first) and splitting the columns by stride phase, so
-//! every tap reads a contiguous run and the inner loops vectorise. On CUDA the model falls back
-//! to candle's grouped convolution.
+//! a few rayon tasks per thread. The plane is first copied into a zero-padded scratch buffer,
+//! applying the expand convolution's bias and ReLU6 on the way when the layer has one (so that
+//! product is read once, not written back activated first) and splitting the columns by stride
+//! phase, so every tap reads a contiguous run of one SIMD vector (AVX-512 or AVX2, chosen at run
+//! time through pulp). On CUDA the model falls back to candle's grouped convolution.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use pulp::{Simd, WithSimd};
