@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use spotter_agent::config::{AnalysisConfig, Source, Upload};
+use spotter_agent::config::{default_height, default_width, AnalysisConfig, Source, Upload};
 use spotter_agent::encoder::EncoderChoice;
 use spotter_agent::pipeline::{now_utc_ms, Mode, Pipeline};
 use spotter_agent::recognizer::Recognizer;
@@ -128,12 +128,14 @@ fn percentile(sorted: &[u64], p: usize) -> u64 {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; this harness takes no arguments
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this without it, as a
+    // smoke test that should not cost CI 40 s
     gst::init().expect("gstreamer");
+    let smoke = !std::env::args().any(|a| a == "--bench");
     let secs: u64 = std::env::var("SPOTTER_VIDEO_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(if smoke { 3 } else { 20 });
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let model = root.join("models/weights/efficientnet-lite0.safetensors");
     assert!(model.is_file(), "{}: run `make setup`", model.display());
@@ -154,12 +156,18 @@ fn main() {
         model: model.clone(),
         // above what 2 cores can do: the analysis rate is the model's, not the setting's
         fps: 30.0,
-        width: 384,
-        height: 224,
+        width: default_width(),
+        height: default_height(),
         catalog_poll: Duration::from_secs(2),
         slowdown: Duration::ZERO,
     };
-    let (recognizer, _) = Recognizer::load(&model, &catalog, 384, 224).expect("recognizer");
+    let (recognizer, _) = Recognizer::load(
+        &model,
+        &catalog,
+        default_width() as usize,
+        default_height() as usize,
+    )
+    .expect("recognizer");
 
     let base = run_phase(&analysis, None, secs, &dir.path().join("hls-a"));
     let full = run_phase(
@@ -172,7 +180,9 @@ fn main() {
     lat.sort_unstable();
     let dropped = |p: &Phase| p.source_frames as i64 - p.encoded_frames as i64;
     println!(
-        "720p30 test pattern, x264 2500 kbit/s CBR upload, analysis at 384x224, {secs} s a phase"
+        "720p30 test pattern, x264 2500 kbit/s CBR upload, analysis at {}x{}, {secs} s a phase",
+        default_width(),
+        default_height()
     );
     println!(
         "upload alone:        CPU {:.2} cores, source {:.1} fps, encoded {} of {} frames (difference {})",
