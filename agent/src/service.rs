@@ -133,6 +133,9 @@ async fn run_pipeline(
                         if let Some(change) = supervisor.flowing(Instant::now()) {
                             report(&change, supervisor, &counters);
                         }
+                        if let Some(change) = supervisor.confirm_upload(Instant::now()) {
+                            report(&change, supervisor, &counters);
+                        }
                     }
                     Flow::Waiting => {}
                     Flow::Stalled => break source_failed(format!(

@@ -62,6 +62,10 @@ pub struct Plan {
     pub retry_upload_in: Option<Duration>,
 }
 
+/// How long a pipeline with the upload must play without an upload error before the upload
+/// counts as live.
+pub const UPLOAD_CONFIRM: Duration = Duration::from_secs(2);
+
 /// The supervisor's memory between pipelines.
 #[derive(Debug, Clone)]
 pub struct Supervisor {
@@ -71,6 +75,9 @@ pub struct Supervisor {
     upload: UploadState,
     upload_since: Option<Instant>,
     upload_retry_at: Option<Instant>,
+    /// When a pipeline with the upload started playing: it is live once it has lasted
+    /// [`UPLOAD_CONFIRM`] without failing.
+    upload_pending: Option<Instant>,
     source_backoff: Backoff,
     upload_backoff: Backoff,
     restarts: u64,
@@ -86,6 +93,7 @@ impl Supervisor {
             upload: UploadState::None,
             upload_since: None,
             upload_retry_at: None,
+            upload_pending: None,
             source_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             upload_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
             restarts: 0,
@@ -110,16 +118,32 @@ impl Supervisor {
         }
     }
 
-    /// A pipeline started playing; with the upload, that means the ingest took the connection.
+    /// A pipeline started playing. With the upload, that is not yet proof that the ingest took
+    /// the connection (RTMP and SRT sinks connect after the pipeline plays and fail a moment
+    /// later): the upload is reported live by [`Supervisor::confirm_upload`] once it has lasted.
     pub fn started(&mut self, with_upload: bool, now: Instant) -> Option<Change> {
-        if !with_upload || self.upload == UploadState::Live {
+        if with_upload && self.upload != UploadState::Live {
+            self.upload_pending = Some(now);
+        }
+        None
+    }
+
+    /// Called as time passes while the pipeline runs: an upload that has played for
+    /// [`UPLOAD_CONFIRM`] without failing is live.
+    pub fn confirm_upload(&mut self, now: Instant) -> Option<Change> {
+        let since = self.upload_pending?;
+        if now.saturating_duration_since(since) < UPLOAD_CONFIRM {
             return None;
         }
+        self.upload_pending = None;
         let after = (self.upload == UploadState::Down)
-            .then(|| self.upload_since.map(|t| now.saturating_duration_since(t)))
+            .then(|| {
+                self.upload_since
+                    .map(|t| since.saturating_duration_since(t))
+            })
             .flatten();
         self.upload = UploadState::Live;
-        self.upload_since = Some(now);
+        self.upload_since = Some(since);
         self.upload_retry_at = None;
         Some(Change::UploadLive { after })
     }
@@ -151,6 +175,7 @@ impl Supervisor {
             since.is_some_and(|t| now.saturating_duration_since(t) >= STABLE_AFTER)
         };
         if part == Part::Upload && self.upload_configured {
+            self.upload_pending = None;
             if self.upload == UploadState::Live && stable(self.upload_since) {
                 self.upload_backoff.reset();
             }
@@ -296,6 +321,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Supervisor::new(true);
         s.started(true, t0);
+        s.confirm_upload(t0 + secs(2));
         s.flowing(t0);
         let lost = t0 + secs(5);
         let waits: Vec<Duration> = (0..4)
@@ -342,8 +368,15 @@ mod tests {
     fn a_lost_upload_goes_on_without_it_then_tries_again() {
         let t0 = Instant::now();
         let mut s = Supervisor::new(true);
+        assert_eq!(s.started(true, t0), None);
         assert_eq!(
-            s.started(true, t0),
+            s.confirm_upload(t0 + secs(1)),
+            None,
+            "playing is not yet connected"
+        );
+        assert_eq!(s.upload(), UploadState::None);
+        assert_eq!(
+            s.confirm_upload(t0 + secs(2)),
             Some(Change::UploadLive { after: None })
         );
         assert_eq!(s.upload(), UploadState::Live);
@@ -376,14 +409,20 @@ mod tests {
             matches!(change, Change::UploadLost { retry_in, .. } if retry_in == secs(1)),
             "{change:?}"
         );
+        // a retry that plays but fails within the grace period never showed as live
+        s.started(true, down + secs(5));
+        s.failed(Part::Upload, "refused", down + secs(6), 0.0);
+        assert_eq!(s.confirm_upload(down + secs(8)), None);
+        assert_eq!(s.upload(), UploadState::Down);
+        s.started(true, down + secs(20));
         assert_eq!(
-            s.started(true, down + secs(20)),
+            s.confirm_upload(down + secs(22)),
             Some(Change::UploadLive {
                 after: Some(secs(20))
             })
         );
-        assert!(s.plan(down + secs(20)).with_upload);
-        assert_eq!(s.restarts(), 3);
+        assert!(s.plan(down + secs(22)).with_upload);
+        assert_eq!(s.restarts(), 4);
     }
 
     #[test]
