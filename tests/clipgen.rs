@@ -4,26 +4,11 @@
 use std::path::Path;
 use std::process::Command;
 
-use image::RgbImage;
 use spotter_protocol::Catalog;
+use spotter_tests::clipgen::mean_diff;
 use spotter_tests::clipgen::{
     build_catalog, decode_frames, make_clip, preset, read_truth, truth_path, ClipSpec, Show,
 };
-
-/// Mean absolute difference of two frames over the rectangle `[x0, y0, x1, y1]` (normalised).
-fn mean_diff(a: &RgbImage, b: &RgbImage, rect: [f32; 4]) -> f32 {
-    let (w, h) = (a.width() as f32, a.height() as f32);
-    let (x0, y0) = ((rect[0] * w) as u32, (rect[1] * h) as u32);
-    let (x1, y1) = ((rect[2] * w) as u32, (rect[3] * h) as u32);
-    let mut sum = 0u64;
-    for y in y0..y1 {
-        for x in x0..x1 {
-            let (p, q) = (a.get_pixel(x, y), b.get_pixel(x, y));
-            sum += (0..3).map(|c| u64::from(p[c].abs_diff(q[c]))).sum::<u64>();
-        }
-    }
-    sum as f32 / (3 * (x1 - x0) * (y1 - y0)).max(1) as f32
-}
 
 #[test]
 fn demo_catalog_loads_with_three_reference_photos_each() {

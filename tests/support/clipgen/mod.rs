@@ -23,3 +23,19 @@ pub use scene::{
     make_clip, parse_size, read_truth, truth_path, ClipSpec, Placement, Scene, Show, TruthEntry,
     DEFAULT_SCALE,
 };
+
+/// Mean absolute difference of two frames over the rectangle `[x0, y0, x1, y1]` (normalised),
+/// per 8-bit channel value: how the tests see whether a product was drawn where the truth says.
+pub fn mean_diff(a: &image::RgbImage, b: &image::RgbImage, rect: [f32; 4]) -> f32 {
+    let (w, h) = (a.width() as f32, a.height() as f32);
+    let (x0, y0) = ((rect[0] * w) as u32, (rect[1] * h) as u32);
+    let (x1, y1) = ((rect[2] * w) as u32, (rect[3] * h) as u32);
+    let mut sum = 0u64;
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let (p, q) = (a.get_pixel(x, y), b.get_pixel(x, y));
+            sum += (0..3).map(|c| u64::from(p[c].abs_diff(q[c]))).sum::<u64>();
+        }
+    }
+    sum as f32 / (3 * (x1 - x0) * (y1 - y0)).max(1) as f32
+}
