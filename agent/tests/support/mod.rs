@@ -503,14 +503,41 @@ pub async fn collect_stats(
     readings
 }
 
+/// A running `spotter-agent`: use it as the [`Child`] it wraps. Killed and waited for when
+/// dropped, so that a test that fails (panics) before [`terminate`] leaves no agent behind.
+pub struct Agent(Child);
+
+impl std::ops::Deref for Agent {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // once waited for (terminate), std neither signals nor waits again: no stray kill of a
+        // reused pid
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `spotter-agent run` with `config`, its log (stdout) in `log`.
-pub fn spawn_agent(config: &Path, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_spotter-agent"))
+pub fn spawn_agent(config: &Path, log: &Path) -> Agent {
+    let child = Command::new(env!("CARGO_BIN_EXE_spotter-agent"))
         .args(["--config", &config.display().to_string(), "run"])
         .stdout(std::fs::File::create(log).expect("log file"))
         .stderr(Stdio::null())
         .spawn()
-        .expect("start the agent")
+        .expect("start the agent");
+    Agent(child)
 }
 
 /// Asks the process to stop as systemd would (SIGTERM) and waits for it.
