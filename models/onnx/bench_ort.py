@@ -10,7 +10,7 @@ both, alternating in rounds so that load from other processes hits both sides al
 (forward, regional descriptors, catalog match: models/benches/frame.rs).
 
 Usage: python3 models/onnx/bench_ort.py [--threads 2] [--runs 20] [--warmup 5] [--rounds 3]
-                                        [--sizes 384x224,224x224]
+                                        [--sizes 512x288,384x224,224x224] [--models-only]
 """
 
 from __future__ import annotations
@@ -60,10 +60,15 @@ def ensure_venv() -> None:
     os.execv(python, [python, os.path.abspath(__file__), *sys.argv[1:]])
 
 
-def candle_binary() -> str:
+def candle_binary(models_only: bool) -> str:
     """Path of the `frame` bench binary, from the same build as `make build` (so nothing is
-    built twice); `--keep-going` so that a broken crate elsewhere does not block the model's."""
-    cmd = ["cargo", "build", "--workspace", "--all-targets", "--keep-going", "--message-format=json-render-diagnostics"]
+    built twice); `--keep-going` so that a broken crate elsewhere does not block the model's.
+    With `models_only`, only the bench is built: quicker in a target directory of one's own
+    (`CARGO_TARGET_DIR`, which cargo reads), where it would not share `make build`'s artifacts."""
+    if models_only:
+        cmd = ["cargo", "build", "-p", "spotter-models", "--bench", "frame", "--message-format=json-render-diagnostics"]
+    else:
+        cmd = ["cargo", "build", "--workspace", "--all-targets", "--keep-going", "--message-format=json-render-diagnostics"]
     log("building (" + " ".join(cmd[:4]) + ")")
     out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     if out.returncode != 0:
@@ -92,7 +97,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=20, help="timed runs per size and round")
     ap.add_argument("--warmup", type=int, default=5, help="untimed runs first")
     ap.add_argument("--rounds", type=int, default=3, help="candle, then ORT, this many times")
-    ap.add_argument("--sizes", default="384x224,224x224", help="WxH,WxH (multiples of 32)")
+    # 512x288: the agent's default analysis size (agent/src/config.rs, default_width/height)
+    ap.add_argument("--sizes", default="512x288,384x224,224x224", help="WxH,WxH (multiples of 32)")
+    ap.add_argument("--models-only", action="store_true", help="build only models' frame bench, not the workspace")
     args = ap.parse_args()
     ensure_venv()
 
@@ -120,7 +127,7 @@ def main() -> int:
         x.tofile(os.path.join(WORK, f"input-{w}x{h}.f32"))
         inputs[(w, h)] = x
 
-    binary = candle_binary()
+    binary = candle_binary(args.models_only)
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
