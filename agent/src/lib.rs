@@ -7,6 +7,7 @@
 
 pub mod analysis;
 pub mod analyze;
+pub mod audio;
 pub mod camera;
 pub mod catalog_watch;
 pub mod config;

@@ -7,6 +7,7 @@
 //!                                               │     | hlssink2 (or fakesink without upload)
 //!                                               └─► queue(leaky) ─► videorate ─► videoscale ─►
 //!                                                   videoconvert ─► RGB WxH@fps ─► appsink(drop)
+//! source's audio, if any ─► queue ─► [clocksync] ─► AAC ─► aacparse ─► the same muxer
 //! ```
 //! Analysis can never stall the upload: its queue drops old frames when full and its appsink keeps
 //! one buffer (`drop=true max-buffers=1`). Offline analysis (`analyze`) has no upload branch and
@@ -16,7 +17,9 @@
 //! (`uridecodebin`: file, RTSP, SRT...) or the test pattern. The encoder is chosen by
 //! [`crate::encoder`]. Every element of the upload branch is named `upload-*`, so that an error
 //! on the bus says which side failed ([`classify`]): the service drops a failed upload at once
-//! and keeps analysing, but waits and reopens a failed source.
+//! and keeps analysing, but waits and reopens a failed source. A URI source's audio goes to the
+//! upload when there is one ([`crate::audio`]); otherwise, and for the camera and the test
+//! pattern, the upload is video only.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,9 +28,10 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::audio::AudioInput;
 use crate::camera::CameraError;
 use crate::config::{AnalysisConfig, Source, Upload};
 use crate::encoder::{EncoderChoice, EncoderError, EncoderKind};
@@ -258,7 +262,7 @@ fn encoder(
 fn count_bytes(parse: &gst::Element, counters: &Arc<Counters>) -> Result<(), PipelineError> {
     let pad = parse
         .static_pad("src")
-        .ok_or_else(|| setup_err("h264parse has no src pad"))?;
+        .ok_or_else(|| setup_err(format!("{} has no src pad", parse.name())))?;
     let counters = counters.clone();
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         if let Some(gst::PadProbeData::Buffer(b)) = &info.data {
@@ -269,6 +273,48 @@ fn count_bytes(parse: &gst::Element, counters: &Arc<Counters>) -> Result<(), Pip
         gst::PadProbeReturn::Ok
     });
     Ok(())
+}
+
+/// Links what `uridecodebin` decodes as its pads appear: the first video stream to `video_in`,
+/// the first audio stream to a new audio branch into the upload (when `audio` says where), and
+/// nothing else. decodebin exposes all of a source's streams before any data flows, so the
+/// muxer has its audio pad before it writes its header.
+fn link_decoded(
+    src: &gst::Element,
+    video_in: gst::Pad,
+    audio: Option<AudioInput>,
+    counters: &Arc<Counters>,
+) {
+    let counters = counters.clone();
+    let audio_linked = AtomicBool::new(false);
+    src.connect_pad_added(move |_, pad| {
+        let kind = pad
+            .current_caps()
+            .and_then(|c| c.structure(0).map(|s| s.name().to_string()))
+            .unwrap_or_default();
+        if kind.starts_with("video/") && !video_in.is_linked() {
+            if let Err(e) = pad.link(&video_in) {
+                tracing::error!(error = ?e, "cannot link the decoded video");
+            }
+        } else if kind.starts_with("audio/") {
+            let Some(audio) = &audio else { return };
+            if audio_linked.swap(true, Ordering::Relaxed) {
+                return; // one audio track is uploaded; the others are left out
+            }
+            match audio.attach(pad) {
+                Ok(parse) => {
+                    if let Err(e) = count_bytes(&parse, &counters) {
+                        tracing::warn!(error = %e, "the audio's bytes are not counted");
+                    }
+                    tracing::info!("the source has audio: passing it through to the upload");
+                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "cannot pass the source's audio through; the upload goes on without it"
+                ),
+            }
+        }
+    });
 }
 
 fn make(factory: &'static str, plugins: &'static str) -> Result<gst::Element, PipelineError> {
@@ -323,7 +369,9 @@ impl Pipeline {
         pipeline.add(&convert_in).map_err(setup_err)?;
 
         let mut looping = false;
-        let mut seek_pad = None;
+        let mut seek_pad: Option<gst::Pad> = None;
+        // uridecodebin: its pads are linked once the upload (which may take audio) is built
+        let mut decoder: Option<gst::Element> = None;
         match source {
             Source::Test => {
                 let src = gst::ElementFactory::make("videotestsrc")
@@ -378,18 +426,8 @@ impl Pipeline {
                 let sink_pad = convert_in
                     .static_pad("sink")
                     .ok_or_else(|| setup_err("videoconvert has no sink pad"))?;
-                seek_pad = Some(sink_pad.clone());
-                src.connect_pad_added(move |_, pad| {
-                    let is_video = pad
-                        .current_caps()
-                        .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
-                        .unwrap_or(false);
-                    if is_video && !sink_pad.is_linked() {
-                        if let Err(e) = pad.link(&sink_pad) {
-                            tracing::error!(error = ?e, "cannot link the decoded video");
-                        }
-                    }
-                });
+                seek_pad = Some(sink_pad);
+                decoder = Some(src);
             }
         }
 
@@ -408,6 +446,17 @@ impl Pipeline {
         }
 
         let mut encoder_kind = None;
+        // where the source's audio goes: only a URI source can have any, and only an upload
+        // that encodes takes it
+        let aac = match (&decoder, upload) {
+            (Some(_), Upload::Hls { .. } | Upload::Rtmp { .. } | Upload::Srt { .. })
+                if mode == Mode::Live =>
+            {
+                crate::audio::choose_here()
+            }
+            _ => None,
+        };
+        let mut audio_input = None;
         if mode == Mode::Live {
             let q = named("queue", "upload-queue", "core")?;
             pipeline.add(&q).map_err(setup_err)?;
@@ -457,6 +506,7 @@ impl Pipeline {
                     parse
                         .link_pads(Some("src"), &sink, Some("video"))
                         .map_err(setup_err)?;
+                    audio_input = aac.map(|a| AudioInput::new(&sink, "audio", a, pace));
                 }
                 Upload::Rtmp {
                     url,
@@ -491,6 +541,7 @@ impl Pipeline {
                         .link_pads(Some("src"), &mux, Some("video"))
                         .map_err(setup_err)?;
                     mux.link(&sink).map_err(setup_err)?;
+                    audio_input = aac.map(|a| AudioInput::new(&mux, "audio", a, pace));
                 }
                 Upload::Srt {
                     uri,
@@ -531,8 +582,13 @@ impl Pipeline {
                     pipeline.add_many([&mux, &sink]).map_err(setup_err)?;
                     parse.link(&mux).map_err(setup_err)?;
                     mux.link(&sink).map_err(setup_err)?;
+                    audio_input = aac.map(|a| AudioInput::new(&mux, "sink_%d", a, pace));
                 }
             }
+        }
+
+        if let (Some(src), Some(video_in)) = (&decoder, &seek_pad) {
+            link_decoded(src, video_in.clone(), audio_input, &counters);
         }
 
         let q = gst::ElementFactory::make("queue")

@@ -506,3 +506,269 @@ async fn the_srt_upload_reaches_an_srt_ingest_at_full_rate_with_an_idr_every_2_s
         "the stats show the upload live: {stats:?}"
     );
 }
+
+/// Writes a 5 s 640x360 30 fps H.264 clip to `path` (MP4), with a quiet 440 Hz stereo AAC track
+/// when `audio`.
+fn make_clip(path: &Path, audio: bool) {
+    let mut desc = format!(
+        "videotestsrc num-buffers=150 pattern=ball ! video/x-raw,width=640,height=360,framerate=30/1 \
+         ! x264enc speed-preset=ultrafast key-int-max=30 bframes=0 ! h264parse \
+         ! mp4mux name=mux ! filesink location=\"{}\"",
+        path.display()
+    );
+    if audio {
+        desc.push_str(
+            " audiotestsrc num-buffers=150 samplesperbuffer=1600 freq=440 volume=0.1 \
+             ! audio/x-raw,rate=48000,channels=2 ! audioconvert ! avenc_aac ! aacparse ! mux.",
+        );
+    }
+    support::run_to_end(&desc);
+}
+
+/// What one MPEG-TS segment holds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Holds {
+    /// H.264 frames.
+    video_frames: u64,
+    /// Seconds of AAC audio, or None when the segment declares no audio stream.
+    audio_secs: Option<f64>,
+}
+
+/// Demuxes `seg` and says what streams it holds and how much of each.
+fn segment_streams(seg: &Path) -> Holds {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    gst::init().expect("gstreamer");
+    let p = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("filesrc")
+        .property("location", seg.display().to_string())
+        .build()
+        .expect("filesrc");
+    let demux = gst::ElementFactory::make("tsdemux")
+        .build()
+        .expect("tsdemux");
+    p.add_many([&src, &demux]).expect("add");
+    src.link(&demux).expect("link");
+    let frames = Arc::new(AtomicU64::new(0));
+    let audio_ns = Arc::new(AtomicU64::new(0));
+    let has_audio = Arc::new(AtomicBool::new(false));
+    {
+        let (frames, audio_ns, has_audio) = (frames.clone(), audio_ns.clone(), has_audio.clone());
+        demux.connect_pad_added(move |demux, pad| {
+            let name = pad
+                .current_caps()
+                .and_then(|c| c.structure(0).map(|s| s.name().to_string()))
+                .unwrap_or_default();
+            let audio = name.starts_with("audio/");
+            if !audio && !name.starts_with("video/") {
+                return;
+            }
+            has_audio.fetch_or(audio, Ordering::Relaxed);
+            let bin = demux
+                .parent()
+                .and_downcast::<gst::Bin>()
+                .expect("in the pipeline");
+            let parse = gst::ElementFactory::make(if audio { "aacparse" } else { "h264parse" })
+                .build()
+                .expect("parser");
+            let sink = gst::ElementFactory::make("fakesink")
+                .property("sync", false)
+                .build()
+                .expect("fakesink");
+            bin.add_many([&parse, &sink]).expect("add");
+            parse.link(&sink).expect("link");
+            let (frames, audio_ns) = (frames.clone(), audio_ns.clone());
+            parse.static_pad("src").expect("src pad").add_probe(
+                gst::PadProbeType::BUFFER,
+                move |_, info| {
+                    if let Some(gst::PadProbeData::Buffer(b)) = &info.data {
+                        if audio {
+                            let d = b.duration().map(|d| d.nseconds()).unwrap_or(0);
+                            audio_ns.fetch_add(d, Ordering::Relaxed);
+                        } else {
+                            frames.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    gst::PadProbeReturn::Ok
+                },
+            );
+            sink.sync_state_with_parent().expect("sink state");
+            parse.sync_state_with_parent().expect("parser state");
+            pad.link(&parse.static_pad("sink").expect("sink pad"))
+                .expect("link the demuxed stream");
+        });
+    }
+    p.set_state(gst::State::Playing).expect("play the segment");
+    let msg = p.bus().expect("bus").timed_pop_filtered(
+        gst::ClockTime::from_seconds(30),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    p.set_state(gst::State::Null).expect("stop");
+    assert!(
+        msg.as_ref()
+            .is_some_and(|m| matches!(m.view(), gst::MessageView::Eos(_))),
+        "{}: {msg:?}",
+        seg.display()
+    );
+    Holds {
+        video_frames: frames.load(Ordering::Relaxed),
+        audio_secs: has_audio
+            .load(Ordering::Relaxed)
+            .then(|| audio_ns.load(Ordering::Relaxed) as f64 / 1e9),
+    }
+}
+
+/// The ingest's segments, oldest first, with what each holds.
+fn segments(ingest: &Ingest) -> Vec<(PathBuf, std::time::SystemTime, Holds)> {
+    let mut segs: Vec<(PathBuf, std::time::SystemTime)> = std::fs::read_dir(ingest.hls())
+        .expect("hls dir")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "ts"))
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?.modified().ok()?)))
+        .collect();
+    segs.sort_by_key(|(_, t)| *t);
+    segs.into_iter()
+        .map(|(p, t)| {
+            let holds = segment_streams(&p);
+            (p, t, holds)
+        })
+        .collect()
+}
+
+/// The test agent's config with the clip at `clip` (looped, at its own rate) as its source and
+/// an RTMP upload to `ingest`.
+fn clip_config(dir: &Path, clip: &Path, ingest: &Ingest, broker_port: u16) -> PathBuf {
+    std::fs::write(dir.join("key"), "teststream\n").expect("write key");
+    support::agent_config_with_source(
+        dir,
+        broker_port,
+        1.0,
+        &format!("kind = \"uri\"\nuri = \"file://{}\"\nloop = true", clip.display()),
+        "",
+        &format!(
+            "[upload]\nkind = \"rtmp\"\nurl = \"rtmp://127.0.0.1:{}/app/\"\nstream_key_file = \"{}/key\"\n\
+             bitrate_kbps = 1000\n",
+            ingest.port,
+            dir.display()
+        ),
+    )
+}
+
+/// Waits until the ingest has written `n` segments after `since`; panics after `secs`.
+fn wait_for_segments(
+    ingest: &Ingest,
+    since: std::time::SystemTime,
+    n: usize,
+    secs: u64,
+    log: &Path,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let written = std::fs::read_dir(ingest.hls())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "ts"))
+                    .filter(|e| {
+                        e.metadata()
+                            .and_then(|m| m.modified())
+                            .is_ok_and(|t| t > since)
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if written >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{written} of {n} segments at the ingest within {secs} s; agent log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_with_audio_reaches_the_ingest_with_its_audio_also_after_an_outage() {
+    let _serial = SERIAL.lock().await;
+    let mut ingest = Ingest::start();
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clip = dir.path().join("with-audio.mp4");
+    make_clip(&clip, true);
+    let config = clip_config(dir.path(), &clip, &ingest, broker.port);
+    let log = dir.path().join("agent.log");
+    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut agent = support::spawn_agent(&config, &log);
+    let started = std::time::SystemTime::now();
+    wait_for_segments(&ingest, started, 3, 60, &log);
+
+    // the upload is rebuilt after the ingest comes back: its audio must come back with it
+    ingest.stop();
+    std::thread::sleep(Duration::from_secs(2)); // the outage itself, not a wait for an event
+    let restarted = std::time::SystemTime::now();
+    ingest.start_again();
+    wait_for_segments(&ingest, restarted, 3, 60, &log);
+    let exit = support::terminate(&mut agent);
+    assert!(exit.success(), "agent exit {exit:?}; log:\n{}", agent_log());
+
+    let segs = segments(&ingest);
+    // each connection's last segment may be cut short: judge the ones nginx finished
+    let after: Vec<_> = segs.iter().filter(|(_, t, _)| *t > restarted).collect();
+    let before: Vec<_> = segs.iter().filter(|(_, t, _)| *t <= restarted).collect();
+    for (part, segs) in [("before", &before), ("after", &after)] {
+        assert!(segs.len() >= 2, "segments {part} the outage: {segs:?}");
+        let whole = &segs[..segs.len() - 1];
+        for (path, _, holds) in whole {
+            let video_secs = holds.video_frames as f64 / 30.0;
+            let audio_secs = holds.audio_secs.unwrap_or_else(|| {
+                panic!(
+                    "{} ({part} the outage) has no audio stream: {holds:?}",
+                    path.display()
+                )
+            });
+            assert!(
+                video_secs > 0.5 && (audio_secs - video_secs).abs() <= 0.25 * video_secs,
+                "{} ({part} the outage): {audio_secs:.2} s of audio for {video_secs:.2} s of video",
+                path.display()
+            );
+        }
+    }
+    assert!(
+        agent_log().contains("the source has audio"),
+        "{}",
+        agent_log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_without_audio_reaches_the_ingest_as_video_only_at_full_rate() {
+    let _serial = SERIAL.lock().await;
+    let ingest = Ingest::start();
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clip = dir.path().join("silent.mp4");
+    make_clip(&clip, false);
+    let config = clip_config(dir.path(), &clip, &ingest, broker.port);
+    let log = dir.path().join("agent.log");
+    let mut agent = support::spawn_agent(&config, &log);
+    wait_for_segments(&ingest, std::time::SystemTime::UNIX_EPOCH, 3, 60, &log);
+    let exit = support::terminate(&mut agent);
+    let agent_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(exit.success(), "agent exit {exit:?}; log:\n{agent_log}");
+
+    let segs = segments(&ingest);
+    // nginx-rtmp's segments always declare an audio stream in their program table: what counts
+    // is that it carries nothing
+    assert!(
+        segs.iter()
+            .all(|(_, _, h)| h.audio_secs.unwrap_or(0.0) == 0.0),
+        "a source without audio uploads no audio: {segs:?}"
+    );
+    let (intervals, span) = count_frames(&ingest.hls());
+    let fps = intervals as f64 / span.as_secs_f64();
+    assert!(
+        span.as_secs_f64() >= 3.0 && (29.5..=30.5).contains(&fps),
+        "{intervals} frame intervals over {span:?} at the ingest = {fps:.2} frames/s; the clip has 30"
+    );
+}

@@ -565,3 +565,26 @@ pub async fn watch(
     }
     (client, eventloop)
 }
+
+/// Runs the `gst-launch-1.0` style pipeline `desc` to its end (a clip written, say); panics on
+/// an error, or when it has not ended within 60 s.
+pub fn run_to_end(desc: &str) {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    gst::init().expect("gstreamer");
+    let p = gst::parse::launch(desc)
+        .unwrap_or_else(|e| panic!("cannot build `{desc}`: {e}"))
+        .downcast::<gst::Pipeline>()
+        .expect("a pipeline");
+    p.set_state(gst::State::Playing).expect("play");
+    let msg = p.bus().expect("bus").timed_pop_filtered(
+        gst::ClockTime::from_seconds(60),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    p.set_state(gst::State::Null).expect("stop");
+    assert!(
+        msg.as_ref()
+            .is_some_and(|m| matches!(m.view(), gst::MessageView::Eos(_))),
+        "`{desc}` did not run to its end within 60 s: {msg:?}"
+    );
+}

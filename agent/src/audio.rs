@@ -1,0 +1,195 @@
+//! Audio passed through to the upload when the source has it: the source's decoded audio goes
+//! `queue ─► [clocksync] ─► audioconvert ─► audioresample ─► 48 kHz stereo ─► AAC ─► aacparse`
+//! into the upload's muxer (flvmux, mpegtsmux or hlssink2), as IVS takes it (AAC-LC, 48 kHz,
+//! stereo, 128 kbit/s).
+//!
+//! The branch is built when the source exposes an audio pad, never before: a muxer given an
+//! audio pad that never receives data would wait for it forever (a file source is not live), and
+//! FLV's header says whether there is audio. A source without audio therefore uploads exactly
+//! the video-only stream it always did. The pipeline is rebuilt whole after a failure, and the
+//! branch with it.
+//!
+//! The AAC encoder is a pure choice over the element factories present (like the H.264 one in
+//! [`crate::encoder`]); without any, audio is left out, said once, and the video goes on.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
+/// Every element of the branch starts with this, so that an error in it counts as the
+/// upload's ([`crate::pipeline::classify`]).
+const PREFIX: &str = "upload-audio-";
+
+/// The audio bitrate, bit/s (IVS accepts up to 160 kbit/s).
+pub const BITRATE_BPS: u32 = 128_000;
+/// The sample rate sent (IVS takes 44.1 or 48 kHz).
+pub const RATE_HZ: i32 = 48_000;
+
+/// The AAC encoders the agent can use, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AacEncoder {
+    /// Fraunhofer FDK AAC (`fdkaacenc`, gst-plugins-bad where built with it).
+    Fdk,
+    /// FFmpeg's native AAC encoder (`avenc_aac`, gstreamer1.0-libav).
+    Libav,
+    /// VisualOn AAC (`voaacenc`, gst-plugins-bad).
+    VoAac,
+}
+
+impl AacEncoder {
+    /// Every kind, in the order they are preferred.
+    pub const PREFERENCE: [AacEncoder; 3] = [AacEncoder::Fdk, AacEncoder::Libav, AacEncoder::VoAac];
+
+    /// The GStreamer element factory.
+    pub fn factory(self) -> &'static str {
+        match self {
+            AacEncoder::Fdk => "fdkaacenc",
+            AacEncoder::Libav => "avenc_aac",
+            AacEncoder::VoAac => "voaacenc",
+        }
+    }
+}
+
+/// The first of [`AacEncoder::PREFERENCE`] that `present` (does this element factory exist?)
+/// says is there.
+pub fn choose(present: impl Fn(&str) -> bool) -> Option<AacEncoder> {
+    AacEncoder::PREFERENCE
+        .into_iter()
+        .find(|k| present(k.factory()))
+}
+
+/// [`choose`] over this machine's GStreamer registry (GStreamer must be initialised). Says once
+/// per process when there is none: the pipeline is rebuilt after every failure.
+pub fn choose_here() -> Option<AacEncoder> {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    let found = choose(|name| gst::ElementFactory::find(name).is_some());
+    if found.is_none() && !SAID.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "no AAC encoder (avenc_aac from gstreamer1.0-libav, voaacenc or fdkaacenc): the \
+             source's audio, if any, is left out of the upload"
+        );
+    }
+    found
+}
+
+/// Where the upload takes audio: its muxer (or HLS sink) and the request pad template for it.
+#[derive(Debug, Clone)]
+pub struct AudioInput {
+    /// The element with the request pad; weak, because the source's `pad-added` handler holds
+    /// this and the pipeline holds the source.
+    sink: gst::glib::WeakRef<gst::Element>,
+    /// Its request pad template: `audio` (flvmux, hlssink2) or `sink_%d` (mpegtsmux).
+    template: &'static str,
+    encoder: AacEncoder,
+    /// Pace the audio to the clock, as the video is paced (a file played in real time).
+    paced: bool,
+}
+
+impl AudioInput {
+    /// Audio for `sink`'s `template` pad, encoded with `encoder`.
+    pub fn new(
+        sink: &gst::Element,
+        template: &'static str,
+        encoder: AacEncoder,
+        paced: bool,
+    ) -> Self {
+        AudioInput {
+            sink: sink.downgrade(),
+            template,
+            encoder,
+            paced,
+        }
+    }
+
+    /// Builds the branch in the (running) pipeline `sink` is in and links `pad`, the source's
+    /// decoded audio, to it. Returns the parser, whose output is what the upload sends.
+    pub fn attach(&self, pad: &gst::Pad) -> Result<gst::Element, String> {
+        let sink = self
+            .sink
+            .upgrade()
+            .ok_or("the upload is gone (pipeline stopping)")?;
+        let bin = sink
+            .parent()
+            .and_then(|p| p.downcast::<gst::Bin>().ok())
+            .ok_or("the upload is in no pipeline")?;
+        let make = |factory: &str, name: &str| {
+            gst::ElementFactory::make(factory)
+                .name(format!("{PREFIX}{name}"))
+                .build()
+                .map_err(|_| format!("GStreamer element `{factory}` is missing"))
+        };
+        let mut chain = vec![make("queue", "queue")?];
+        if self.paced {
+            chain.push(make("clocksync", "clocksync")?);
+        }
+        let caps = make("capsfilter", "caps")?;
+        caps.set_property(
+            "caps",
+            gst::Caps::builder("audio/x-raw")
+                .field("rate", RATE_HZ)
+                .field("channels", 2i32)
+                .build(),
+        );
+        let enc = make(self.encoder.factory(), "encoder")?;
+        enc.set_property_from_str("bitrate", &BITRATE_BPS.to_string());
+        let parse = make("aacparse", "parse")?;
+        chain.extend([
+            make("audioconvert", "convert")?,
+            make("audioresample", "resample")?,
+            caps,
+            enc,
+            parse.clone(),
+        ]);
+        bin.add_many(&chain).map_err(|e| e.to_string())?;
+        gst::Element::link_many(&chain).map_err(|e| e.to_string())?;
+        let mux_pad = sink
+            .request_pad_simple(self.template)
+            .ok_or_else(|| format!("{} gives no `{}` pad", sink.name(), self.template))?;
+        let parse_src = parse.static_pad("src").ok_or("aacparse has no src pad")?;
+        parse_src.link(&mux_pad).map_err(|e| format!("{e:?}"))?;
+        // downstream first, so that nothing pushes into an element still in Null
+        for e in chain.iter().rev() {
+            e.sync_state_with_parent().map_err(|e| e.to_string())?;
+        }
+        let queue_sink = chain[0].static_pad("sink").ok_or("queue has no sink pad")?;
+        pad.link(&queue_sink).map_err(|e| format!("{e:?}"))?;
+        Ok(parse)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_best_aac_encoder_present_is_used_and_none_is_not_an_error() {
+        let only = |names: &'static [&'static str]| move |n: &str| names.contains(&n);
+        assert_eq!(choose(only(&["voaacenc"])), Some(AacEncoder::VoAac));
+        assert_eq!(
+            choose(only(&["voaacenc", "avenc_aac"])),
+            Some(AacEncoder::Libav)
+        );
+        assert_eq!(
+            choose(only(&["avenc_aac", "fdkaacenc"])),
+            Some(AacEncoder::Fdk)
+        );
+        assert_eq!(choose(only(&[])), None);
+    }
+
+    #[test]
+    fn every_encoder_here_takes_the_bitrate() {
+        gst::init().expect("gstreamer");
+        for kind in AacEncoder::PREFERENCE {
+            let Ok(enc) = gst::ElementFactory::make(kind.factory()).build() else {
+                continue;
+            };
+            enc.set_property_from_str("bitrate", &BITRATE_BPS.to_string());
+            assert_eq!(
+                enc.property_value("bitrate").serialize().ok().as_deref(),
+                Some("128000"),
+                "{kind:?}"
+            );
+        }
+    }
+}
