@@ -7,8 +7,8 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use crate::depthwise::{DepthwiseOp, DepthwiseRelu6, Pad2};
-use crate::epilogue::{BiasRelu6, BiasResidual};
+use crate::depthwise::{DepthwiseNhwc, Pad2};
+use crate::pointwise::{Activation, Conv1x1};
 use crate::stem::{StemConv, StemOp};
 
 /// Index of the last block at stride 16 (112 channels): see
@@ -56,10 +56,10 @@ pub struct LiteConfig {
     pub padding: Padding,
     /// Batch-norm epsilon of the checkpoint.
     pub bn_eps: f64,
-    /// Run the blocks with Spotter's fused CPU kernels (true: depthwise convolution with the
-    /// expand layer's activation and its own, in-place bias/ReLU6/residual after each matrix
-    /// product) or with candle ops only (false: grouped convolution, the baseline the benchmark
-    /// compares against; always so on GPUs).
+    /// Run the network on Spotter's fused CPU kernels (true: stem, channels-last 1x1 and
+    /// depthwise convolutions that apply their own bias, ReLU6 and residual as they store) or
+    /// with candle ops only (false: matrix products and grouped convolution, the baseline the
+    /// benchmark compares against; always so on GPUs).
     pub fused_depthwise: bool,
 }
 
@@ -103,15 +103,14 @@ fn folded_bn(vb: &VarBuilder, channels: usize, eps: f64) -> Result<(Tensor, Tens
     Ok((scale, shift))
 }
 
-/// A 1x1 convolution with folded batch norm, run as a matrix product.
+/// A 1x1 convolution with folded batch norm: a candle matrix product, or Spotter's kernel on
+/// channels-last activations.
 #[derive(Debug, Clone)]
 struct Pointwise {
     weight: Tensor,
-    /// `(Cin, Cout)`, for products whose output is channels-last.
-    weight_t: Tensor,
     bias: Tensor,
-    /// The same bias on the host, for the CPU epilogues.
-    bias_cpu: Vec<f32>,
+    /// The same layer for the CPU kernel.
+    cpu: Conv1x1,
     relu6: bool,
 }
 
@@ -129,49 +128,22 @@ impl Pointwise {
             .reshape((cout, cin))?;
         let (scale, shift) = folded_bn(&bn, cout, eps)?;
         let weight = w.broadcast_mul(&scale.unsqueeze(1)?)?;
+        let cpu = Conv1x1::new(
+            &weight.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
+            &shift.to_dtype(DType::F32)?.to_vec1()?,
+            cin,
+            if relu6 {
+                Activation::Relu6
+            } else {
+                Activation::None
+            },
+        );
         Ok(Pointwise {
-            weight_t: weight.t()?.contiguous()?,
             weight,
-            bias_cpu: shift.to_dtype(DType::F32)?.to_vec1()?,
             bias: shift.unsqueeze(1)?,
+            cpu,
             relu6,
         })
-    }
-
-    /// The matrix product alone from a channels-last `(1, H, W, Cin)` input, as `(1, Cout, H, W)`
-    /// (the depthwise kernel's layout): the bias and activation are left to the caller's fused
-    /// kernel. Many output channels, so they make the product's long side.
-    fn product_from_nhwc(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, h, w, c) = x.dims4()?;
-        self.weight
-            .broadcast_matmul(&x.reshape((n, h * w, c))?.transpose(1, 2)?)?
-            .reshape((n, (), h, w))
-    }
-
-    /// The layer from a `(1, Cin, H, W)` input to a channels-last `(1, H, W, Cout)` output, with
-    /// `residual` (channels-last too) added after the bias when given. Few output channels
-    /// (16 to 320): as the product's short side they would leave most of gemm's 64-row AVX-512
-    /// tile empty; the pixels make the long side instead.
-    fn forward_to_nhwc(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        let y = x
-            .reshape((n, c, h * w))?
-            .transpose(1, 2)?
-            .broadcast_matmul(&self.weight_t)?;
-        match residual {
-            Some(r) => y.inplace_op2(
-                &r.reshape(y.shape())?.contiguous()?,
-                &BiasResidual {
-                    bias: &self.bias_cpu,
-                },
-            )?,
-            None => y.inplace_op1(&BiasRelu6 {
-                bias: &self.bias_cpu,
-                relu6: self.relu6,
-                channels_last: true,
-            })?,
-        }
-        y.reshape((n, h, w, ()))
     }
 }
 
@@ -192,9 +164,9 @@ impl Module for Pointwise {
 struct Depthwise {
     weight: Tensor,
     bias: Tensor,
-    cpu: DepthwiseRelu6,
+    /// The same layer for the CPU kernel.
+    cpu: DepthwiseNhwc,
     padding: Padding,
-    fused: bool,
 }
 
 impl Depthwise {
@@ -210,36 +182,17 @@ impl Depthwise {
         let weight = conv
             .get((ch, 1, k, k), "weight")?
             .broadcast_mul(&scale.reshape((ch, 1, 1, 1))?)?;
-        let cpu = DepthwiseRelu6 {
-            weight: weight.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
-            bias: shift.to_dtype(DType::F32)?.to_vec1()?,
+        let cpu = DepthwiseNhwc::new(
+            &weight.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
+            &shift.to_dtype(DType::F32)?.to_vec1()?,
             k,
             stride,
-            input_bias: None,
-        };
+        );
         Ok(Depthwise {
             weight,
             bias: shift.reshape((1, ch, 1, 1))?,
             cpu,
             padding: cfg.padding,
-            fused: cfg.fused_depthwise,
-        })
-    }
-}
-
-impl Depthwise {
-    /// Whether the fused CPU kernels can take `x`.
-    fn fuses(&self, x: &Tensor) -> bool {
-        self.fused && x.device().is_cpu() && x.dtype() == DType::F32
-    }
-
-    /// The CPU kernel; `x` is a raw expand product when the layer holds that layer's bias.
-    fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
-        let pad = self.padding.pad2(h, w, self.cpu.k, self.cpu.stride);
-        x.contiguous()?.apply_op1_no_bwd(&DepthwiseOp {
-            layer: &self.cpu,
-            pad,
         })
     }
 }
@@ -247,14 +200,11 @@ impl Depthwise {
 impl Module for Depthwise {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, c, h, w) = x.dims4()?;
-        let pad = self.padding.pad2(h, w, self.cpu.k, self.cpu.stride);
-        if self.fuses(x) && self.cpu.input_bias.is_none() {
-            return self.forward_fused(x);
-        }
+        let pad = self.padding.pad2(h, w, self.cpu.k(), self.cpu.stride());
         let x = x
             .pad_with_zeros(2, pad.top, pad.bottom)?
             .pad_with_zeros(3, pad.left, pad.right)?;
-        x.conv2d(&self.weight, 0, self.cpu.stride, 1, c)?
+        x.conv2d(&self.weight, 0, self.cpu.stride(), 1, c)?
             .broadcast_add(&self.bias)?
             .clamp(0f32, 6f32)
     }
@@ -270,18 +220,34 @@ struct MbConv {
 }
 
 impl MbConv {
-    /// The block on the CPU kernels, one image: channels-last `(1, H, W, C)` in and out, except
-    /// that the first block (no expand layer) takes the stem's `(1, C, H, W)`. The expanded
-    /// tensors stay channels-first for the depthwise kernel, which reads whole planes.
-    fn forward_cpu(&self, x: &Tensor) -> Result<Tensor> {
-        // the expand product goes to the depthwise kernel raw: it applies that layer's bias
-        // and ReLU6 as it reads (see `MbConv::load`'s `input_bias`)
-        let expanded = match &self.expand {
-            Some(e) => e.product_from_nhwc(x)?,
-            None => x.clone(),
-        };
-        let y = self.depthwise.forward_fused(&expanded)?;
-        self.project.forward_to_nhwc(&y, self.residual.then_some(x))
+    /// The block on the CPU kernels, one image, channels-last `(h, w, Cin)` in `x`; returns the
+    /// `(ho, wo, Cout)` output and its size.
+    fn forward_cpu(
+        &self,
+        x: &[f32],
+        (h, w): (usize, usize),
+        padding: Padding,
+    ) -> (Vec<f32>, (usize, usize)) {
+        // the expand layer's bias and ReLU6 are applied as its product is stored
+        let expanded = self.expand.as_ref().map(|e| {
+            let mut y = vec![0f32; h * w * e.cpu.cout()];
+            e.cpu.forward(x, None, &mut y);
+            y
+        });
+        let dw = &self.depthwise.cpu;
+        let pad = padding.pad2(h, w, dw.k(), dw.stride());
+        let (ho, wo) = (
+            dw.out_dim(h, pad.top, pad.bottom),
+            dw.out_dim(w, pad.left, pad.right),
+        );
+        let mid = self.project.cpu.cin();
+        let mut y = vec![0f32; ho * wo * mid];
+        dw.forward(expanded.as_deref().unwrap_or(x), (h, w), pad, &mut y);
+        let mut out = vec![0f32; ho * wo * self.project.cpu.cout()];
+        self.project
+            .cpu
+            .forward(&y, self.residual.then_some(x), &mut out);
+        (out, (ho, wo))
     }
 }
 
@@ -350,9 +316,8 @@ impl EfficientNetLite0 {
                 } else {
                     None
                 };
-                let mut depthwise =
+                let depthwise =
                     Depthwise::load(b.pp("_depthwise_conv"), b.pp("_bn1"), mid, k, stride, cfg)?;
-                depthwise.cpu.input_bias = expand_layer.as_ref().map(|e| e.bias_cpu.clone());
                 blocks.push(MbConv {
                     expand: expand_layer,
                     depthwise,
@@ -425,9 +390,9 @@ impl EfficientNetLite0 {
         Ok((self.head.forward(&y)?, tapped))
     }
 
-    /// [`Self::features_with_tap`] on the CPU kernels. Between blocks the activations are
-    /// channels-last, so that each 1x1 product has a long side (see `Pointwise`); the results are
-    /// turned back to `(N, C, H, W)`.
+    /// [`Self::features_with_tap`] on the CPU kernels. After the stem the activations are
+    /// channels-last `Vec`s (each kernel vectorises over channels, see [`crate::pointwise`] and
+    /// [`crate::depthwise`]); the results are turned back to `(N, C, H, W)` tensors.
     fn features_cpu(
         &self,
         x: &Tensor,
@@ -436,7 +401,7 @@ impl EfficientNetLite0 {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let n = x.dim(0)?;
         if n != 1 {
-            // one image at a time: the channels-last products fold the batch into their rows
+            // one image at a time
             let mut heads = Vec::with_capacity(n);
             let mut taps = Vec::with_capacity(n);
             for i in 0..n {
@@ -451,23 +416,28 @@ impl EfficientNetLite0 {
             };
             return Ok((Tensor::cat(&heads, 0)?, tapped));
         }
-        let mut y = x.contiguous()?.apply_op1_no_bwd(&StemOp {
+        let stem = x.contiguous()?.apply_op1_no_bwd(&StemOp {
             layer: &self.stem_cpu,
             pad: p,
         })?;
+        let (_, c, mut h, mut w) = stem.dims4()?;
+        let mut y = nchw_to_nhwc(&stem.flatten_all()?.to_vec1()?, c, h * w);
         let mut tapped = None;
         for (i, block) in self.blocks.iter().enumerate() {
-            y = block.forward_cpu(&y)?;
+            (y, (h, w)) = block.forward_cpu(&y, (h, w), self.padding);
             if tap == Some(i) {
-                tapped = Some(y.permute((0, 3, 1, 2))?.contiguous()?);
+                let c = block.project.cpu.cout();
+                tapped = Some(Tensor::from_vec(
+                    nhwc_to_nchw(&y, h * w, c),
+                    (1, c, h, w),
+                    x.device(),
+                )?);
             }
         }
-        let head = self.head.product_from_nhwc(&y)?;
-        head.inplace_op1(&BiasRelu6 {
-            bias: &self.head.bias_cpu,
-            relu6: self.head.relu6,
-            channels_last: false,
-        })?;
+        let c = self.head.cpu.cout();
+        let mut head = vec![0f32; h * w * c];
+        self.head.cpu.forward(&y, None, &mut head);
+        let head = Tensor::from_vec(nhwc_to_nchw(&head, h * w, c), (1, c, h, w), x.device())?;
         Ok((head, tapped))
     }
 
@@ -488,6 +458,28 @@ impl Module for EfficientNetLite0 {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.classify(&self.features(x)?)
     }
+}
+
+/// `(C, pixels)` to `(pixels, C)`.
+fn nchw_to_nhwc(x: &[f32], c: usize, pixels: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (p, px) in out.chunks_exact_mut(c).enumerate() {
+        for (ch, v) in px.iter_mut().enumerate() {
+            *v = x[ch * pixels + p];
+        }
+    }
+    out
+}
+
+/// `(pixels, C)` to `(C, pixels)`.
+fn nhwc_to_nchw(x: &[f32], pixels: usize, c: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (ch, plane) in out.chunks_exact_mut(pixels).enumerate() {
+        for (p, v) in plane.iter_mut().enumerate() {
+            *v = x[p * c + ch];
+        }
+    }
+    out
 }
 
 #[cfg(test)]

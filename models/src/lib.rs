@@ -12,7 +12,7 @@
 pub mod depthwise;
 pub mod descriptor;
 pub mod efficientnet;
-pub mod epilogue;
+pub mod pointwise;
 pub mod preprocess;
 pub mod stem;
 pub mod verify;

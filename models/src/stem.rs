@@ -3,14 +3,15 @@
 //!
 //! candle would pad the frame twice (one copy per axis), unfold it for a matrix product of only 27
 //! rows, then add the bias and clamp in two more passes over the largest feature map of the
-//! network. With 3 input channels a direct convolution is cheaper: the padded frame is laid out
-//! once the way the depthwise kernel reads it, and each output channel sums 3 input planes.
+//! network. With 3 input channels a direct convolution is cheaper: the frame is copied once into
+//! zero-padded planes with each row split by stride phase, so that every tap reads a contiguous
+//! run of one SIMD vector, and each output channel sums 3 input planes.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use crate::depthwise::{conv_row, Pad2, ScratchGeometry};
+use crate::depthwise::Pad2;
 
 /// A dense `k x k` convolution with bias and ReLU6 for inputs of few channels.
 #[derive(Debug, Clone)]
@@ -75,7 +76,7 @@ impl CustomOp1 for StemOp<'_> {
                 .chunks_exact(h * w)
                 .zip(scratch.chunks_exact_mut(g.len()))
             {
-                g.fill(dst, plane, None);
+                g.fill(dst, plane);
             }
             let scratch = &scratch;
             out.par_chunks_mut(ho * wo)
@@ -122,6 +123,152 @@ impl WithSimd for OutputChannel<'_> {
                 conv_row(simd, row, rows, g, kern, ci + 1 == cin);
             }
         }
+    }
+}
+
+/// Where each stride phase of a padded row starts: phase `q` holds columns `q, q + s, ...`.
+fn phase_starts(wp: usize, s: usize) -> Vec<usize> {
+    let mut starts = Vec::with_capacity(s);
+    let mut at = 0;
+    for q in 0..s {
+        starts.push(at);
+        at += (wp + s - 1 - q) / s;
+    }
+    starts
+}
+
+/// Zeros after every scratch row, at least one SIMD vector (16 floats with AVX-512), so a vector
+/// that runs past the row's last output column still reads inside the buffer (those lanes are
+/// computed and never stored): no scalar tail loop, which the narrow late layers (12 or 24
+/// columns) would otherwise spend most of their time in.
+const SLACK: usize = 16;
+
+/// How one input size's planes sit in a scratch buffer.
+#[derive(Debug, Clone)]
+struct ScratchGeometry {
+    /// Padded input rows.
+    hp: usize,
+    /// Floats from one scratch row to the next (padded width plus [`SLACK`]).
+    stride: usize,
+    /// Where each tap column starts in a scratch row (stride phases split apart).
+    taps: Vec<usize>,
+    /// Where each stride phase starts in a scratch row.
+    starts: Vec<usize>,
+    pad: Pad2,
+    w: usize,
+    h: usize,
+    /// Stride of the convolution.
+    s: usize,
+}
+
+impl ScratchGeometry {
+    fn new((h, w): (usize, usize), k: usize, s: usize, pad: Pad2) -> Self {
+        let wp = w + pad.left + pad.right;
+        let starts = phase_starts(wp, s);
+        let taps = (0..k).map(|kx| starts[kx % s] + kx / s).collect();
+        ScratchGeometry {
+            hp: h + pad.top + pad.bottom,
+            stride: wp + SLACK,
+            taps,
+            starts,
+            pad,
+            w,
+            h,
+            s,
+        }
+    }
+
+    /// Floats in one scratch plane.
+    fn len(&self) -> usize {
+        self.hp * self.stride
+    }
+
+    /// Copies one `h x w` plane into `scratch`: zero padding around it, each row split by stride
+    /// phase.
+    fn fill(&self, scratch: &mut [f32], src: &[f32]) {
+        let (p, w, s) = (self.pad, self.w, self.s);
+        let wp = w + p.left + p.right;
+        for (r, dst) in scratch.chunks_exact_mut(self.stride).enumerate() {
+            if r < p.top || r >= p.top + self.h {
+                dst.fill(0.0);
+                continue;
+            }
+            let src_row = &src[(r - p.top) * w..(r - p.top + 1) * w];
+            if s == 1 {
+                dst[..p.left].fill(0.0);
+                dst[p.left..p.left + w].copy_from_slice(src_row);
+                dst[p.left + w..].fill(0.0);
+            } else if s == 2 {
+                dst.fill(0.0);
+                let (even, odd) = dst[..wp].split_at_mut(self.starts[1]);
+                for (i, &v) in src_row.iter().enumerate() {
+                    let col = p.left + i;
+                    if col % 2 == 0 {
+                        even[col / 2] = v;
+                    } else {
+                        odd[col / 2] = v;
+                    }
+                }
+            } else {
+                for (j, &start) in self.starts.iter().enumerate() {
+                    let end = self.starts.get(j + 1).copied().unwrap_or(wp);
+                    for (i, d) in dst[start..end].iter_mut().enumerate() {
+                        let col = j + i * s;
+                        *d = if col < p.left || col >= p.left + w {
+                            0.0
+                        } else {
+                            src_row[col - p.left]
+                        };
+                    }
+                }
+                dst[wp..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// Adds the taps of `kern` over the `k` scratch `rows` to `out` (one output row, which holds
+/// the bias or an earlier input channel's sum), clamping to ReLU6 at the end when `relu6`.
+#[inline(always)] // into the caller's SIMD dispatch, so that it is compiled for it
+fn conv_row<S: Simd>(
+    simd: S,
+    out: &mut [f32],
+    rows: &[f32],
+    g: &ScratchGeometry,
+    kern: &[f32],
+    relu6: bool,
+) {
+    let lanes = S::F32_LANES;
+    let k = g.taps.len();
+    let mut ox = 0;
+    while ox < out.len() {
+        let n = (out.len() - ox).min(lanes);
+        let mut acc = if n == lanes {
+            S::as_simd_f32s(&out[ox..ox + lanes]).0[0]
+        } else {
+            simd.partial_load_f32s(&out[ox..ox + n])
+        };
+        for (row, wrow) in rows.chunks_exact(g.stride).zip(kern.chunks_exact(k)) {
+            for (&at, &wgt) in g.taps.iter().zip(wrow) {
+                // a whole vector even at the row's end, within the row thanks to SLACK; the
+                // lanes past `n` are never stored
+                let v = S::as_simd_f32s(&row[at + ox..at + ox + lanes]).0[0];
+                acc = simd.mul_add_e_f32s(simd.splat_f32s(wgt), v, acc);
+            }
+        }
+        if relu6 {
+            acc = simd.min_f32s(
+                simd.max_f32s(acc, simd.splat_f32s(0.0)),
+                simd.splat_f32s(6.0),
+            );
+        }
+        if n == lanes {
+            S::as_mut_simd_f32s(&mut out[ox..ox + lanes]).0[0] = acc;
+        } else {
+            // pulp's masked store: a call, but only once a row
+            simd.partial_store_f32s(&mut out[ox..ox + n], acc);
+        }
+        ox += lanes;
     }
 }
 

@@ -1,0 +1,283 @@
+//! The 1x1 convolutions on channels-last activations, with their epilogue (folded batch-norm
+//! bias, then ReLU6 or the block's residual) applied to each output tile while it is still in
+//! registers.
+//!
+//! A 1x1 convolution is a matrix product `(pixels, Cin) x (Cin, Cout)`, but a small one: Cin is
+//! 16 to 1152, so a general GEMM (the `gemm` crate, through candle) spends much of its time
+//! packing operands on every call, writes a zeroed output, and leaves the bias and activation to
+//! one more pass over memory. Here the weights are laid out once at load time (`Cout` padded to
+//! whole vectors), each pixel's inputs are broadcast straight from the activation, and a tile of
+//! pixels x two vectors of output channels accumulates in registers (AVX-512 or AVX2, chosen at
+//! run time through pulp), so every output is written once, final.
+
+use pulp::{Simd, WithSimd};
+use rayon::prelude::*;
+
+/// Output channels are padded to a multiple of this: two vectors of AVX-512, four of AVX2.
+const PANEL: usize = 32;
+
+/// What follows the product and bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Nothing (the projection layers, which are linear).
+    None,
+    /// `clamp(y, 0, 6)`.
+    Relu6,
+}
+
+/// A 1x1 convolution with folded batch norm.
+#[derive(Debug, Clone)]
+pub struct Conv1x1 {
+    cin: usize,
+    cout: usize,
+    /// `[cin][cout_pad]`: row `ci` holds every output channel's weight for input channel `ci`,
+    /// zero past `cout`.
+    weight: Vec<f32>,
+    /// `[cout_pad]`, zero past `cout`.
+    bias: Vec<f32>,
+    act: Activation,
+}
+
+impl Conv1x1 {
+    /// From candle's `(Cout, Cin)` weight (row-major) and the per-channel bias.
+    pub fn new(weight: &[f32], bias: &[f32], cin: usize, act: Activation) -> Self {
+        let cout = bias.len();
+        assert_eq!(weight.len(), cin * cout, "1x1 weight is (cout, cin)");
+        let cout_pad = cout.next_multiple_of(PANEL);
+        let mut w = vec![0f32; cin * cout_pad];
+        for (co, row) in weight.chunks_exact(cin).enumerate() {
+            for (ci, &v) in row.iter().enumerate() {
+                w[ci * cout_pad + co] = v;
+            }
+        }
+        let mut b = bias.to_vec();
+        b.resize(cout_pad, 0.0);
+        Conv1x1 {
+            cin,
+            cout,
+            weight: w,
+            bias: b,
+            act,
+        }
+    }
+
+    /// Input channels.
+    pub fn cin(&self) -> usize {
+        self.cin
+    }
+
+    /// Output channels.
+    pub fn cout(&self) -> usize {
+        self.cout
+    }
+
+    /// `out = act(x W + b)`, or `x W + b + residual` when `residual` is given (the residual is
+    /// added after the activation would be; the projections that take one have none), for
+    /// channels-last `x` of `(pixels, Cin)` and `out`, `residual` of `(pixels, Cout)`.
+    pub fn forward(&self, x: &[f32], residual: Option<&[f32]>, out: &mut [f32]) {
+        let pixels = x.len() / self.cin;
+        assert_eq!(x.len(), pixels * self.cin, "input is (pixels, cin)");
+        assert_eq!(out.len(), pixels * self.cout, "output is (pixels, cout)");
+        if let Some(r) = residual {
+            assert_eq!(r.len(), out.len(), "residual is (pixels, cout)");
+        }
+        // enough tasks for rayon to balance two threads that other processes also want, each
+        // long enough that the weights it streams through are reused over many pixels
+        let threads = rayon::current_num_threads();
+        let per_task = pixels
+            .div_ceil(4 * threads)
+            .clamp(ROWS_MIN_TASK, ROWS_MAX_TASK)
+            .min(pixels.max(1));
+        let arch = pulp::Arch::new();
+        out.par_chunks_mut(per_task * self.cout)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let p0 = task * per_task;
+                let n = out.len() / self.cout;
+                arch.dispatch(Tiles {
+                    conv: self,
+                    x: &x[p0 * self.cin..(p0 + n) * self.cin],
+                    residual: residual.map(|r| &r[p0 * self.cout..(p0 + n) * self.cout]),
+                    out,
+                });
+            });
+    }
+}
+
+/// Pixels per rayon task, at least and at most.
+const ROWS_MIN_TASK: usize = 24;
+const ROWS_MAX_TASK: usize = 1024;
+
+/// One task's pixels, as a unit of SIMD dispatch.
+struct Tiles<'a> {
+    conv: &'a Conv1x1,
+    x: &'a [f32],
+    residual: Option<&'a [f32]>,
+    out: &'a mut [f32],
+}
+
+impl WithSimd for Tiles<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let Tiles {
+            conv: c,
+            x,
+            residual,
+            out,
+        } = self;
+        let lanes = S::F32_LANES;
+        let pixels = out.len() / c.cout;
+        let cout_pad = c.bias.len();
+        // panel by panel of output channels, so that a panel's weights (Cin x 2 vectors) stay
+        // in cache while every pixel of the task goes past them
+        for co in (0..cout_pad).step_by(2 * lanes) {
+            let mut p = 0;
+            // AVX-512: 12 pixels x 2 vectors = 24 of the 32 registers accumulate; AVX2 has 16
+            if lanes >= 16 {
+                while p + 12 <= pixels {
+                    tile::<S, 12>(simd, c, x, residual, out, p, co);
+                    p += 12;
+                }
+            }
+            while p + 6 <= pixels {
+                tile::<S, 6>(simd, c, x, residual, out, p, co);
+                p += 6;
+            }
+            while p + 2 <= pixels {
+                tile::<S, 2>(simd, c, x, residual, out, p, co);
+                p += 2;
+            }
+            while p < pixels {
+                tile::<S, 1>(simd, c, x, residual, out, p, co);
+                p += 1;
+            }
+        }
+    }
+}
+
+/// `R` pixels from `p` by output channels `co..co + 2 * lanes`.
+#[inline(always)]
+fn tile<S: Simd, const R: usize>(
+    simd: S,
+    c: &Conv1x1,
+    x: &[f32],
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+    p: usize,
+    co: usize,
+) {
+    let lanes = S::F32_LANES;
+    let (cin, cout_pad) = (c.cin, c.bias.len());
+    let mut rows: [&[f32]; R] = [&[]; R];
+    for (r, row) in rows.iter_mut().enumerate() {
+        *row = &x[(p + r) * cin..(p + r + 1) * cin];
+    }
+    let b0 = S::as_simd_f32s(&c.bias[co..co + lanes]).0[0];
+    let b1 = S::as_simd_f32s(&c.bias[co + lanes..co + 2 * lanes]).0[0];
+    let mut acc = [[b0, b1]; R];
+    for (ci, w) in c.weight.chunks_exact(cout_pad).enumerate() {
+        let w0 = S::as_simd_f32s(&w[co..co + lanes]).0[0];
+        let w1 = S::as_simd_f32s(&w[co + lanes..co + 2 * lanes]).0[0];
+        for (a, row) in acc.iter_mut().zip(&rows) {
+            let v = simd.splat_f32s(row[ci]);
+            a[0] = simd.mul_add_e_f32s(v, w0, a[0]);
+            a[1] = simd.mul_add_e_f32s(v, w1, a[1]);
+        }
+    }
+    let (zero, six) = (simd.splat_f32s(0.0), simd.splat_f32s(6.0));
+    // channels of this panel that exist (the last panel may be partly padding)
+    let valid = c.cout.saturating_sub(co).min(2 * lanes);
+    for (r, a) in acc.into_iter().enumerate() {
+        let at = (p + r) * c.cout + co;
+        let out_px = &mut out[at..at + valid];
+        let res_px = residual.map(|res| &res[at..at + valid]);
+        for (j, mut v) in a.into_iter().enumerate() {
+            let lo = j * lanes;
+            if lo >= valid {
+                break;
+            }
+            let hi = (lo + lanes).min(valid);
+            if let Some(res) = res_px {
+                let rv = if hi - lo == lanes {
+                    S::as_simd_f32s(&res[lo..hi]).0[0]
+                } else {
+                    simd.partial_load_f32s(&res[lo..hi])
+                };
+                v = simd.add_f32s(v, rv);
+            } else if c.act == Activation::Relu6 {
+                v = simd.min_f32s(simd.max_f32s(v, zero), six);
+            }
+            if hi - lo == lanes {
+                S::as_mut_simd_f32s(&mut out_px[lo..hi]).0[0] = v;
+            } else {
+                simd.partial_store_f32s(&mut out_px[lo..hi], v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(w: &[f32], b: &[f32], x: &[f32], cin: usize, act: Activation) -> Vec<f32> {
+        let cout = b.len();
+        let mut out = Vec::new();
+        for px in x.chunks_exact(cin) {
+            for co in 0..cout {
+                let s: f32 = b[co]
+                    + px.iter()
+                        .zip(&w[co * cin..(co + 1) * cin])
+                        .map(|(a, b)| a * b)
+                        .sum::<f32>();
+                out.push(match act {
+                    Activation::Relu6 => s.clamp(0.0, 6.0),
+                    Activation::None => s,
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_direct_sums_for_odd_shapes_with_and_without_residual() {
+        for &(pixels, cin, cout) in &[(1, 3, 5), (13, 16, 24), (37, 40, 80), (300, 24, 144)] {
+            let x: Vec<f32> = (0..pixels * cin)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+                .collect();
+            let w: Vec<f32> = (0..cout * cin)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
+                .collect();
+            let b: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 1.0).collect();
+            for act in [Activation::None, Activation::Relu6] {
+                let conv = Conv1x1::new(&w, &b, cin, act);
+                let mut got = vec![f32::NAN; pixels * cout];
+                conv.forward(&x, None, &mut got);
+                let want = naive(&w, &b, &x, cin, act);
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(worst < 1e-3, "{pixels}x{cin}->{cout} {act:?}: {worst}");
+            }
+            let conv = Conv1x1::new(&w, &b, cin, Activation::None);
+            let res: Vec<f32> = (0..pixels * cout).map(|i| i as f32 * 0.01).collect();
+            let mut got = vec![f32::NAN; pixels * cout];
+            conv.forward(&x, Some(&res), &mut got);
+            let want: Vec<f32> = naive(&w, &b, &x, cin, Activation::None)
+                .iter()
+                .zip(&res)
+                .map(|(a, r)| a + r)
+                .collect();
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-3, "{pixels}x{cin}->{cout} residual: {worst}");
+        }
+    }
+}
