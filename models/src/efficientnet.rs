@@ -4,12 +4,14 @@
 //! Batch norm is folded into the preceding convolution at load time, so a forward pass is only
 //! convolutions, bias adds and clamps.
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::depthwise::{DepthwiseNhwc, Pad2};
 use crate::pointwise::{Activation, Conv1x1};
-use crate::stem::{StemConv, StemOp};
+use crate::stem::StemConv;
 
 /// Index of the last block at stride 16 (112 channels): see
 /// [`EfficientNetLite0::features_with_tap`].
@@ -220,35 +222,67 @@ struct MbConv {
 }
 
 impl MbConv {
-    /// The block on the CPU kernels, one image, channels-last `(h, w, Cin)` in `x`; returns the
-    /// `(ho, wo, Cout)` output and its size.
+    /// The block on the CPU kernels, one image: channels-last `(h, w, Cin)` in `x`, the
+    /// `(ho, wo, Cout)` output in `out`'s first floats; returns `(ho, wo)`.
     fn forward_cpu(
         &self,
         x: &[f32],
         (h, w): (usize, usize),
         padding: Padding,
-    ) -> (Vec<f32>, (usize, usize)) {
-        // the expand layer's bias and ReLU6 are applied as its product is stored
-        let expanded = self.expand.as_ref().map(|e| {
-            let mut y = vec![0f32; h * w * e.cpu.cout()];
-            e.cpu.forward(x, None, &mut y);
-            y
-        });
+        scratch: &mut BlockScratch,
+        out: &mut Vec<f32>,
+    ) -> (usize, usize) {
+        let input = match &self.expand {
+            Some(e) => {
+                // its bias and ReLU6 are applied as the product is stored
+                let y = slot(&mut scratch.expanded, h * w * e.cpu.cout());
+                e.cpu.forward(x, None, y);
+                &*y
+            }
+            None => x,
+        };
         let dw = &self.depthwise.cpu;
         let pad = padding.pad2(h, w, dw.k(), dw.stride());
         let (ho, wo) = (
             dw.out_dim(h, pad.top, pad.bottom),
             dw.out_dim(w, pad.left, pad.right),
         );
-        let mid = self.project.cpu.cin();
-        let mut y = vec![0f32; ho * wo * mid];
-        dw.forward(expanded.as_deref().unwrap_or(x), (h, w), pad, &mut y);
-        let mut out = vec![0f32; ho * wo * self.project.cpu.cout()];
-        self.project
-            .cpu
-            .forward(&y, self.residual.then_some(x), &mut out);
-        (out, (ho, wo))
+        let y = slot(&mut scratch.depthwise, ho * wo * self.project.cpu.cin());
+        dw.forward(input, (h, w), pad, y);
+        let out = slot(out, ho * wo * self.project.cpu.cout());
+        self.project.cpu.forward(y, self.residual.then_some(x), out);
+        (ho, wo)
     }
+}
+
+/// A block's intermediate activations on the CPU path.
+#[derive(Debug, Default)]
+struct BlockScratch {
+    /// The expand layer's output.
+    expanded: Vec<f32>,
+    /// The depthwise layer's output.
+    depthwise: Vec<f32>,
+}
+
+/// Buffers of the CPU path, kept from one frame to the next: allocating (and zeroing) each
+/// layer's output afresh cost more than the smaller layers' arithmetic.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// The stem's unfolded windows.
+    windows: Vec<f32>,
+    /// The current block's input and output, swapped after each block.
+    current: Vec<f32>,
+    next: Vec<f32>,
+    block: BlockScratch,
+}
+
+/// The first `len` floats of `buf`, grown (once, zeroed) when it is shorter: kernels overwrite
+/// every float they are given, so a reused buffer need not be cleared.
+fn slot(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
 }
 
 impl Module for MbConv {
@@ -275,6 +309,8 @@ pub struct EfficientNetLite0 {
     stem_cpu: StemConv,
     padding: Padding,
     fused: bool,
+    /// Shared by clones; a call that finds it in use works in buffers of its own.
+    scratch: Arc<Mutex<Scratch>>,
     blocks: Vec<MbConv>,
     head: Pointwise,
     fc: candle_nn::Linear,
@@ -289,13 +325,13 @@ impl EfficientNetLite0 {
             .get((STEM_CHANNELS, 3, 3, 3), "weight")?
             .broadcast_mul(&scale.reshape((STEM_CHANNELS, 1, 1, 1))?)?;
         let stem_bias = shift.reshape((1, STEM_CHANNELS, 1, 1))?;
-        let stem_cpu = StemConv {
-            weight: stem_weight.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
-            bias: shift.to_dtype(DType::F32)?.to_vec1()?,
-            cin: 3,
-            k: 3,
-            stride: 2,
-        };
+        let stem_cpu = StemConv::new(
+            &stem_weight.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
+            &shift.to_dtype(DType::F32)?.to_vec1()?,
+            3,
+            3,
+            2,
+        );
 
         let mut blocks = Vec::new();
         let mut cin = STEM_CHANNELS;
@@ -349,6 +385,7 @@ impl EfficientNetLite0 {
             stem_cpu,
             padding: cfg.padding,
             fused: cfg.fused_depthwise,
+            scratch: Arc::default(),
             blocks,
             head,
             fc,
@@ -416,28 +453,44 @@ impl EfficientNetLite0 {
             };
             return Ok((Tensor::cat(&heads, 0)?, tapped));
         }
-        let stem = x.contiguous()?.apply_op1_no_bwd(&StemOp {
-            layer: &self.stem_cpu,
-            pad: p,
-        })?;
-        let (_, c, mut h, mut w) = stem.dims4()?;
-        let mut y = nchw_to_nhwc(&stem.flatten_all()?.to_vec1()?, c, h * w);
+        let (_, _, h_in, w_in) = x.dims4()?;
+        let pixels: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let mut guard = self.scratch.try_lock().ok();
+        let mut own = Scratch::default();
+        let Scratch {
+            windows,
+            current,
+            next,
+            block: scratch,
+        } = guard.as_deref_mut().unwrap_or(&mut own);
+
+        let (mut h, mut w) = (
+            self.stem_cpu.out_dim(h_in, p.top, p.bottom),
+            self.stem_cpu.out_dim(w_in, p.left, p.right),
+        );
+        let c = self.stem_cpu.cout();
+        let windows = slot(windows, h * w * self.stem_cpu.window_len());
+        self.stem_cpu
+            .forward(&pixels, (h_in, w_in), p, windows, slot(current, h * w * c));
+        let mut len = h * w * c;
         let mut tapped = None;
         for (i, block) in self.blocks.iter().enumerate() {
-            (y, (h, w)) = block.forward_cpu(&y, (h, w), self.padding);
+            (h, w) = block.forward_cpu(&current[..len], (h, w), self.padding, scratch, next);
+            std::mem::swap(current, next);
+            let c = block.project.cpu.cout();
+            len = h * w * c;
             if tap == Some(i) {
-                let c = block.project.cpu.cout();
                 tapped = Some(Tensor::from_vec(
-                    nhwc_to_nchw(&y, h * w, c),
+                    nhwc_to_nchw(&current[..len], h * w, c),
                     (1, c, h, w),
                     x.device(),
                 )?);
             }
         }
         let c = self.head.cpu.cout();
-        let mut head = vec![0f32; h * w * c];
-        self.head.cpu.forward(&y, None, &mut head);
-        let head = Tensor::from_vec(nhwc_to_nchw(&head, h * w, c), (1, c, h, w), x.device())?;
+        let head = slot(next, h * w * c);
+        self.head.cpu.forward(&current[..len], None, head);
+        let head = Tensor::from_vec(nhwc_to_nchw(head, h * w, c), (1, c, h, w), x.device())?;
         Ok((head, tapped))
     }
 
@@ -458,17 +511,6 @@ impl Module for EfficientNetLite0 {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.classify(&self.features(x)?)
     }
-}
-
-/// `(C, pixels)` to `(pixels, C)`.
-fn nchw_to_nhwc(x: &[f32], c: usize, pixels: usize) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    for (p, px) in out.chunks_exact_mut(c).enumerate() {
-        for (ch, v) in px.iter_mut().enumerate() {
-            *v = x[ch * pixels + p];
-        }
-    }
-    out
 }
 
 /// `(pixels, C)` to `(C, pixels)`.
