@@ -151,6 +151,18 @@ impl<const K: usize> WithSimd for NhwcRowsK<'_, K> {
         } = self.0;
         let lanes = S::F32_LANES;
         let (c, s, p) = (g.c, g.s, g.pad);
+        if c % lanes != 0 {
+            // never so in Lite0, whose widths are multiples of 16
+            scalar_rows::<K>(layer, g, x, oy0, out, wo);
+            return;
+        }
+        // the activations as whole vectors, `cv` to a pixel: one bounds check per load
+        let cv = c / lanes;
+        let xv = S::as_simd_f32s(x).0;
+        let wv = S::as_simd_f32s(&layer.weight).0;
+        let bv = S::as_simd_f32s(&layer.bias).0;
+        let outv = S::as_mut_simd_f32s(out).0;
+        let (zero, six) = (simd.splat_f32s(0.0), simd.splat_f32s(6.0));
         // output columns whose taps all fall inside the image
         let ox_lo = p.left.div_ceil(s).min(wo);
         let ox_hi = if g.w + p.left >= K {
@@ -159,28 +171,25 @@ impl<const K: usize> WithSimd for NhwcRowsK<'_, K> {
             0
         }
         .max(ox_lo);
-        for (r, out_row) in out.chunks_exact_mut(wo * c).enumerate() {
+        for (r, out_row) in outv.chunks_exact_mut(wo * cv).enumerate() {
             let oy = oy0 + r;
             let iy0 = (oy * s) as isize - p.top as isize;
             let full_rows = iy0 >= 0 && iy0 as usize + K <= g.h;
-            let mut cb = 0;
-            while cb + lanes <= c {
+            let (ox_lo, ox_hi) = if full_rows { (ox_lo, ox_hi) } else { (wo, wo) };
+            for cb in 0..cv {
                 // no closures in here: they would not be compiled for the dispatched SIMD
-                let mut wts = [[simd.splat_f32s(0.0); K]; K];
+                let mut wts = [[zero; K]; K];
                 for (ky, wrow) in wts.iter_mut().enumerate() {
-                    for (kx, wv) in wrow.iter_mut().enumerate() {
-                        let at = (ky * K + kx) * c + cb;
-                        *wv = S::as_simd_f32s(&layer.weight[at..at + lanes]).0[0];
+                    for (kx, w) in wrow.iter_mut().enumerate() {
+                        *w = wv[(ky * K + kx) * cv + cb];
                     }
                 }
-                let bias = S::as_simd_f32s(&layer.bias[cb..cb + lanes]).0[0];
-                let (ox_lo, ox_hi) = if full_rows { (ox_lo, ox_hi) } else { (wo, wo) };
+                let bias = bv[cb];
                 for ox in (0..ox_lo).chain(ox_hi..wo) {
-                    let acc = edge_pixel(simd, g, x, &wts, bias, iy0, ox, cb);
-                    store_relu6(simd, out_row, ox * c + cb, acc);
+                    let acc = edge_pixel(simd, g, xv, &wts, bias, iy0, ox, cb);
+                    out_row[ox * cv + cb] = simd.min_f32s(simd.max_f32s(acc, zero), six);
                 }
                 if ox_lo == wo {
-                    cb += lanes;
                     continue;
                 }
                 let iy0 = iy0 as usize;
@@ -190,17 +199,15 @@ impl<const K: usize> WithSimd for NhwcRowsK<'_, K> {
                     let ix0 = ox * s - p.left;
                     let mut acc = [bias; 4];
                     for (ky, wrow) in wts.iter().enumerate() {
-                        let row = (iy0 + ky) * g.w;
-                        for (kx, &wv) in wrow.iter().enumerate() {
+                        let row = &xv[(iy0 + ky) * g.w * cv..(iy0 + ky + 1) * g.w * cv];
+                        for (kx, &w) in wrow.iter().enumerate() {
                             for (j, a) in acc.iter_mut().enumerate() {
-                                let at = (row + ix0 + j * s + kx) * c + cb;
-                                let v = S::as_simd_f32s(&x[at..at + lanes]).0[0];
-                                *a = simd.mul_add_e_f32s(wv, v, *a);
+                                *a = simd.mul_add_e_f32s(w, row[(ix0 + j * s + kx) * cv + cb], *a);
                             }
                         }
                     }
                     for (j, a) in acc.into_iter().enumerate() {
-                        store_relu6(simd, out_row, (ox + j) * c + cb, a);
+                        out_row[(ox + j) * cv + cb] = simd.min_f32s(simd.max_f32s(a, zero), six);
                     }
                     ox += 4;
                 }
@@ -208,38 +215,13 @@ impl<const K: usize> WithSimd for NhwcRowsK<'_, K> {
                     let ix0 = ox * s - p.left;
                     let mut acc = bias;
                     for (ky, wrow) in wts.iter().enumerate() {
-                        let row = (iy0 + ky) * g.w;
-                        for (kx, &wv) in wrow.iter().enumerate() {
-                            let at = (row + ix0 + kx) * c + cb;
-                            let v = S::as_simd_f32s(&x[at..at + lanes]).0[0];
-                            acc = simd.mul_add_e_f32s(wv, v, acc);
+                        let row = &xv[(iy0 + ky) * g.w * cv..(iy0 + ky + 1) * g.w * cv];
+                        for (kx, &w) in wrow.iter().enumerate() {
+                            acc = simd.mul_add_e_f32s(w, row[(ix0 + kx) * cv + cb], acc);
                         }
                     }
-                    store_relu6(simd, out_row, ox * c + cb, acc);
+                    out_row[ox * cv + cb] = simd.min_f32s(simd.max_f32s(acc, zero), six);
                     ox += 1;
-                }
-                cb += lanes;
-            }
-            // channels past the last whole vector (none in Lite0, whose widths are multiples
-            // of 16): plain scalar code
-            for ch in cb..c {
-                for ox in 0..wo {
-                    let mut acc = layer.bias[ch];
-                    for ky in 0..K {
-                        let iy = iy0 + ky as isize;
-                        if iy < 0 || iy as usize >= g.h {
-                            continue;
-                        }
-                        for kx in 0..K {
-                            let ix = (ox * s + kx) as isize - p.left as isize;
-                            if ix < 0 || ix as usize >= g.w {
-                                continue;
-                            }
-                            acc += layer.weight[(ky * K + kx) * c + ch]
-                                * x[(iy as usize * g.w + ix as usize) * c + ch];
-                        }
-                    }
-                    out_row[ox * c + ch] = acc.clamp(0.0, 6.0);
                 }
             }
         }
@@ -247,20 +229,20 @@ impl<const K: usize> WithSimd for NhwcRowsK<'_, K> {
 }
 
 /// One output pixel's channel block anywhere in the image: taps that fall in the padding are
-/// skipped (they read zeros).
+/// skipped (they read zeros). `xv` holds the input as vectors, `g.c / lanes` to a pixel.
 #[allow(clippy::too_many_arguments)] // a SIMD helper, inlined into its one caller
 #[inline(always)]
 fn edge_pixel<S: Simd, const K: usize>(
     simd: S,
     g: &NhwcGeometry,
-    x: &[f32],
+    xv: &[S::f32s],
     wts: &[[S::f32s; K]; K],
     bias: S::f32s,
     iy0: isize,
     ox: usize,
     cb: usize,
 ) -> S::f32s {
-    let lanes = S::F32_LANES;
+    let cv = g.c / S::F32_LANES;
     let ix0 = (ox * g.s) as isize - g.pad.left as isize;
     let mut acc = bias;
     for (ky, wrow) in wts.iter().enumerate() {
@@ -268,22 +250,50 @@ fn edge_pixel<S: Simd, const K: usize>(
         if iy < 0 || iy as usize >= g.h {
             continue;
         }
-        for (kx, &wv) in wrow.iter().enumerate() {
+        for (kx, &w) in wrow.iter().enumerate() {
             let ix = ix0 + kx as isize;
             if ix < 0 || ix as usize >= g.w {
                 continue;
             }
-            let at = (iy as usize * g.w + ix as usize) * g.c + cb;
-            acc = simd.mul_add_e_f32s(wv, S::as_simd_f32s(&x[at..at + lanes]).0[0], acc);
+            acc = simd.mul_add_e_f32s(w, xv[(iy as usize * g.w + ix as usize) * cv + cb], acc);
         }
     }
     acc
 }
 
-#[inline(always)]
-fn store_relu6<S: Simd>(simd: S, out: &mut [f32], at: usize, v: S::f32s) {
-    let v = simd.min_f32s(simd.max_f32s(v, simd.splat_f32s(0.0)), simd.splat_f32s(6.0));
-    S::as_mut_simd_f32s(&mut out[at..at + S::F32_LANES]).0[0] = v;
+/// The same rows in plain scalar code, for widths that are not whole vectors.
+fn scalar_rows<const K: usize>(
+    layer: &DepthwiseNhwc,
+    g: &NhwcGeometry,
+    x: &[f32],
+    oy0: usize,
+    out: &mut [f32],
+    wo: usize,
+) {
+    let (c, s, p) = (g.c, g.s, g.pad);
+    for (r, out_row) in out.chunks_exact_mut(wo * c).enumerate() {
+        let iy0 = ((oy0 + r) * s) as isize - p.top as isize;
+        for (ox, px) in out_row.chunks_exact_mut(c).enumerate() {
+            for (ch, o) in px.iter_mut().enumerate() {
+                let mut acc = layer.bias[ch];
+                for ky in 0..K {
+                    let iy = iy0 + ky as isize;
+                    if iy < 0 || iy as usize >= g.h {
+                        continue;
+                    }
+                    for kx in 0..K {
+                        let ix = (ox * s + kx) as isize - p.left as isize;
+                        if ix < 0 || ix as usize >= g.w {
+                            continue;
+                        }
+                        acc += layer.weight[(ky * K + kx) * c + ch]
+                            * x[(iy as usize * g.w + ix as usize) * c + ch];
+                    }
+                }
+                *o = acc.clamp(0.0, 6.0);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -329,7 +339,7 @@ mod tests {
 
     #[test]
     fn matches_direct_loops_for_every_kernel_stride_padding_and_width() {
-        // 3 channels: the scalar tail alone; 40: vectors and a tail on AVX-512
+        // 3 and 40 channels: not whole AVX-512 vectors (the scalar path)
         for &c in &[3usize, 32, 40] {
             for &(h, w) in &[(9, 37), (8, 20), (14, 14), (3, 2)] {
                 for &(k, s) in &[(3, 1), (3, 2), (5, 1), (5, 2)] {
