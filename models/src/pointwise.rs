@@ -169,19 +169,20 @@ fn tile<S: Simd, const R: usize>(
     co: usize,
 ) {
     let lanes = S::F32_LANES;
-    let (cin, cout_pad) = (c.cin, c.bias.len());
-    let mut rows: [&[f32]; R] = [&[]; R];
-    for (r, row) in rows.iter_mut().enumerate() {
-        *row = &x[(p + r) * cin..(p + r + 1) * cin];
-    }
-    let b0 = S::as_simd_f32s(&c.bias[co..co + lanes]).0[0];
-    let b1 = S::as_simd_f32s(&c.bias[co + lanes..co + 2 * lanes]).0[0];
-    let mut acc = [[b0, b1]; R];
-    for (ci, w) in c.weight.chunks_exact(cout_pad).enumerate() {
-        let w0 = S::as_simd_f32s(&w[co..co + lanes]).0[0];
-        let w1 = S::as_simd_f32s(&w[co + lanes..co + 2 * lanes]).0[0];
-        for (a, row) in acc.iter_mut().zip(&rows) {
-            let v = simd.splat_f32s(row[ci]);
+    let cin = c.cin;
+    let tile = &x[p * cin..(p + R) * cin];
+    // the panel's weights as whole vectors, `cout_pad / lanes` to an input channel
+    let cov = co / lanes;
+    let b = S::as_simd_f32s(&c.bias).0;
+    let mut acc = [[b[cov], b[cov + 1]]; R];
+    for (ci, w) in S::as_simd_f32s(&c.weight)
+        .0
+        .chunks_exact(c.bias.len() / lanes)
+        .enumerate()
+    {
+        let (w0, w1) = (w[cov], w[cov + 1]);
+        for (r, a) in acc.iter_mut().enumerate() {
+            let v = simd.splat_f32s(tile[r * cin + ci]);
             a[0] = simd.mul_add_e_f32s(v, w0, a[0]);
             a[1] = simd.mul_add_e_f32s(v, w1, a[1]);
         }
