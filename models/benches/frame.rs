@@ -2,7 +2,7 @@
 //! backbone forward and whole per-frame recognition times as one JSON line, and the feature maps
 //! of the script's inputs so it can check that both runtimes compute the same thing.
 //!
-//! `cargo bench --profile dev -p spotter-models --bench frame -- --io-dir DIR [--sizes 512x288,384x224,224x224]
+//! `cargo bench --profile dev -p spotter-models --bench frame -- --io-dir DIR [--sizes 768x448,512x288,384x224,224x224]
 //! [--warmup 5] [--runs 20]`: reads `DIR/input-WxH.f32` (raw little-endian `(1, 3, H, W)`) where
 //! present, writes `DIR/candle-WxH.f32` (the `(1, 1280, H/32, W/32)` feature map). Threads follow
 //! `RAYON_NUM_THREADS` (candle's matrix products and the model's own kernels alike).
@@ -31,7 +31,7 @@ fn parse_args() -> Args {
     let mut a = Args {
         bench: false,
         io_dir: None,
-        sizes: vec![(512, 288), (384, 224), (224, 224)],
+        sizes: vec![(768, 448), (512, 288), (384, 224), (224, 224)],
         warmup: 5,
         runs: 20,
     };

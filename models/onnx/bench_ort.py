@@ -10,7 +10,7 @@ both, alternating in rounds so that load from other processes hits both sides al
 (forward, regional descriptors, catalog match: models/benches/frame.rs).
 
 Usage: python3 models/onnx/bench_ort.py [--threads 2] [--runs 20] [--warmup 5] [--rounds 3]
-                                        [--sizes 512x288,384x224,224x224] [--models-only]
+                                        [--sizes 768x448,512x288,384x224,224x224] [--models-only]
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=20, help="timed runs per size and round")
     ap.add_argument("--warmup", type=int, default=5, help="untimed runs first")
     ap.add_argument("--rounds", type=int, default=3, help="candle, then ORT, this many times")
-    # 512x288: the agent's default analysis size (agent/src/config.rs, default_width/height)
-    ap.add_argument("--sizes", default="512x288,384x224,224x224", help="WxH,WxH (multiples of 32)")
+    # the agent's analysis size, default_width/height in agent/src/config.rs: 512x288, and
+    # 768x448 where that is being tried
+    ap.add_argument("--sizes", default="768x448,512x288,384x224,224x224", help="WxH,WxH (multiples of 32)")
     ap.add_argument("--models-only", action="store_true", help="build only models' frame bench, not the workspace")
     args = ap.parse_args()
     ensure_venv()
