@@ -90,7 +90,8 @@ impl DepthwiseNhwc {
             s: self.stride,
             pad,
         };
-        let rows_per_task = ho.div_ceil(4 * rayon::current_num_threads()).max(1);
+        // small tasks, as in the 1x1 kernel: a preempted thread holds up the layer by one task
+        let rows_per_task = ho.div_ceil(16 * rayon::current_num_threads()).max(1);
         let arch = pulp::Arch::new();
         out.par_chunks_mut(rows_per_task * wo * c)
             .enumerate()
@@ -176,31 +177,32 @@ impl<const K: usize> WithSimd for NhwcRowsK<'_, K> {
             let iy0 = (oy * s) as isize - p.top as isize;
             let full_rows = iy0 >= 0 && iy0 as usize + K <= g.h;
             let (ox_lo, ox_hi) = if full_rows { (ox_lo, ox_hi) } else { (wo, wo) };
-            for cb in 0..cv {
-                // no closures in here: they would not be compiled for the dispatched SIMD
-                let mut wts = [[zero; K]; K];
-                for (ky, wrow) in wts.iter_mut().enumerate() {
-                    for (kx, w) in wrow.iter_mut().enumerate() {
-                        *w = wv[(ky * K + kx) * cv + cb];
-                    }
-                }
-                let bias = bv[cb];
-                for ox in (0..ox_lo).chain(ox_hi..wo) {
-                    let acc = edge_pixel(simd, g, xv, &wts, bias, iy0, ox, cb);
+            // no closures in here: they would not be compiled for the dispatched SIMD
+            for ox in (0..ox_lo).chain(ox_hi..wo) {
+                for cb in 0..cv {
+                    let acc = edge_pixel::<S, K>(simd, g, xv, wv, bv[cb], iy0, ox, cb);
                     out_row[ox * cv + cb] = simd.min_f32s(simd.max_f32s(acc, zero), six);
                 }
-                if ox_lo == wo {
-                    continue;
-                }
-                let iy0 = iy0 as usize;
-                // inside: four pixels at a time, four independent FMA chains
-                let mut ox = ox_lo;
-                while ox + 4 <= ox_hi {
-                    let ix0 = ox * s - p.left;
-                    let mut acc = [bias; 4];
-                    for (ky, wrow) in wts.iter().enumerate() {
-                        let row = &xv[(iy0 + ky) * g.w * cv..(iy0 + ky + 1) * g.w * cv];
-                        for (kx, &w) in wrow.iter().enumerate() {
+            }
+            if ox_lo == wo {
+                continue;
+            }
+            let iy0 = iy0 as usize;
+            let mut rows: [&[S::f32s]; K] = [&[]; K];
+            for (ky, row) in rows.iter_mut().enumerate() {
+                *row = &xv[(iy0 + ky) * g.w * cv..(iy0 + ky + 1) * g.w * cv];
+            }
+            // inside: four pixels at a time (four independent FMA chains, each weight loaded
+            // once for four), all their channel blocks before the next four, so that the loads
+            // walk each pixel's channels in order rather than striding from pixel to pixel
+            let mut ox = ox_lo;
+            while ox + 4 <= ox_hi {
+                let ix0 = ox * s - p.left;
+                for cb in 0..cv {
+                    let mut acc = [bv[cb]; 4];
+                    for (ky, row) in rows.iter().enumerate() {
+                        for kx in 0..K {
+                            let w = wv[(ky * K + kx) * cv + cb];
                             for (j, a) in acc.iter_mut().enumerate() {
                                 *a = simd.mul_add_e_f32s(w, row[(ix0 + j * s + kx) * cv + cb], *a);
                             }
@@ -209,34 +211,37 @@ impl<const K: usize> WithSimd for NhwcRowsK<'_, K> {
                     for (j, a) in acc.into_iter().enumerate() {
                         out_row[(ox + j) * cv + cb] = simd.min_f32s(simd.max_f32s(a, zero), six);
                     }
-                    ox += 4;
                 }
-                while ox < ox_hi {
-                    let ix0 = ox * s - p.left;
-                    let mut acc = bias;
-                    for (ky, wrow) in wts.iter().enumerate() {
-                        let row = &xv[(iy0 + ky) * g.w * cv..(iy0 + ky + 1) * g.w * cv];
-                        for (kx, &w) in wrow.iter().enumerate() {
+                ox += 4;
+            }
+            while ox < ox_hi {
+                let ix0 = ox * s - p.left;
+                for cb in 0..cv {
+                    let mut acc = bv[cb];
+                    for (ky, row) in rows.iter().enumerate() {
+                        for kx in 0..K {
+                            let w = wv[(ky * K + kx) * cv + cb];
                             acc = simd.mul_add_e_f32s(w, row[(ix0 + kx) * cv + cb], acc);
                         }
                     }
                     out_row[ox * cv + cb] = simd.min_f32s(simd.max_f32s(acc, zero), six);
-                    ox += 1;
                 }
+                ox += 1;
             }
         }
     }
 }
 
 /// One output pixel's channel block anywhere in the image: taps that fall in the padding are
-/// skipped (they read zeros). `xv` holds the input as vectors, `g.c / lanes` to a pixel.
+/// skipped (they read zeros). `xv` holds the input and `wv` the weights as vectors, `g.c /
+/// lanes` to a pixel or tap.
 #[allow(clippy::too_many_arguments)] // a SIMD helper, inlined into its one caller
 #[inline(always)]
 fn edge_pixel<S: Simd, const K: usize>(
     simd: S,
     g: &NhwcGeometry,
     xv: &[S::f32s],
-    wts: &[[S::f32s; K]; K],
+    wv: &[S::f32s],
     bias: S::f32s,
     iy0: isize,
     ox: usize,
@@ -245,17 +250,18 @@ fn edge_pixel<S: Simd, const K: usize>(
     let cv = g.c / S::F32_LANES;
     let ix0 = (ox * g.s) as isize - g.pad.left as isize;
     let mut acc = bias;
-    for (ky, wrow) in wts.iter().enumerate() {
+    for ky in 0..K {
         let iy = iy0 + ky as isize;
         if iy < 0 || iy as usize >= g.h {
             continue;
         }
-        for (kx, &w) in wrow.iter().enumerate() {
+        for kx in 0..K {
             let ix = ix0 + kx as isize;
             if ix < 0 || ix as usize >= g.w {
                 continue;
             }
-            acc = simd.mul_add_e_f32s(w, xv[(iy as usize * g.w + ix as usize) * cv + cb], acc);
+            let x = xv[(iy as usize * g.w + ix as usize) * cv + cb];
+            acc = simd.mul_add_e_f32s(wv[(ky * K + kx) * cv + cb], x, acc);
         }
     }
     acc

@@ -81,11 +81,12 @@ impl Conv1x1 {
         if let Some(r) = residual {
             assert_eq!(r.len(), out.len(), "residual is (pixels, cout)");
         }
-        // enough tasks for rayon to balance two threads that other processes also want, each
-        // long enough that the weights it streams through are reused over many pixels
+        // enough tasks for rayon to balance two threads that other processes also want (a
+        // preempted thread holds up the layer by one task at most), each long enough that the
+        // weights it streams through are reused over a few tiles
         let threads = rayon::current_num_threads();
         let per_task = pixels
-            .div_ceil(4 * threads)
+            .div_ceil(16 * threads)
             .clamp(ROWS_MIN_TASK, ROWS_MAX_TASK)
             .min(pixels.max(1));
         let arch = pulp::Arch::new();
@@ -106,7 +107,7 @@ impl Conv1x1 {
 
 /// Pixels per rayon task, at least and at most.
 const ROWS_MIN_TASK: usize = 24;
-const ROWS_MAX_TASK: usize = 1024;
+const ROWS_MAX_TASK: usize = 256;
 
 /// One task's pixels, as a unit of SIMD dispatch.
 struct Tiles<'a> {

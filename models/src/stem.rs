@@ -70,18 +70,28 @@ impl StemConv {
             .par_chunks_mut(wo * row)
             .enumerate()
             .for_each(|(oy, dst)| {
+                // the window's rows that are inside the image (the rest is padding)
+                let rows: Vec<Option<usize>> = (0..k)
+                    .map(|ky| (oy * s + ky).checked_sub(pad.top).filter(|&iy| iy < h))
+                    .collect();
                 for (ox, win) in dst.chunks_exact_mut(row).enumerate() {
-                    let mut at = 0;
+                    let ix0 = (ox * s).checked_sub(pad.left).filter(|&ix| ix + k <= w);
+                    let mut taps = win.chunks_exact_mut(k);
                     for plane in x.chunks_exact(h * w) {
-                        for ky in 0..k {
-                            let iy = (oy * s + ky).checked_sub(pad.top).filter(|&iy| iy < h);
-                            for kx in 0..k {
-                                let ix = (ox * s + kx).checked_sub(pad.left).filter(|&ix| ix < w);
-                                win[at] = match (iy, ix) {
-                                    (Some(iy), Some(ix)) => plane[iy * w + ix],
-                                    _ => 0.0,
-                                };
-                                at += 1;
+                        for (iy, tap) in rows.iter().zip(&mut taps) {
+                            match (*iy, ix0) {
+                                (Some(iy), Some(ix0)) => {
+                                    tap.copy_from_slice(&plane[iy * w + ix0..iy * w + ix0 + k]);
+                                }
+                                (Some(iy), None) => {
+                                    for (kx, t) in tap.iter_mut().enumerate() {
+                                        *t = (ox * s + kx)
+                                            .checked_sub(pad.left)
+                                            .filter(|&ix| ix < w)
+                                            .map_or(0.0, |ix| plane[iy * w + ix]);
+                                    }
+                                }
+                                (None, _) => tap.fill(0.0),
                             }
                         }
                     }
