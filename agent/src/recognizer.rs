@@ -228,8 +228,10 @@ pub const DEFAULT_SHORTLIST: usize = 16;
 /// Fewer verified pairs than this is no detection at all.
 const MIN_INLIERS: usize = 3;
 
-/// Sides of the smaller squares a reference photo is also verified at.
-const SMALL_VIEW_SIDES: &[u32] = &[128];
+/// Sides of the other squares a reference photo is also verified at: at 768x448 a product at a
+/// sixth of the frame's height is about 128 pixels tall and one filling it about 320 (with only
+/// the 224 view, products over half the frame's height lost most of their inliers).
+const EXTRA_VIEW_SIDES: &[u32] = &[128, 320];
 
 /// Side of the square a reference photo is indexed at.
 const REFERENCE_SIDE: u32 = 224;
@@ -349,6 +351,7 @@ impl Recognizer {
                 pairs = v.pairs,
                 scale = v.transform.scale(),
                 degrees = v.transform.degrees(),
+                bbox = ?v.bbox,
                 "candidate verified"
             );
             if v.inliers < MIN_INLIERS {
@@ -357,6 +360,7 @@ impl Recognizer {
             detections.push(Detection {
                 sku: index.global.products()[p].clone(),
                 score: inlier_score(v.inliers),
+                evidence: v.inliers as f32,
                 bbox: v.bbox,
             });
         }
@@ -402,12 +406,13 @@ pub fn build_index(
                         refs.push((product.sku.clone(), global_descriptor(&features)?));
                         let product_views = views.entry(product.sku.clone()).or_default();
                         product_views.push(reference_view(&mid, &photo)?);
-                        // a small product in the frame matches a small view of it far better
-                        for &side in SMALL_VIEW_SIDES {
-                            let small = photo_to_rgb(&path, side)
+                        // a small product in the frame matches a small view of it far better,
+                        // a large one a large view
+                        for &side in EXTRA_VIEW_SIDES {
+                            let view = photo_to_rgb(&path, side)
                                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                            let (_, mid) = backbone(model, &small, device)?;
-                            product_views.push(reference_view(&mid, &small)?);
+                            let (_, mid) = backbone(model, &view, device)?;
+                            product_views.push(reference_view(&mid, &view)?);
                         }
                         indexed += 1;
                     }

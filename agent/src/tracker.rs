@@ -2,10 +2,11 @@
 //! time), events out. No clock, no I/O: the caller passes each frame's time.
 //!
 //! A product becomes a *candidate* at its first sighting (score >= `min_score`), is *confirmed*
-//! (`new`) once it has `min_frames` sightings within the last `window` frames whose median score
-//! reaches `confirm_score`, gets `update`s on a significant change (at most one a second) or every
-//! `update_interval`, and `end`s after `end_after` without a sighting. A dip of a frame or two
-//! keeps the same appearance and `event_id`.
+//! (`new`) once it has `min_frames` sightings within the last `window` frames whose evidence adds
+//! up to `confirm_evidence` (strong sightings confirm in two frames, weak ones need to persist),
+//! gets `update`s on a significant change (at most one a second) or every `update_interval`, and
+//! `end`s after `end_after` without a sighting. A dip of a frame or two keeps the same appearance
+//! and `event_id`.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -29,6 +30,9 @@ pub struct Detection {
     pub sku: String,
     /// Recognition score, 0..=1.
     pub score: f32,
+    /// How much this sighting counts towards confirming the product (the recognizer gives its
+    /// verified inliers): summed over the window's sightings against `confirm_evidence`.
+    pub evidence: f32,
     /// Normalised box.
     pub bbox: [f32; 4],
 }
@@ -57,7 +61,7 @@ enum Phase {
 #[derive(Debug)]
 struct Track {
     phase: Phase,
-    /// The last `window` frames since the first sighting: `Some(score)` if seen.
+    /// The last `window` frames since the first sighting: `Some(evidence)` if seen.
     window: VecDeque<Option<f32>>,
     last_seen_ms: u64,
     score: f32,
@@ -65,21 +69,12 @@ struct Track {
 }
 
 impl Track {
-    fn sightings(&self) -> Vec<f32> {
-        self.window.iter().flatten().copied().collect()
-    }
-}
-
-fn median(mut v: Vec<f32>) -> f32 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f32::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    /// Sightings in the window and their summed evidence.
+    fn evidence(&self) -> (usize, f32) {
+        self.window
+            .iter()
+            .flatten()
+            .fold((0, 0.0), |(n, sum), e| (n + 1, sum + e))
     }
 }
 
@@ -155,7 +150,7 @@ impl Tracker {
                 bbox: d.bbox,
             });
             if let Some(slot) = track.window.back_mut() {
-                *slot = Some(slot.map_or(d.score, |s: f32| s.max(d.score)));
+                *slot = Some(slot.map_or(d.evidence, |e: f32| e.max(d.evidence)));
             }
             track.last_seen_ms = now;
             track.score = d.score;
@@ -179,8 +174,8 @@ impl Tracker {
             let (score, bbox) = (track.score, track.bbox);
             match &track.phase {
                 Phase::Candidate => {
-                    let s = track.sightings();
-                    if s.len() >= self.cfg.min_frames && median(s) >= self.cfg.confirm_score {
+                    let (sightings, evidence) = track.evidence();
+                    if sightings >= self.cfg.min_frames && evidence >= self.cfg.confirm_evidence {
                         let event_id = uuid::Uuid::new_v4().to_string();
                         let e = self.event(EventType::New, &event_id, &sku, score, bbox, t);
                         out.push(e);
@@ -292,7 +287,7 @@ mod tests {
     fn cfg() -> TrackerConfig {
         TrackerConfig {
             min_score: 0.5,
-            confirm_score: 0.6,
+            confirm_evidence: 12.0,
             window: 5,
             min_frames: 2,
             update_interval: Duration::from_secs(5),
@@ -307,10 +302,13 @@ mod tests {
         }
     }
 
+    /// A sighting whose evidence is its score's inliers (`n / (n + 8)`), as the recognizer
+    /// reports them.
     fn seen(sku: &str, score: f32) -> Vec<Detection> {
         vec![Detection {
             sku: sku.into(),
             score,
+            evidence: 8.0 * score / (1.0 - score),
             bbox: [0.2, 0.2, 0.6, 0.8],
         }]
     }
@@ -381,10 +379,32 @@ mod tests {
     }
 
     #[test]
-    fn low_median_is_not_confirmed() {
+    fn weak_sightings_confirm_only_when_they_persist() {
+        // 0.5 is 8 inliers: 8 + 8 reaches 12 on the second frame
         let mut tr = Tracker::new(cfg(), 1);
-        let events = run(&mut tr, 20, |_| seen("A", 0.55));
-        assert!(events.is_empty(), "median 0.55 < 0.6: {events:?}");
+        let events = run(&mut tr, 3, |_| seen("A", 0.5));
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].pts_ms, 200);
+        // 0.2 is 2 inliers (counted only as min_score allows): 2 a frame never reaches 12 in 5
+        let low = TrackerConfig {
+            min_score: 0.1,
+            ..cfg()
+        };
+        let mut tr = Tracker::new(low.clone(), 1);
+        let events = run(&mut tr, 20, |_| seen("A", 0.2));
+        assert!(events.is_empty(), "5 x 2 inliers < 12: {events:?}");
+        // 0.3 is about 3.4 inliers: the fourth sighting in a row confirms
+        let mut tr = Tracker::new(low, 1);
+        let events = run(
+            &mut tr,
+            20,
+            |i| if i % 7 < 5 { seen("A", 0.3) } else { vec![] },
+        );
+        assert_eq!(
+            events.first().map(|e| e.pts_ms),
+            Some(3 * 200),
+            "{events:?}"
+        );
     }
 
     #[test]

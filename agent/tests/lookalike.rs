@@ -88,9 +88,9 @@ fn the_catalog_mug_is_found_and_look_alikes_are_not() {
         .find(|d| d.sku == "MUG-001")
         .unwrap_or_else(|| panic!("the catalog mug is not found: {found:?}"));
     assert!(
-        mug.score >= TrackerConfig::default().confirm_score,
-        "score {} too low to confirm",
-        mug.score
+        2.0 * mug.evidence >= TrackerConfig::default().confirm_evidence,
+        "{} inliers: too few to confirm in two frames",
+        mug.evidence
     );
     assert!(
         iou(mug.bbox, truth) >= 0.4,

@@ -204,12 +204,20 @@ pub struct VerifyParams {
     /// Pairs of cells whose colours (chromaticity) differ more than this are not considered:
     /// the features see shape far more than colour, and a blue book is no grey mug.
     pub max_chroma_distance: f32,
+    /// Fewest inliers per frame cell under the transformed object box: a transform that blows
+    /// the object up over a large part of the frame and explains a handful of pairs there is a
+    /// chance alignment. Transforms with [`Self::dense_exempt`] inliers or more are not held to it.
+    pub min_density: f32,
+    /// Inliers from which [`Self::min_density`] no longer applies.
+    pub dense_exempt: usize,
 }
 
 impl Default for VerifyParams {
     /// Tuned on the evaluation set's `tune` split (`make eval-tune`): cell pairs below 0.6 or
     /// looser than one cell let background and look-alikes collect 10-19 chance inliers; with
-    /// the distinctiveness margin and the colour check they collect at most 5.
+    /// the distinctiveness margin and the colour check they collect at most 5 a frame at
+    /// 512x288. At 768x448 chance alignments reach 5-8 inliers, but over boxes of hundreds of
+    /// cells; a small product's few inliers fill its box (density 0.05 keeps both apart).
     fn default() -> Self {
         VerifyParams {
             min_similarity: 0.6,
@@ -220,6 +228,8 @@ impl Default for VerifyParams {
             max_degrees: 40.0,
             distinct_margin: 0.05,
             max_chroma_distance: 0.12,
+            min_density: 0.05,
+            dense_exempt: 8,
         }
     }
 }
@@ -427,6 +437,11 @@ impl ViewSet {
             let ys = corners.map(|c| c[1]);
             let lo = |v: [f32; 4]| v.into_iter().fold(f32::INFINITY, f32::min);
             let hi = |v: [f32; 4]| v.into_iter().fold(f32::NEG_INFINITY, f32::max);
+            let box_cells = (hi(xs).min(fw as f32) - lo(xs).max(0.0)).max(1.0)
+                * (hi(ys).min(fh as f32) - lo(ys).max(0.0)).max(1.0);
+            if inliers < p.dense_exempt && (inliers as f32) < p.min_density * box_cells {
+                continue;
+            }
             let bbox = [
                 (lo(xs) / fw as f32).clamp(0.0, 1.0),
                 (lo(ys) / fh as f32).clamp(0.0, 1.0),
@@ -600,6 +615,37 @@ mod tests {
                 .verify(&fc, &sims, None, &p)
                 .map_or(0, |(_, v)| v.inliers);
             assert_eq!(inliers >= 30, want_found, "{rgb:?}: {inliers} inliers");
+        }
+    }
+
+    #[test]
+    fn a_few_pairs_spread_over_a_large_box_are_refused() {
+        // six cells of the 6x6 reference, in the right arrangement, once at its own size and
+        // once blown up twice: the same 6 inliers fill a 36-cell box, or 6 of 144
+        let reference = coded_map(6, 6, |y, x| (y * 6 + x) as u64 + 1, 16);
+        let picked = [(0, 0), (5, 0), (0, 5), (5, 5), (2, 3), (3, 1)];
+        for (scale, want_found) in [(1, true), (2, false)] {
+            let frame = coded_map(
+                20,
+                20,
+                |fy, fx| {
+                    picked
+                        .iter()
+                        .find(|&&(y, x)| (fy, fx) == (scale * y + 1, scale * x + 1))
+                        .map_or(1000 + (fy * 20 + fx) as u64, |&(y, x)| {
+                            (y * 6 + x) as u64 + 1
+                        })
+                },
+                16,
+            );
+            // chance pairs among the other cells may still align a few at a small scale
+            let blown_up = verify_one(&reference, &frame)
+                .filter(|(_, v)| v.inliers == picked.len() && v.transform.scale() > 0.5);
+            assert_eq!(
+                blown_up.is_some(),
+                want_found,
+                "scale {scale}: {blown_up:?}"
+            );
         }
     }
 

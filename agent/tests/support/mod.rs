@@ -428,8 +428,8 @@ pub fn mug_catalog(dir: &Path) {
 
 /// Writes the config of an agent for the test studio into `dir/agent.toml`: the test pattern,
 /// the mug catalog (written into `dir`), the model, the broker on `broker_port`, stats every
-/// `stats_secs`, an outbox in `dir`; `analysis` and `tail` are TOML added to `[analysis]` and at
-/// the end (an `[upload]` table, say).
+/// `stats_secs`, an outbox in `dir`, analysis at 384x224 unless `analysis` sets the size;
+/// `analysis` and `tail` are TOML added to `[analysis]` and at the end (an `[upload]` table, say).
 pub fn agent_config(
     dir: &Path,
     broker_port: u16,
@@ -457,12 +457,19 @@ pub fn agent_config_with_source(
     tail: &str,
 ) -> PathBuf {
     mug_catalog(dir);
+    // these tests check the video path, rates and recovery, not recognition: a smaller analysis
+    // size than the default leaves the 2 cores room to encode 30 fps beside it
+    let size = if analysis.contains("width") {
+        ""
+    } else {
+        "width = 384\nheight = 224\n"
+    };
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,
         format!(
             "studio = \"{STUDIO}\"\nstream = \"{STREAM}\"\n[source]\n{source}\n\
-             [analysis]\ncatalog = \"{d}\"\nmodel = \"{m}\"\nfps = 5.0\n{analysis}\n\
+             [analysis]\ncatalog = \"{d}\"\nmodel = \"{m}\"\nfps = 5.0\n{size}{analysis}\n\
              [mqtt]\nurl = \"mqtt://127.0.0.1:{broker_port}\"\nstats_interval_secs = {stats_secs:.1}\n\
              [outbox]\ndir = \"{d}/outbox\"\n{tail}",
             d = dir.display(),
