@@ -105,10 +105,11 @@ impl DepthwiseNhwc {
                     wo,
                 };
                 // compiled for the widest SIMD the CPU has (AVX-512, AVX2), chosen at run time
-                if self.k == 3 {
-                    arch.dispatch(NhwcRowsK::<3>(rows));
-                } else {
-                    arch.dispatch(NhwcRowsK::<5>(rows));
+                match (self.k, self.stride) {
+                    (3, 1) => arch.dispatch(NhwcRowsK::<3, 1>(rows)),
+                    (3, _) => arch.dispatch(NhwcRowsK::<3, 2>(rows)),
+                    (_, 1) => arch.dispatch(NhwcRowsK::<5, 1>(rows)),
+                    _ => arch.dispatch(NhwcRowsK::<5, 2>(rows)),
                 }
             });
     }
@@ -135,9 +136,12 @@ struct NhwcRows<'a> {
 
 /// [`NhwcRows`] for a `K x K` kernel, as a unit of SIMD dispatch: with `K` known the taps unroll
 /// and a channel block's weights stay in registers.
-struct NhwcRowsK<'a, const K: usize>(NhwcRows<'a>);
+struct NhwcRowsK<'a, const K: usize, const STRIDE: usize>(NhwcRows<'a>);
 
-impl<const K: usize> WithSimd for NhwcRowsK<'_, K> {
+/// Input columns under four neighbouring outputs, at most (`3 * 2 + 5`).
+const WINDOW: usize = 11;
+
+impl<const K: usize, const STRIDE: usize> WithSimd for NhwcRowsK<'_, K, STRIDE> {
     type Output = ();
 
     #[inline(always)]
@@ -192,19 +196,28 @@ impl<const K: usize> WithSimd for NhwcRowsK<'_, K> {
             for (ky, row) in rows.iter_mut().enumerate() {
                 *row = &xv[(iy0 + ky) * g.w * cv..(iy0 + ky + 1) * g.w * cv];
             }
-            // inside: four pixels at a time (four independent FMA chains, each weight loaded
-            // once for four), all their channel blocks before the next four, so that the loads
-            // walk each pixel's channels in order rather than striding from pixel to pixel
+            // inside: four pixels at a time (four independent FMA chains), all their channel
+            // blocks before the next four. For each kernel row the `3 STRIDE + K` input vectors under
+            // the four are loaded once and stay in registers for all taps
+            let n = 3 * STRIDE + K;
             let mut ox = ox_lo;
             while ox + 4 <= ox_hi {
-                let ix0 = ox * s - p.left;
+                let ix0 = ox * STRIDE - p.left;
+                let mut win: [&[S::f32s]; K] = [&[]; K];
+                for (row, w) in rows.iter().zip(win.iter_mut()) {
+                    *w = &row[ix0 * cv..(ix0 + n) * cv];
+                }
                 for cb in 0..cv {
                     let mut acc = [bv[cb]; 4];
-                    for (ky, row) in rows.iter().enumerate() {
+                    for (ky, row) in win.iter().enumerate() {
+                        let mut v = [zero; WINDOW];
+                        for (i, v) in v.iter_mut().enumerate().take(n) {
+                            *v = row[i * cv + cb];
+                        }
                         for kx in 0..K {
                             let w = wv[(ky * K + kx) * cv + cb];
                             for (j, a) in acc.iter_mut().enumerate() {
-                                *a = simd.mul_add_e_f32s(w, row[(ix0 + j * s + kx) * cv + cb], *a);
+                                *a = simd.mul_add_e_f32s(w, v[j * STRIDE + kx], *a);
                             }
                         }
                     }
