@@ -268,8 +268,6 @@ struct BlockScratch {
 /// layer's output afresh cost more than the smaller layers' arithmetic.
 #[derive(Debug, Default)]
 struct Scratch {
-    /// The stem's unfolded windows.
-    windows: Vec<f32>,
     /// The current block's input and output, swapped after each block.
     current: Vec<f32>,
     next: Vec<f32>,
@@ -458,7 +456,6 @@ impl EfficientNetLite0 {
         let mut guard = self.scratch.try_lock().ok();
         let mut own = Scratch::default();
         let Scratch {
-            windows,
             current,
             next,
             block: scratch,
@@ -469,9 +466,8 @@ impl EfficientNetLite0 {
             self.stem_cpu.out_dim(w_in, p.left, p.right),
         );
         let c = self.stem_cpu.cout();
-        let windows = slot(windows, h * w * self.stem_cpu.window_len());
         self.stem_cpu
-            .forward(&pixels, (h_in, w_in), p, windows, slot(current, h * w * c));
+            .forward(&pixels, (h_in, w_in), p, slot(current, h * w * c));
         let mut len = h * w * c;
         let mut tapped = None;
         for (i, block) in self.blocks.iter().enumerate() {

@@ -103,6 +103,22 @@ impl Conv1x1 {
                 });
             });
     }
+
+    /// [`Self::forward`] without a residual on the calling thread, for callers that already
+    /// split the work (the stem, one output row at a time).
+    pub fn forward_serial(&self, x: &[f32], out: &mut [f32]) {
+        assert_eq!(
+            x.len() / self.cin,
+            out.len() / self.cout,
+            "as many pixels out as in"
+        );
+        pulp::Arch::new().dispatch(Tiles {
+            conv: self,
+            x,
+            residual: None,
+            out,
+        });
+    }
 }
 
 /// Pixels per rayon task, at least and at most.

@@ -1,10 +1,11 @@
 //! The stem convolution (3 input channels, `k x k`, stride 2) with its folded batch-norm bias and
 //! ReLU6, from the `(C, H, W)` frame to channels-last activations.
 //!
-//! With 3 input channels each output pixel is a dot product of only `3 k k` = 27 inputs, so the
-//! frame is unfolded into one row of 27 values per output pixel (zero where the window hangs
-//! into the padding) and the rows go through the 1x1 kernel ([`crate::pointwise`]), which writes
-//! the channels-last output the blocks read, bias and ReLU6 applied: no transpose, no extra pass.
+//! With 3 input channels each output pixel is a dot product of only `3 k k` = 27 inputs, so each
+//! output row's windows are unfolded into a small buffer, 27 values per pixel (zero where the
+//! window hangs into the padding), and go through the 1x1 kernel ([`crate::pointwise`]) while
+//! still in cache; it writes the channels-last output the blocks read, bias and ReLU6 applied:
+//! no transpose, no extra pass.
 
 use rayon::prelude::*;
 
@@ -48,16 +49,8 @@ impl StemConv {
         (len + before + after - self.k) / self.stride + 1
     }
 
-    /// `out = clamp(conv(x) + b, 0, 6)` for `x` of `(Cin, h, w)` and `out` of `(ho, wo, Cout)`;
-    /// `windows` is scratch space of at least `ho * wo * Cin * k * k` floats.
-    pub fn forward(
-        &self,
-        x: &[f32],
-        (h, w): (usize, usize),
-        pad: Pad2,
-        windows: &mut [f32],
-        out: &mut [f32],
-    ) {
+    /// `out = clamp(conv(x) + b, 0, 6)` for `x` of `(Cin, h, w)` and `out` of `(ho, wo, Cout)`.
+    pub fn forward(&self, x: &[f32], (h, w): (usize, usize), pad: Pad2, out: &mut [f32]) {
         let (k, s, cin) = (self.k, self.stride, self.cin);
         assert_eq!(x.len(), cin * h * w, "input is (cin, h, w)");
         let (ho, wo) = (
@@ -65,16 +58,16 @@ impl StemConv {
             self.out_dim(w, pad.left, pad.right),
         );
         let row = self.window_len();
-        let windows = &mut windows[..ho * wo * row];
-        windows
-            .par_chunks_mut(wo * row)
+        assert_eq!(out.len(), ho * wo * self.cout(), "output is (ho, wo, cout)");
+        out.par_chunks_mut(wo * self.cout())
             .enumerate()
-            .for_each(|(oy, dst)| {
+            .for_each_init(Vec::new, |windows, (oy, out_row)| {
+                windows.resize(wo * row, 0.0);
                 // the window's rows that are inside the image (the rest is padding)
                 let rows: Vec<Option<usize>> = (0..k)
                     .map(|ky| (oy * s + ky).checked_sub(pad.top).filter(|&iy| iy < h))
                     .collect();
-                for (ox, win) in dst.chunks_exact_mut(row).enumerate() {
+                for (ox, win) in windows.chunks_exact_mut(row).enumerate() {
                     let ix0 = (ox * s).checked_sub(pad.left).filter(|&ix| ix + k <= w);
                     let mut taps = win.chunks_exact_mut(k);
                     for plane in x.chunks_exact(h * w) {
@@ -96,8 +89,8 @@ impl StemConv {
                         }
                     }
                 }
+                self.conv.forward_serial(windows, out_row);
             });
-        self.conv.forward(windows, None, out);
     }
 }
 
@@ -152,10 +145,9 @@ mod tests {
                     layer.out_dim(h, pad.top, pad.bottom),
                     layer.out_dim(w, pad.left, pad.right),
                 );
-                let mut windows = vec![f32::NAN; ho * wo * cin * k * k];
                 let mut got = vec![f32::NAN; ho * wo * cout];
                 let xs: Vec<f32> = x.flatten_all().and_then(|t| t.to_vec1()).expect("x");
-                layer.forward(&xs, (h, w), pad, &mut windows, &mut got);
+                layer.forward(&xs, (h, w), pad, &mut got);
                 assert_eq!(got.len(), want.len());
                 let d = got
                     .iter()
