@@ -97,8 +97,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=20, help="timed runs per size and round")
     ap.add_argument("--warmup", type=int, default=5, help="untimed runs first")
     ap.add_argument("--rounds", type=int, default=3, help="candle, then ORT, this many times")
-    # the agent's analysis size, default_width/height in agent/src/config.rs: 512x288, and
-    # 768x448 where that is being tried
+    # 768x448: the agent's analysis size (default_width/height in agent/src/config.rs); 512x288
+    # its previous one
     ap.add_argument("--sizes", default="768x448,512x288,384x224,224x224", help="WxH,WxH (multiples of 32)")
     ap.add_argument("--models-only", action="store_true", help="build only models' frame bench, not the workspace")
     args = ap.parse_args()
