@@ -298,6 +298,13 @@ impl Recognizer {
         ))
     }
 
+    /// Verifies at most `n` products a frame, shortlisted by regional descriptors (default
+    /// [`DEFAULT_SHORTLIST`]); a catalog of `n` or fewer is verified whole, without them.
+    pub fn with_shortlist(mut self, n: usize) -> Self {
+        self.shortlist = n;
+        self
+    }
+
     /// Rebuilds the index from `catalog` and swaps it in; on error the current index stays.
     pub fn reload(&self, catalog: &Catalog) -> Result<IndexReport, RecognizerError> {
         let (index, report) = build_index(&self.model, &self.device, catalog, &mut |_, _| {})?;
@@ -317,11 +324,28 @@ impl Recognizer {
         let start = Instant::now();
         let x: Tensor =
             preprocess::rgb_to_tensor(rgb, self.width, self.height, stride, &self.device)?;
-        let (features, mid) = self.model.features_with_tap(&x, Some(MID_TAP_BLOCK))?;
-        let mid = mid.ok_or_else(|| candle_core::Error::Msg("the backbone gave no tap".into()))?;
-        let regions = regional_descriptors(&features, &self.grid)?;
         let index = self.current_index();
-        let candidates = index.global.best_per_product(&regions)?;
+        let products = index.global.products().len();
+        // a catalog the shortlist would take whole needs no shortlist: the backbone stops at the
+        // mid-level tap, and the blocks after it and the head (a third of the work) do not run
+        let (mid, shortlist): (Tensor, Vec<usize>) = if products <= self.shortlist {
+            (
+                self.model.mid_features(&x, MID_TAP_BLOCK)?,
+                (0..products).collect(),
+            )
+        } else {
+            let (features, mid) = self.model.features_with_tap(&x, Some(MID_TAP_BLOCK))?;
+            let mid =
+                mid.ok_or_else(|| candle_core::Error::Msg("the backbone gave no tap".into()))?;
+            let regions = regional_descriptors(&features, &self.grid)?;
+            let candidates = index.global.best_per_product(&regions)?;
+            let shortlist = candidates
+                .iter()
+                .take(self.shortlist)
+                .map(|m| m.product)
+                .collect();
+            (mid, shortlist)
+        };
         let frame: Cells = cells(&mid, |_, _| true)?.with_colours(
             rgb,
             (self.width, self.height),
@@ -329,11 +353,6 @@ impl Recognizer {
             |_, _| 1.0,
         );
         let frame_t = Tensor::from_slice(&frame.desc, (frame.len(), frame.dim), &self.device)?;
-        let shortlist: Vec<usize> = candidates
-            .iter()
-            .take(self.shortlist)
-            .map(|m| m.product)
-            .collect();
         let sims = shortlist
             .iter()
             .map(|&p| index.views[p].similarities(&frame, &frame_t))
@@ -352,6 +371,7 @@ impl Recognizer {
                 scale = v.transform.scale(),
                 degrees = v.transform.degrees(),
                 bbox = ?v.bbox,
+                spread = v.spread,
                 "candidate verified"
             );
             if v.inliers < MIN_INLIERS {

@@ -113,3 +113,36 @@ fn the_catalog_mug_is_found_and_look_alikes_are_not() {
         "the photograph alone is taken for the mug: {found:?}"
     );
 }
+
+#[test]
+fn a_catalog_larger_than_the_shortlist_is_shortlisted_by_regional_descriptors() {
+    // two products and a shortlist of one: the backbone runs whole and the regional
+    // descriptors must put the mug first for verification to find it
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(MUG, dir.path().join("mug.png")).expect("openclipart-png is installed");
+    std::fs::copy(OTHER_GUITAR, dir.path().join("guitar.png")).expect("openclipart-png");
+    let entry = |sku: &str, photo: &str| {
+        format!(
+            "[[product]]\nsku = \"{sku}\"\nname = \"{sku}\"\nprice = \"9.00\"\n\
+             currency = \"USD\"\nurl = \"https://shop.example/{sku}\"\nimages = [\"{photo}\"]\n"
+        )
+    };
+    std::fs::write(
+        dir.path().join("catalog.toml"),
+        entry("GTR-001", "guitar.png") + &entry("MUG-001", "mug.png"),
+    )
+    .expect("write");
+    let catalog = Catalog::load(dir.path()).expect("catalog");
+    let (r, _) = Recognizer::load(&model(), &catalog, W, H).expect("recognizer");
+    let r = r.with_shortlist(1);
+    let (frame, truth) = frame_with(MUG, 200, 70, 110);
+    let found = r.recognise(&frame, W * 3).expect("recognise").detections;
+    assert!(
+        found.iter().all(|d| d.sku == "MUG-001"),
+        "only the shortlisted product is verified: {found:?}"
+    );
+    let mug = found
+        .first()
+        .unwrap_or_else(|| panic!("the mug is not shortlisted: {found:?}"));
+    assert!(iou(mug.bbox, truth) >= 0.4, "{:?} vs {truth:?}", mug.bbox);
+}

@@ -404,10 +404,37 @@ impl EfficientNetLite0 {
         x: &Tensor,
         tap: Option<usize>,
     ) -> Result<(Tensor, Option<Tensor>)> {
+        let (head, tapped) = self.run(x, tap, true)?;
+        let head = head.ok_or_else(|| candle_core::Error::Msg("the head did not run".into()))?;
+        Ok((head, tapped))
+    }
+
+    /// Only block `tap`'s output, `(N, C, H, W)`: the blocks after it and the head do not run
+    /// (at stride 16 that is about a third of the work less than [`Self::features_with_tap`]).
+    pub fn mid_features(&self, x: &Tensor, tap: usize) -> Result<Tensor> {
+        if tap >= self.blocks.len() {
+            return Err(candle_core::Error::Msg(format!(
+                "no block {tap}: the backbone has {}",
+                self.blocks.len()
+            )));
+        }
+        self.run(x, Some(tap), false)?
+            .1
+            .ok_or_else(|| candle_core::Error::Msg("the backbone gave no tap".into()))
+    }
+
+    /// The head's map (when `head`) and the tapped block's output; without the head, stops at
+    /// the tap.
+    fn run(
+        &self,
+        x: &Tensor,
+        tap: Option<usize>,
+        head: bool,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, _, h, w) = x.dims4()?;
         let p = self.padding.pad2(h, w, 3, 2);
         if self.fused && x.device().is_cpu() && x.dtype() == DType::F32 {
-            return self.features_cpu(x, p, tap);
+            return self.features_cpu(x, p, tap, head);
         }
         let mut y = x
             .pad_with_zeros(2, p.top, p.bottom)?
@@ -420,9 +447,12 @@ impl EfficientNetLite0 {
             y = block.forward(&y)?;
             if tap == Some(i) {
                 tapped = Some(y.clone());
+                if !head {
+                    return Ok((None, tapped));
+                }
             }
         }
-        Ok((self.head.forward(&y)?, tapped))
+        Ok((Some(self.head.forward(&y)?), tapped))
     }
 
     /// [`Self::features_with_tap`] on the CPU kernels. After the stem the activations are
@@ -433,23 +463,26 @@ impl EfficientNetLite0 {
         x: &Tensor,
         p: Pad2,
         tap: Option<usize>,
-    ) -> Result<(Tensor, Option<Tensor>)> {
+        head: bool,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let n = x.dim(0)?;
         if n != 1 {
             // one image at a time
             let mut heads = Vec::with_capacity(n);
             let mut taps = Vec::with_capacity(n);
             for i in 0..n {
-                let (f, t) = self.features_cpu(&x.narrow(0, i, 1)?, p, tap)?;
-                heads.push(f);
+                let (f, t) = self.features_cpu(&x.narrow(0, i, 1)?, p, tap, head)?;
+                heads.extend(f);
                 taps.extend(t);
             }
-            let tapped = if taps.is_empty() {
-                None
-            } else {
-                Some(Tensor::cat(&taps, 0)?)
+            let cat = |v: Vec<Tensor>| -> Result<Option<Tensor>> {
+                if v.is_empty() {
+                    Ok(None)
+                } else {
+                    Ok(Some(Tensor::cat(&v, 0)?))
+                }
             };
-            return Ok((Tensor::cat(&heads, 0)?, tapped));
+            return Ok((cat(heads)?, cat(taps)?));
         }
         let (_, _, h_in, w_in) = x.dims4()?;
         let pixels: Vec<f32> = x.flatten_all()?.to_vec1()?;
@@ -481,13 +514,16 @@ impl EfficientNetLite0 {
                     (1, c, h, w),
                     x.device(),
                 )?);
+                if !head {
+                    return Ok((None, tapped));
+                }
             }
         }
         let c = self.head.cpu.cout();
         let head = slot(next, h * w * c);
         self.head.cpu.forward(&current[..len], None, head);
         let head = Tensor::from_vec(nhwc_to_nchw(head, h * w, c), (1, c, h, w), x.device())?;
-        Ok((head, tapped))
+        Ok((Some(head), tapped))
     }
 
     /// ImageNet logits from a feature map: global average pool, then the classifier.

@@ -148,3 +148,38 @@ fn wrong_padding_is_caught_by_the_golden_logits() {
         "symmetric padding should not match the tf_same reference (diff {worst})"
     );
 }
+
+#[test]
+fn mid_features_stop_at_the_tap_with_the_same_values() {
+    let g = golden();
+    let model = model(&LiteConfig::default());
+    let img = image::open(testdata().join(&g.images[0].file))
+        .expect("photo")
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    let x = preprocess::rgb_to_tensor(
+        img.as_raw(),
+        w as usize,
+        h as usize,
+        w as usize * 3,
+        &Device::Cpu,
+    )
+    .expect("tensor");
+    let tap = spotter_models::MID_TAP_BLOCK;
+    let (_, full) = model.features_with_tap(&x, Some(tap)).expect("features");
+    let full = full.expect("tapped");
+    let mid = model.mid_features(&x, tap).expect("mid features");
+    assert_eq!(mid.dims(), full.dims());
+    let worst = (mid - full)
+        .expect("sub")
+        .abs()
+        .expect("abs")
+        .flatten_all()
+        .expect("flat")
+        .max(0)
+        .expect("max")
+        .to_scalar::<f32>()
+        .expect("scalar");
+    assert_eq!(worst, 0.0, "the tap differs by {worst}");
+    assert!(model.mid_features(&x, 99).is_err(), "no block 99");
+}
