@@ -21,7 +21,8 @@
 //!
 //! `cargo bench --profile dev -p spotter-agent --bench video` (needs `make setup`'s weights,
 //! openclipart-png and Mosquitto). `SPOTTER_VIDEO_BENCH_SECS` sets each phase's length (default
-//! 20; 3 under `cargo test --all-targets`, as a smoke test).
+//! 20; 3 under `cargo test --all-targets`, as a smoke test), `SPOTTER_VIDEO_BENCH_SIZE` the
+//! analysis size (`512x288`; the agent's default otherwise).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -315,6 +316,15 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(if smoke { 3 } else { 20 });
+    // the analysis size: the agent's default unless SPOTTER_VIDEO_BENCH_SIZE says (`512x288`)
+    let (width, height) = std::env::var("SPOTTER_VIDEO_BENCH_SIZE")
+        .ok()
+        .map(|s| {
+            s.split_once('x')
+                .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+                .unwrap_or_else(|| panic!("SPOTTER_VIDEO_BENCH_SIZE={s}: want WIDTHxHEIGHT"))
+        })
+        .unwrap_or((default_width(), default_height()));
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let model = root.join("models/weights/efficientnet-lite0.safetensors");
     assert!(model.is_file(), "{}: run `make setup`", model.display());
@@ -335,18 +345,13 @@ fn main() {
         model: model.clone(),
         // above what 2 cores can do: the analysis rate is the model's, not the setting's
         fps: 30.0,
-        width: default_width(),
-        height: default_height(),
+        width,
+        height,
         catalog_poll: Duration::from_secs(2),
         slowdown: Duration::ZERO,
     };
-    let (recognizer, _) = Recognizer::load(
-        &model,
-        &catalog,
-        default_width() as usize,
-        default_height() as usize,
-    )
-    .expect("recognizer");
+    let (recognizer, _) =
+        Recognizer::load(&model, &catalog, width as usize, height as usize).expect("recognizer");
 
     let base = run_phase(&analysis, None, secs, &dir.path().join("hls-a"));
     let full = run_phase(
@@ -365,9 +370,7 @@ fn main() {
     lat.sort_unstable();
     let dropped = |p: &Phase| p.source_frames as i64 - p.encoded_frames as i64;
     println!(
-        "720p30 test pattern, x264 2500 kbit/s CBR upload, analysis at {}x{}, {secs} s a phase",
-        default_width(),
-        default_height()
+        "720p30 test pattern, x264 2500 kbit/s CBR upload, analysis at {width}x{height}, {secs} s a phase"
     );
     println!(
         "upload alone:        CPU {:.2} cores, source {:.1} fps, encoded {} of {} frames (difference {})",

@@ -116,8 +116,8 @@ fn the_catalog_mug_is_found_and_look_alikes_are_not() {
 
 #[test]
 fn a_catalog_larger_than_the_shortlist_is_shortlisted_by_regional_descriptors() {
-    // two products and a shortlist of one: the backbone runs whole and the regional
-    // descriptors must put the mug first for verification to find it
+    // two products and a shortlist of one: the regional descriptors must put the mug first
+    // for verification to find it
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::copy(MUG, dir.path().join("mug.png")).expect("openclipart-png is installed");
     std::fs::copy(OTHER_GUITAR, dir.path().join("guitar.png")).expect("openclipart-png");
