@@ -43,15 +43,17 @@ bench-ort: setup
 # $(EVAL_SET) while current), runs `spotter-agent analyze` on each clip and prints recall,
 # precision and time to first detection. Not part of `make test`: minutes, not seconds.
 # Pass analyze's flags with EVAL_ARGS='-- --fps 8'; add --check to fail below the targets.
+# Another seed makes fresh clips of the same products: EVAL_SET=target/eval-set-b EVAL_SEED=7.
 EVAL_SET ?= target/eval-set
 EVAL_ARGS ?=
+EVAL_SEED ?= 2026
 
 eval: build
-	target/debug/spotter-clipgen eval --out $(EVAL_SET) --split test
+	target/debug/spotter-clipgen eval --out $(EVAL_SET) --split test --seed $(EVAL_SEED)
 	target/debug/spotter-eval --set $(EVAL_SET) --split test $(EVAL_ARGS)
 
 eval-tune: build
-	target/debug/spotter-clipgen eval --out $(EVAL_SET) --split tune
+	target/debug/spotter-clipgen eval --out $(EVAL_SET) --split tune --seed $(EVAL_SEED)
 	target/debug/spotter-eval --set $(EVAL_SET) --split tune $(EVAL_ARGS)
 
 clean:
