@@ -18,4 +18,14 @@ pub mod stem;
 pub mod verify;
 
 pub use descriptor::{CatalogIndex, Match, RegionGrid};
+
+/// The largest absolute difference between two equally long slices (kernel tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "compared slices differ in length");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
 pub use efficientnet::{EfficientNetLite0, LiteConfig, Padding, MID_TAP_BLOCK};

@@ -274,11 +274,7 @@ mod tests {
                 let mut got = vec![f32::NAN; pixels * cout];
                 conv.forward(&x, None, &mut got);
                 let want = naive(&w, &b, &x, cin, act);
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let worst = crate::max_abs_diff(&got, &want);
                 assert!(worst < 1e-3, "{pixels}x{cin}->{cout} {act:?}: {worst}");
             }
             let conv = Conv1x1::new(&w, &b, cin, Activation::None);
@@ -290,11 +286,7 @@ mod tests {
                 .zip(&res)
                 .map(|(a, r)| a + r)
                 .collect();
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let worst = crate::max_abs_diff(&got, &want);
             assert!(worst < 1e-3, "{pixels}x{cin}->{cout} residual: {worst}");
         }
     }

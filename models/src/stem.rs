@@ -148,12 +148,7 @@ mod tests {
                 let mut got = vec![f32::NAN; ho * wo * cout];
                 let xs: Vec<f32> = x.flatten_all().and_then(|t| t.to_vec1()).expect("x");
                 layer.forward(&xs, (h, w), pad, &mut got);
-                assert_eq!(got.len(), want.len());
-                let d = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let d = crate::max_abs_diff(&got, &want);
                 assert!(d < 1e-4, "{h}x{w} {pad:?}: {d}");
             }
         }
