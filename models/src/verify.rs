@@ -305,6 +305,14 @@ fn mutual_pairs(
         .collect()
 }
 
+/// The squared distance, in frame cells, between where `t` carries view cell `vi` and frame
+/// cell `fi`: the pair is an inlier of `t` within `inlier_cells` of it.
+fn miss2(frame: &Cells, view: &Cells, (fi, vi): (usize, usize), t: &Similarity) -> f32 {
+    let m = t.apply(view.pos[vi]);
+    let f = frame.pos[fi];
+    (m[0] - f[0]).powi(2) + (m[1] - f[1]).powi(2)
+}
+
 /// The area of the bounding box of the reference cells whose pairs agree with `t`, over the
 /// area of the reference's object box (both in reference cells; a cell counts as one cell).
 fn inlier_spread(
@@ -319,9 +327,7 @@ fn inlier_spread(
     let mut lo = [f32::INFINITY; 2];
     let mut hi = [f32::NEG_INFINITY; 2];
     for &(fi, vi, _) in pairs {
-        let m = t.apply(view.pos[vi]);
-        let f = frame.pos[fi];
-        if (m[0] - f[0]).powi(2) + (m[1] - f[1]).powi(2) <= thr2 {
+        if miss2(frame, view, (fi, vi), t) <= thr2 {
             for k in 0..2 {
                 lo[k] = lo[k].min(view.pos[vi][k]);
                 hi[k] = hi[k].max(view.pos[vi][k]);
@@ -349,9 +355,7 @@ fn best_transform(
         let mut n = 0;
         let mut err = 0.0;
         for &(fi, vi, _) in pairs {
-            let m = t.apply(view.pos[vi]);
-            let f = frame.pos[fi];
-            let d2 = (m[0] - f[0]).powi(2) + (m[1] - f[1]).powi(2);
+            let d2 = miss2(frame, view, (fi, vi), t);
             if d2 <= thr2 {
                 n += 1;
                 err += d2;
