@@ -181,14 +181,19 @@ const MID_STRIDE: usize = 16;
 /// Cells of a reference canvas that are at least this much object: the rest is background.
 const MIN_CELL_COVERAGE: f32 = 0.3;
 
+/// A letterboxed photo as the network's input.
+fn photo_tensor(photo: &Letterboxed, device: &Device) -> candle_core::Result<Tensor> {
+    let (w, h) = (photo.rgb.width() as usize, photo.rgb.height() as usize);
+    preprocess::rgb_to_tensor(photo.rgb.as_raw(), w, h, w * 3, device)
+}
+
 /// The head's feature map and the mid-level tap of a letterboxed photo.
 fn backbone(
     model: &EfficientNetLite0,
     photo: &Letterboxed,
     device: &Device,
 ) -> candle_core::Result<(Tensor, Tensor)> {
-    let (w, h) = (photo.rgb.width() as usize, photo.rgb.height() as usize);
-    let x = preprocess::rgb_to_tensor(photo.rgb.as_raw(), w, h, w * 3, device)?;
+    let x = photo_tensor(photo, device)?;
     let (features, mid) = model.features_with_tap(&x, Some(MID_TAP_BLOCK))?;
     let mid = mid.ok_or_else(|| candle_core::Error::Msg("the backbone gave no tap".into()))?;
     Ok((features, mid))
@@ -423,9 +428,8 @@ pub fn build_index(
                         for &side in EXTRA_VIEW_SIDES {
                             let view = photo_to_rgb(&path, side)
                                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                            let (w, h) = (view.rgb.width() as usize, view.rgb.height() as usize);
-                            let x = preprocess::rgb_to_tensor(view.rgb.as_raw(), w, h, w * 3, device)?;
                             // these views are only verified against: no head, no descriptor
+                            let x = photo_tensor(&view, device)?;
                             let mid = model.mid_features(&x, MID_TAP_BLOCK)?;
                             product_views.push(reference_view(&mid, &view)?);
                         }
