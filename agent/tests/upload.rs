@@ -598,18 +598,7 @@ fn segment_streams(seg: &Path) -> Holds {
                 .expect("link the demuxed stream");
         });
     }
-    p.set_state(gst::State::Playing).expect("play the segment");
-    let msg = p.bus().expect("bus").timed_pop_filtered(
-        gst::ClockTime::from_seconds(30),
-        &[gst::MessageType::Eos, gst::MessageType::Error],
-    );
-    p.set_state(gst::State::Null).expect("stop");
-    assert!(
-        msg.as_ref()
-            .is_some_and(|m| matches!(m.view(), gst::MessageView::Eos(_))),
-        "{}: {msg:?}",
-        seg.display()
-    );
+    support::play_to_eos(&p, 30, &seg.display().to_string());
     Holds {
         video_frames: frames.load(Ordering::Relaxed),
         audio_secs: has_audio

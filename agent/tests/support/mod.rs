@@ -583,15 +583,23 @@ pub fn run_to_end(desc: &str) {
         .unwrap_or_else(|e| panic!("cannot build `{desc}`: {e}"))
         .downcast::<gst::Pipeline>()
         .expect("a pipeline");
+    play_to_eos(&p, 60, &format!("`{desc}`"));
+}
+
+/// Plays `p` until its end of stream and stops it; panics on an error, or when it has not
+/// ended within `secs` (`what` names it in the message).
+pub fn play_to_eos(p: &gstreamer::Pipeline, secs: u64, what: &str) {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
     p.set_state(gst::State::Playing).expect("play");
     let msg = p.bus().expect("bus").timed_pop_filtered(
-        gst::ClockTime::from_seconds(60),
+        gst::ClockTime::from_seconds(secs),
         &[gst::MessageType::Eos, gst::MessageType::Error],
     );
     p.set_state(gst::State::Null).expect("stop");
     assert!(
         msg.as_ref()
             .is_some_and(|m| matches!(m.view(), gst::MessageView::Eos(_))),
-        "`{desc}` did not run to its end within 60 s: {msg:?}"
+        "{what} did not run to its end within {secs} s: {msg:?}"
     );
 }
