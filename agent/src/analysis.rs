@@ -60,6 +60,7 @@ pub fn run_loop(
                 tracing::debug!(
                     pts_ms = frame.time.pts_ms,
                     inference_ms = r.inference_ms,
+                    forward_ms = r.forward_ms,
                     best = ?r.detections.first().map(|d| (&d.sku, d.score)),
                     "frame analysed"
                 );

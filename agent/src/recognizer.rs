@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 use spotter_models::descriptor::{global_descriptor, regional_descriptors};
 use spotter_models::verify::{
     cells, competition, Cells, ReferenceView, Similarities, VerifyParams, ViewSet,
@@ -96,6 +97,8 @@ pub struct Recognition {
     pub detections: Vec<Detection>,
     /// Time spent in the model and matching.
     pub inference_ms: f32,
+    /// Of which in the backbone (the rest is shortlisting and verification).
+    pub forward_ms: f32,
 }
 
 /// Chooses the device: CUDA when built with the `cuda` feature and a GPU is present.
@@ -332,6 +335,7 @@ impl Recognizer {
         let index = self.current_index();
         let (features, mid) = self.model.features_with_tap(&x, Some(MID_TAP_BLOCK))?;
         let mid = mid.ok_or_else(|| candle_core::Error::Msg("the backbone gave no tap".into()))?;
+        let forward_ms = start.elapsed().as_secs_f32() * 1000.0;
         // only products that some region of the frame resembles most are verified: verifying
         // every product of a 15-product catalog raised each cell's competition and lost 2 of 34
         // appearances on the tune split (a large suitcase, a half-hidden book)
@@ -355,10 +359,19 @@ impl Recognizer {
             .map(|&p| index.views[p].similarities(&frame, &frame_t))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let floors = competition(&sims.iter().map(Similarities::row_max).collect::<Vec<_>>());
+        // products are verified independently: one a thread
+        let verified: Vec<_> = shortlist
+            .par_iter()
+            .zip(&sims)
+            .zip(&floors)
+            .map(|((&p, sims), floor)| {
+                let found = index.views[p].verify(&frame, sims, Some(floor), &self.verify);
+                (p, found)
+            })
+            .collect();
         let mut detections = Vec::new();
-        for ((&p, sims), floor) in shortlist.iter().zip(&sims).zip(&floors) {
-            let Some((_, v)) = index.views[p].verify(&frame, sims, Some(floor), &self.verify)
-            else {
+        for (p, found) in verified {
+            let Some((_, v)) = found else {
                 continue;
             };
             tracing::trace!(
@@ -385,6 +398,7 @@ impl Recognizer {
         Ok(Recognition {
             detections,
             inference_ms: start.elapsed().as_secs_f32() * 1000.0,
+            forward_ms,
         })
     }
 }
