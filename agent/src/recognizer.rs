@@ -9,13 +9,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use rayon::prelude::*;
-use spotter_models::descriptor::{global_descriptor, regional_descriptors};
-use spotter_models::verify::{
-    cells, competition, Cells, ReferenceView, Similarities, VerifyParams, ViewSet,
-};
+use spotter_models::descriptor::global_descriptor;
+use spotter_models::verify::{cells, ReferenceView, VerifyParams, ViewSet};
 use spotter_models::{
-    preprocess, CatalogIndex, EfficientNetLite0, LiteConfig, RegionGrid, MID_TAP_BLOCK,
+    preprocess, Candidate, CatalogIndex, EfficientNetLite0, FrameFeatures, LiteConfig,
+    ProductIndex, RegionGrid, MID_TAP_BLOCK,
 };
 use spotter_protocol::Catalog;
 
@@ -69,16 +67,6 @@ pub struct Recognizer {
     pub width: usize,
     /// Input height.
     pub height: usize,
-}
-
-/// What a frame is matched against: global descriptors shortlist candidates, reference views
-/// verify them.
-#[derive(Debug)]
-pub struct ProductIndex {
-    /// Regional-descriptor index (one row per reference photo).
-    pub global: CatalogIndex,
-    /// Reference views of each product, in `global.products()` order.
-    pub views: Vec<ViewSet>,
 }
 
 /// Verified pairs at which a detection's score is one half: `score = n / (n + SCORE_HALF)`.
@@ -336,46 +324,27 @@ impl Recognizer {
         let (features, mid) = self.model.features_with_tap(&x, Some(MID_TAP_BLOCK))?;
         let mid = mid.ok_or_else(|| candle_core::Error::Msg("the backbone gave no tap".into()))?;
         let forward_ms = start.elapsed().as_secs_f32() * 1000.0;
-        // only products that some region of the frame resembles most are verified: verifying
-        // every product of a 15-product catalog raised each cell's competition and lost 2 of 34
-        // appearances on the tune split (a large suitcase, a half-hidden book)
-        let regions = regional_descriptors(&features, &self.grid)?;
-        let shortlist: Vec<usize> = index
-            .global
-            .best_per_product(&regions)?
-            .iter()
-            .take(self.shortlist)
-            .map(|m| m.product)
-            .collect();
-        let frame: Cells = cells(&mid, |_, _| true)?.with_colours(
-            rgb,
-            (self.width, self.height),
-            stride,
-            |_, _| 1.0,
-        );
-        let frame_t = Tensor::from_slice(&frame.desc, (frame.len(), frame.dim), &self.device)?;
-        let sims = shortlist
-            .iter()
-            .map(|&p| index.views[p].similarities(&frame, &frame_t))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let floors = competition(&sims.iter().map(Similarities::row_max).collect::<Vec<_>>());
-        // products are verified independently: one a thread
-        let verified: Vec<_> = shortlist
-            .par_iter()
-            .zip(&sims)
-            .zip(&floors)
-            .map(|((&p, sims), floor)| {
-                let found = index.views[p].verify(&frame, sims, Some(floor), &self.verify);
-                (p, found)
-            })
-            .collect();
+        let candidates = index.candidates(
+            FrameFeatures {
+                features: &features,
+                mid: &mid,
+                rgb,
+                size: (self.width, self.height),
+                stride,
+            },
+            &self.grid,
+            self.shortlist,
+            &self.verify,
+        )?;
         let mut detections = Vec::new();
-        for (p, found) in verified {
-            let Some((_, v)) = found else {
-                continue;
-            };
+        for Candidate {
+            product,
+            verified: v,
+        } in candidates
+        {
+            let sku = &index.global.products()[product];
             tracing::trace!(
-                sku = %index.global.products()[p],
+                sku = %sku,
                 inliers = v.inliers,
                 pairs = v.pairs,
                 scale = v.transform.scale(),
@@ -388,7 +357,7 @@ impl Recognizer {
                 continue;
             }
             detections.push(Detection {
-                sku: index.global.products()[p].clone(),
+                sku: sku.clone(),
                 score: inlier_score(v.inliers),
                 evidence: v.inliers as f32,
                 bbox: v.bbox,

@@ -7,7 +7,8 @@ of EfficientNet-Lite0 from `models/weights/efficientnet-lite0.safetensors` (lite
 checks that candle and ONNX Runtime give the same feature map for the same input; then times
 both, alternating in rounds so that load from other processes hits both sides alike, and prints
 `candle_ms ort_ms ratio` per input size, with candle's whole per-frame recognition time
-(forward, regional descriptors, catalog match: models/benches/frame.rs).
+(forward, regional descriptors, shortlist, cell similarities and geometric verification, as the
+agent runs them: models/benches/frame.rs).
 
 Usage: python3 models/onnx/bench_ort.py [--threads 2] [--runs 20] [--warmup 5] [--rounds 3]
                                         [--sizes 768x448,512x288,384x224,224x224] [--models-only]
@@ -183,8 +184,10 @@ def main() -> int:
         results.append(
             dict(size=f"{s[0]}x{s[1]}", candle_ms=c, ort_ms=o, ratio=c / o, max_abs_diff=diffs[s], candle_frame_ms=f)
         )
-    print(f"(candle_frame_ms: preprocess + forward + regional descriptors + match against "
-          f"{report['catalog_photos']} reference photos)")
+    print(f"(candle_frame_ms: the agent's whole per-frame recognition: preprocess, forward with the "
+          f"mid-level tap, regional descriptors against {report['catalog_photos']} reference photos, "
+          f"then cell similarities and geometric verification of {report['shortlist']} shortlisted "
+          f"products, 9 reference views each: models/src/matching.rs)")
     with open(os.path.join(WORK, "result.json"), "w") as fh:
         json.dump(dict(threads=args.threads, runs=args.runs, rounds=args.rounds, ort=ort.__version__, sizes=results),
                   fh, indent=1)

@@ -62,23 +62,28 @@ pub struct Regions {
 /// Max-pools every region of `grid` over a `(1, C, h, w)` feature map.
 pub fn regional_descriptors(features: &Tensor, grid: &RegionGrid) -> Result<Regions> {
     let (_, c, h, w) = features.dims4()?;
-    let map: Vec<f32> = features.flatten_all()?.to_vec1()?;
+    // channels-last, so that pooling a region is an elementwise maximum of whole C-vectors,
+    // which vectorises (per channel plane, a scalar maximum over each region took 8 ms a frame
+    // at 768x448)
+    let planes: Vec<f32> = features.flatten_all()?.to_vec1()?;
+    let mut map = vec![0f32; planes.len()];
+    for (ch, plane) in planes.chunks_exact(h * w).enumerate() {
+        for (i, &v) in plane.iter().enumerate() {
+            map[i * c + ch] = v;
+        }
+    }
     let regions = grid.regions(h, w);
-    let mut descs = Vec::with_capacity(regions.len() * c);
+    let mut descs = vec![f32::NEG_INFINITY; regions.len() * c];
     let mut boxes = Vec::with_capacity(regions.len());
-    for &(ry, rx, rh, rw) in &regions {
-        let start = descs.len();
-        for ch in 0..c {
-            let plane = &map[ch * h * w..(ch + 1) * h * w];
-            let mut m = f32::NEG_INFINITY;
-            for y in ry..ry + rh {
-                for &v in &plane[y * w + rx..y * w + rx + rw] {
-                    m = m.max(v);
+    for (&(ry, rx, rh, rw), desc) in regions.iter().zip(descs.chunks_exact_mut(c)) {
+        for y in ry..ry + rh {
+            for cell in map[(y * w + rx) * c..(y * w + rx + rw) * c].chunks_exact(c) {
+                for (m, &v) in desc.iter_mut().zip(cell) {
+                    *m = if v > *m { v } else { *m };
                 }
             }
-            descs.push(m);
         }
-        normalise(&mut descs[start..]);
+        normalise(desc);
         boxes.push([
             rx as f32 / w as f32,
             ry as f32 / h as f32,

@@ -5,6 +5,7 @@
 //!   are matched against.
 //! - [`verify`]: geometric verification of a candidate product with mid-level features, which
 //!   tells the catalog's product from a look-alike.
+//! - [`matching`]: one frame against the catalog, after the backbone: shortlist, then verify.
 //! - [`preprocess`]: from RGB pixels to the network's input tensor.
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
@@ -12,12 +13,14 @@
 pub mod depthwise;
 pub mod descriptor;
 pub mod efficientnet;
+pub mod matching;
 pub mod pointwise;
 pub mod preprocess;
 pub mod stem;
 pub mod verify;
 
 pub use descriptor::{CatalogIndex, Match, RegionGrid};
+pub use matching::{Candidate, FrameFeatures, ProductIndex};
 
 /// The largest absolute difference between two equally long slices (kernel tests).
 #[cfg(test)]
