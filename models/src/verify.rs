@@ -286,25 +286,50 @@ fn mutual_pairs(
     if width == 0 {
         return Vec::new();
     }
-    let mut col_best = vec![(usize::MAX, f32::NEG_INFINITY); width];
-    let mut row_best = vec![(usize::MAX, f32::NEG_INFINITY); rows];
-    for (i, rb) in row_best.iter_mut().enumerate() {
+    // column maxima updated branch-free (it vectorises), row maxima in lanes
+    let mut col_val = vec![f32::NEG_INFINITY; width];
+    let mut col_row = vec![usize::MAX; width];
+    let mut row_best = Vec::with_capacity(rows);
+    for i in 0..rows {
         let row = &sims[i * stride + cols.start..i * stride + cols.end];
-        for (j, &s) in row.iter().enumerate() {
-            if s > rb.1 {
-                *rb = (j, s);
-            }
-            if s > col_best[j].1 {
-                col_best[j] = (i, s);
-            }
+        row_best.push(argmax(row));
+        for ((v, r), &s) in col_val.iter_mut().zip(col_row.iter_mut()).zip(row) {
+            let better = s > *v;
+            *v = if better { s } else { *v };
+            *r = if better { i } else { *r };
         }
     }
     row_best
         .iter()
         .enumerate()
-        .filter(|&(i, &(j, s))| j != usize::MAX && s >= min_similarity && col_best[j].0 == i)
+        .filter(|&(i, &(j, s))| j != usize::MAX && s >= min_similarity && col_row[j] == i)
         .map(|(i, &(j, s))| (i, j, s))
         .collect()
+}
+
+/// The largest value of `v` and its first position; `(usize::MAX, -inf)` for an empty slice.
+fn argmax(v: &[f32]) -> (usize, f32) {
+    let best = max(v);
+    match v.iter().position(|&x| x == best) {
+        Some(j) => (j, best),
+        None => (usize::MAX, f32::NEG_INFINITY),
+    }
+}
+
+/// The largest value of `v` (`-inf` when empty), in independent lanes so that it vectorises.
+fn max(v: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (m, &x) in m.iter_mut().zip(chunk) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    tail.iter()
+        .chain(&m)
+        .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a })
 }
 
 /// The squared distance, in frame cells, between where `t` carries view cell `vi` and frame
@@ -565,10 +590,7 @@ impl Similarities {
         if self.cols == 0 {
             return vec![f32::NEG_INFINITY; self.rows];
         }
-        self.data
-            .chunks_exact(self.cols)
-            .map(|row| row.iter().copied().fold(f32::NEG_INFINITY, f32::max))
-            .collect()
+        self.data.chunks_exact(self.cols).map(max).collect()
     }
 }
 
@@ -635,6 +657,22 @@ mod tests {
         let ft = Tensor::from_vec(fc.desc.clone(), (fc.len(), fc.dim), &Device::Cpu).expect("t");
         let sims = set.similarities(&fc, &ft).expect("sims");
         set.verify(&fc, &sims, None, &VerifyParams::default())
+    }
+
+    #[test]
+    fn lane_maxima_find_the_first_largest_value_at_any_length() {
+        for len in [0, 1, 15, 16, 17, 33, 100] {
+            let v: Vec<f32> = (0..len).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
+            let want = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max(&v), want, "len {len}");
+            let (j, m) = argmax(&v);
+            if len == 0 {
+                assert_eq!((j, m), (usize::MAX, f32::NEG_INFINITY));
+            } else {
+                assert_eq!(m, want, "len {len}");
+                assert_eq!(Some(j), v.iter().position(|&x| x == want), "first of ties");
+            }
+        }
     }
 
     #[test]
