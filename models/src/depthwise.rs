@@ -92,26 +92,80 @@ impl DepthwiseNhwc {
         };
         // small tasks, as in the 1x1 kernel: a preempted thread holds up the layer by one task
         let rows_per_task = ho.div_ceil(16 * rayon::current_num_threads()).max(1);
-        let arch = pulp::Arch::new();
         out.par_chunks_mut(rows_per_task * wo * c)
             .enumerate()
-            .for_each(|(task, out)| {
-                let rows = NhwcRows {
-                    layer: self,
-                    g: &g,
-                    x,
-                    oy0: task * rows_per_task,
-                    out,
-                    wo,
-                };
-                // compiled for the widest SIMD the CPU has (AVX-512, AVX2), chosen at run time
-                match (self.k, self.stride) {
-                    (3, 1) => arch.dispatch(NhwcRowsK::<3, 1>(rows)),
-                    (3, _) => arch.dispatch(NhwcRowsK::<3, 2>(rows)),
-                    (_, 1) => arch.dispatch(NhwcRowsK::<5, 1>(rows)),
-                    _ => arch.dispatch(NhwcRowsK::<5, 2>(rows)),
-                }
-            });
+            .for_each(|(task, out)| self.rows(&g, x, 0, task * rows_per_task, out, wo));
+    }
+
+    /// Output rows from `oy0` (as many as `out` holds) on the calling thread, from a band of the
+    /// input: `x` holds input rows `x_row0..` of the `(h, w, C)` image, at least every row
+    /// inside the image that those outputs read (a fused block expands only those rows).
+    #[allow(clippy::too_many_arguments)] // the band's place in the image takes four numbers
+    pub fn forward_rows(
+        &self,
+        x: &[f32],
+        x_row0: usize,
+        (h, w): (usize, usize),
+        pad: Pad2,
+        oy0: usize,
+        out: &mut [f32],
+    ) {
+        let c = self.bias.len();
+        let (ho, wo) = (
+            self.out_dim(h, pad.top, pad.bottom),
+            self.out_dim(w, pad.left, pad.right),
+        );
+        let rows = out.len() / (wo * c);
+        assert_eq!(out.len(), rows * wo * c, "output is whole rows of (wo, C)");
+        assert!(oy0 + rows <= ho, "output rows past the image");
+        if rows == 0 {
+            return;
+        }
+        let first = (oy0 * self.stride).saturating_sub(pad.top);
+        let last = ((oy0 + rows - 1) * self.stride + self.k)
+            .saturating_sub(pad.top)
+            .min(h);
+        assert!(
+            x_row0 <= first && (x_row0 * w + x.len() / c) >= last * w,
+            "the band lacks input rows {first}..{last}"
+        );
+        let g = NhwcGeometry {
+            h,
+            w,
+            c,
+            s: self.stride,
+            pad,
+        };
+        self.rows(&g, x, x_row0, oy0, out, wo);
+    }
+
+    /// Output rows from `oy0` on the calling thread, compiled for the widest SIMD the CPU has
+    /// (AVX-512, AVX2), chosen at run time.
+    fn rows(
+        &self,
+        g: &NhwcGeometry,
+        x: &[f32],
+        x_row0: usize,
+        oy0: usize,
+        out: &mut [f32],
+        wo: usize,
+    ) {
+        let rows = NhwcRows {
+            layer: self,
+            g,
+            x,
+            x_row0,
+            oy0,
+            out,
+            wo,
+        };
+        let arch = pulp::Arch::new();
+        match (self.k, self.stride) {
+            (3, 1) => arch.dispatch(NhwcRowsK::<3, 1>(rows)),
+            (3, _) => arch.dispatch(NhwcRowsK::<3, 2>(rows)),
+            (_, 1) => arch.dispatch(NhwcRowsK::<5, 1>(rows)),
+            _ => arch.dispatch(NhwcRowsK::<5, 2>(rows)),
+        }
     }
 }
 
@@ -128,7 +182,9 @@ struct NhwcGeometry {
 struct NhwcRows<'a> {
     layer: &'a DepthwiseNhwc,
     g: &'a NhwcGeometry,
+    /// Input rows from `x_row0` on.
     x: &'a [f32],
+    x_row0: usize,
     oy0: usize,
     out: &'a mut [f32],
     wo: usize,
@@ -150,6 +206,7 @@ impl<const K: usize, const STRIDE: usize> WithSimd for NhwcRowsK<'_, K, STRIDE> 
             layer,
             g,
             x,
+            x_row0,
             oy0,
             out,
             wo,
@@ -158,7 +215,7 @@ impl<const K: usize, const STRIDE: usize> WithSimd for NhwcRowsK<'_, K, STRIDE> 
         let (c, s, p) = (g.c, g.s, g.pad);
         if c % lanes != 0 {
             // never so in Lite0, whose widths are multiples of 16
-            scalar_rows::<K>(layer, g, x, oy0, out, wo);
+            scalar_rows::<K>(layer, g, (x, x_row0), oy0, out, wo);
             return;
         }
         // the activations as whole vectors, `cv` to a pixel: one bounds check per load
@@ -184,7 +241,7 @@ impl<const K: usize, const STRIDE: usize> WithSimd for NhwcRowsK<'_, K, STRIDE> 
             // no closures in here: they would not be compiled for the dispatched SIMD
             for ox in (0..ox_lo).chain(ox_hi..wo) {
                 for cb in 0..cv {
-                    let acc = edge_pixel::<S, K>(simd, g, xv, wv, bv[cb], iy0, ox, cb);
+                    let acc = edge_pixel::<S, K>(simd, g, (xv, x_row0), wv, bv[cb], iy0, ox, cb);
                     out_row[ox * cv + cb] = simd.min_f32s(simd.max_f32s(acc, zero), six);
                 }
             }
@@ -194,7 +251,8 @@ impl<const K: usize, const STRIDE: usize> WithSimd for NhwcRowsK<'_, K, STRIDE> 
             let iy0 = iy0 as usize;
             let mut rows: [&[S::f32s]; K] = [&[]; K];
             for (ky, row) in rows.iter_mut().enumerate() {
-                *row = &xv[(iy0 + ky) * g.w * cv..(iy0 + ky + 1) * g.w * cv];
+                let iy = iy0 + ky - x_row0;
+                *row = &xv[iy * g.w * cv..(iy + 1) * g.w * cv];
             }
             // inside: four pixels at a time (four independent FMA chains), all their channel
             // blocks before the next four. For each kernel row the `3 STRIDE + K` input vectors under
@@ -253,7 +311,7 @@ impl<const K: usize, const STRIDE: usize> WithSimd for NhwcRowsK<'_, K, STRIDE> 
 fn edge_pixel<S: Simd, const K: usize>(
     simd: S,
     g: &NhwcGeometry,
-    xv: &[S::f32s],
+    (xv, x_row0): (&[S::f32s], usize),
     wv: &[S::f32s],
     bias: S::f32s,
     iy0: isize,
@@ -273,7 +331,7 @@ fn edge_pixel<S: Simd, const K: usize>(
             if ix < 0 || ix as usize >= g.w {
                 continue;
             }
-            let x = xv[(iy as usize * g.w + ix as usize) * cv + cb];
+            let x = xv[((iy as usize - x_row0) * g.w + ix as usize) * cv + cb];
             acc = simd.mul_add_e_f32s(wv[(ky * K + kx) * cv + cb], x, acc);
         }
     }
@@ -284,7 +342,7 @@ fn edge_pixel<S: Simd, const K: usize>(
 fn scalar_rows<const K: usize>(
     layer: &DepthwiseNhwc,
     g: &NhwcGeometry,
-    x: &[f32],
+    (x, x_row0): (&[f32], usize),
     oy0: usize,
     out: &mut [f32],
     wo: usize,
@@ -306,7 +364,7 @@ fn scalar_rows<const K: usize>(
                             continue;
                         }
                         acc += layer.weight[(ky * K + kx) * c + ch]
-                            * x[(iy as usize * g.w + ix as usize) * c + ch];
+                            * x[((iy as usize - x_row0) * g.w + ix as usize) * c + ch];
                     }
                 }
                 *o = acc.clamp(0.0, 6.0);

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 use crate::depthwise::{DepthwiseNhwc, Pad2};
 use crate::pointwise::{Activation, Conv1x1};
@@ -232,6 +233,11 @@ impl MbConv {
         scratch: &mut BlockScratch,
         out: &mut Vec<f32>,
     ) -> (usize, usize) {
+        if let Some(e) = &self.expand {
+            if h * w * e.cpu.cout() * 4 >= FUSE_FROM_BYTES {
+                return self.forward_fused(&e.cpu, x, (h, w), padding, out);
+            }
+        }
         let input = match &self.expand {
             Some(e) => {
                 // its bias and ReLU6 are applied as the product is stored
@@ -251,6 +257,94 @@ impl MbConv {
         dw.forward(input, (h, w), pad, y);
         let out = slot(out, ho * wo * self.project.cpu.cout());
         self.project.cpu.forward(y, self.residual.then_some(x), out);
+        (ho, wo)
+    }
+}
+
+/// A block whose expanded activations would take at least this many bytes runs fused, band by
+/// band ([`MbConv::forward_fused`]): the first blocks at 768x448 expand to 5-33 MB, which the
+/// expand layer wrote to memory and the depthwise layer read back.
+const FUSE_FROM_BYTES: usize = 4 << 20;
+
+/// Expanded input rows a fused band aims to keep, in bytes: well inside a core's L2 cache.
+const BAND_BYTES: usize = 512 << 10;
+
+thread_local! {
+    /// A fused block's band buffers on each thread: the expanded input rows, the depthwise rows.
+    static BAND: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
+}
+
+impl MbConv {
+    /// [`Self::forward_cpu`] for a block with an expand layer, without ever holding the whole
+    /// expanded map: each task takes a run of output rows and walks it band by band, expanding
+    /// only the input rows the band's depthwise taps read (keeping those the next band shares),
+    /// then the depthwise and projection of the band, all while the band is in cache.
+    fn forward_fused(
+        &self,
+        e: &Conv1x1,
+        x: &[f32],
+        (h, w): (usize, usize),
+        padding: Padding,
+        out: &mut Vec<f32>,
+    ) -> (usize, usize) {
+        let dw = &self.depthwise.cpu;
+        let project = &self.project.cpu;
+        let (k, s) = (dw.k(), dw.stride());
+        let pad = padding.pad2(h, w, k, s);
+        let (ho, wo) = (
+            dw.out_dim(h, pad.top, pad.bottom),
+            dw.out_dim(w, pad.left, pad.right),
+        );
+        let (cin, cexp, cout) = (e.cin(), e.cout(), project.cout());
+        let out = slot(out, ho * wo * cout);
+        // a few tasks a thread, as in the kernels: a preempted thread holds up one task
+        let task_rows = ho.div_ceil(4 * rayon::current_num_threads()).max(1);
+        let band = ((BAND_BYTES / (w * cexp * 4)).saturating_sub(k) / s).clamp(1, task_rows);
+        let residual = self.residual;
+        out.par_chunks_mut(task_rows * wo * cout)
+            .enumerate()
+            .for_each(|(task, out_task)| {
+                BAND.with(|bufs| {
+                    let mut bufs = bufs.borrow_mut();
+                    let (expanded, depthwise) = &mut *bufs;
+                    let first = task * task_rows;
+                    let end = first + out_task.len() / (wo * cout);
+                    // input rows `held` are expanded in `expanded`, from its start
+                    let mut held = 0..0;
+                    let mut oy = first;
+                    while oy < end {
+                        let n = band.min(end - oy);
+                        let lo = (oy * s).saturating_sub(pad.top);
+                        let hi = ((oy + n - 1) * s + k).saturating_sub(pad.top).min(h);
+                        // rows this band shares with the last move to the front
+                        if held.start <= lo && lo < held.end {
+                            expanded.copy_within(
+                                (lo - held.start) * w * cexp..(held.end - held.start) * w * cexp,
+                                0,
+                            );
+                            held = lo..held.end;
+                        } else {
+                            held = lo..lo;
+                        }
+                        let buf = slot(expanded, (hi - held.start) * w * cexp);
+                        e.forward_serial(
+                            &x[held.end * w * cin..hi * w * cin],
+                            None,
+                            &mut buf[(held.end - held.start) * w * cexp..],
+                        );
+                        held.end = hi;
+                        let dwo = slot(depthwise, n * wo * cexp);
+                        dw.forward_rows(buf, held.start, (h, w), pad, oy, dwo);
+                        let at = (oy - first) * wo * cout;
+                        // a residual block keeps the shape: its input rows are the output's
+                        let res = residual.then(|| &x[oy * wo * cin..(oy + n) * wo * cin]);
+                        project.forward_serial(dwo, res, &mut out_task[at..at + n * wo * cout]);
+                        oy += n;
+                    }
+                });
+            });
         (ho, wo)
     }
 }

@@ -104,18 +104,21 @@ impl Conv1x1 {
             });
     }
 
-    /// [`Self::forward`] without a residual on the calling thread, for callers that already
-    /// split the work (the stem, one output row at a time).
-    pub fn forward_serial(&self, x: &[f32], out: &mut [f32]) {
+    /// [`Self::forward`] on the calling thread, for callers that already split the work (the
+    /// stem, one output row at a time; a fused block, one band of rows at a time).
+    pub fn forward_serial(&self, x: &[f32], residual: Option<&[f32]>, out: &mut [f32]) {
         assert_eq!(
             x.len() / self.cin,
             out.len() / self.cout,
             "as many pixels out as in"
         );
+        if let Some(r) = residual {
+            assert_eq!(r.len(), out.len(), "residual is (pixels, cout)");
+        }
         pulp::Arch::new().dispatch(Tiles {
             conv: self,
             x,
-            residual: None,
+            residual,
             out,
         });
     }

@@ -89,7 +89,7 @@ impl StemConv {
                         }
                     }
                 }
-                self.conv.forward_serial(windows, out_row);
+                self.conv.forward_serial(windows, None, out_row);
             });
     }
 }

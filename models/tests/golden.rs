@@ -183,3 +183,35 @@ fn mid_features_stop_at_the_tap_with_the_same_values() {
     assert_eq!(worst, 0.0, "the tap differs by {worst}");
     assert!(model.mid_features(&x, 99).is_err(), "no block 99");
 }
+
+#[test]
+fn banded_blocks_match_candles_ops_on_a_large_odd_frame() {
+    // at this size the first three blocks expand past 4 MB and run fused, band by band, over
+    // several tasks (and tf_same pads the odd sizes unevenly); candle's own ops are the reference
+    let (w, h) = (488, 282);
+    let rgb: Vec<u8> = (0..w * h * 3)
+        .map(|i| ((i * 7919 + (i / (w * 3)) * 31) % 251) as u8)
+        .collect();
+    let x = preprocess::rgb_to_tensor(&rgb, w, h, w * 3, &Device::Cpu).expect("tensor");
+    let tap = spotter_models::MID_TAP_BLOCK;
+    let fused = model(&LiteConfig::default());
+    let ops = model(&LiteConfig {
+        fused_depthwise: false,
+        ..LiteConfig::default()
+    });
+    let (a_head, a_tap) = fused.features_with_tap(&x, Some(tap)).expect("fused");
+    let (b_head, b_tap) = ops.features_with_tap(&x, Some(tap)).expect("ops");
+    let worst = |a: candle_core::Tensor, b: candle_core::Tensor| -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        let a: Vec<f32> = a.flatten_all().and_then(|t| t.to_vec1()).expect("a");
+        let b: Vec<f32> = b.flatten_all().and_then(|t| t.to_vec1()).expect("b");
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    let tap_diff = worst(a_tap.expect("tap"), b_tap.expect("tap"));
+    let head_diff = worst(a_head, b_head);
+    assert!(tap_diff <= 1e-3, "the tap differs by {tap_diff}");
+    assert!(head_diff <= 1e-3, "the head differs by {head_diff}");
+}
