@@ -233,10 +233,8 @@ impl MbConv {
         scratch: &mut BlockScratch,
         out: &mut Vec<f32>,
     ) -> (usize, usize) {
-        if let Some(e) = &self.expand {
-            if h * w * e.cpu.cout() * 4 >= FUSE_FROM_BYTES {
-                return self.forward_fused(&e.cpu, x, (h, w), padding, out);
-            }
+        if h * w * self.project.cpu.cin() * 4 >= FUSE_FROM_BYTES {
+            return self.forward_fused(x, (h, w), padding, out);
         }
         let input = match &self.expand {
             Some(e) => {
@@ -261,9 +259,10 @@ impl MbConv {
     }
 }
 
-/// A block whose expanded activations would take at least this many bytes runs fused, band by
-/// band ([`MbConv::forward_fused`]): the first blocks at 768x448 expand to 5-33 MB, which the
-/// expand layer wrote to memory and the depthwise layer read back.
+/// A block whose depthwise input (its expanded activations, or block 0's input) takes at least
+/// this many bytes runs fused, band by band ([`MbConv::forward_fused`]): the first blocks at
+/// 768x448 expand to 5-33 MB, which the expand layer wrote to memory and the depthwise layer read
+/// back, and block 0's depthwise output (11 MB) went the same way to its projection.
 const FUSE_FROM_BYTES: usize = 4 << 20;
 
 /// Expanded input rows a fused band aims to keep, in bytes: well inside a core's L2 cache.
@@ -277,13 +276,12 @@ thread_local! {
 }
 
 impl MbConv {
-    /// [`Self::forward_cpu`] for a block with an expand layer, without ever holding the whole
-    /// expanded map: each task takes a run of output rows and walks it band by band, expanding
-    /// only the input rows the band's depthwise taps read (keeping those the next band shares),
-    /// then the depthwise and projection of the band, all while the band is in cache.
+    /// [`Self::forward_cpu`] without ever holding a whole intermediate map: each task takes a run
+    /// of output rows and walks it band by band, expanding only the input rows the band's
+    /// depthwise taps read (keeping those the next band shares), then the depthwise and the
+    /// projection of the band, all while the band is in cache.
     fn forward_fused(
         &self,
-        e: &Conv1x1,
         x: &[f32],
         (h, w): (usize, usize),
         padding: Padding,
@@ -297,7 +295,12 @@ impl MbConv {
             dw.out_dim(h, pad.top, pad.bottom),
             dw.out_dim(w, pad.left, pad.right),
         );
-        let (cin, cexp, cout) = (e.cin(), e.cout(), project.cout());
+        let expand = self.expand.as_ref().map(|e| &e.cpu);
+        let (cin, cexp, cout) = (
+            expand.map_or(project.cin(), Conv1x1::cin),
+            project.cin(),
+            project.cout(),
+        );
         let out = slot(out, ho * wo * cout);
         // a few tasks a thread, as in the kernels: a preempted thread holds up one task
         let task_rows = ho.div_ceil(4 * rayon::current_num_threads()).max(1);
@@ -318,25 +321,34 @@ impl MbConv {
                         let n = band.min(end - oy);
                         let lo = (oy * s).saturating_sub(pad.top);
                         let hi = ((oy + n - 1) * s + k).saturating_sub(pad.top).min(h);
-                        // rows this band shares with the last move to the front
-                        if held.start <= lo && lo < held.end {
-                            expanded.copy_within(
-                                (lo - held.start) * w * cexp..(held.end - held.start) * w * cexp,
-                                0,
-                            );
-                            held = lo..held.end;
-                        } else {
-                            held = lo..lo;
-                        }
-                        let buf = slot(expanded, (hi - held.start) * w * cexp);
-                        e.forward_serial(
-                            &x[held.end * w * cin..hi * w * cin],
-                            None,
-                            &mut buf[(held.end - held.start) * w * cexp..],
-                        );
-                        held.end = hi;
+                        // the depthwise layer's input rows lo..hi, from `band_row0`
+                        let (band_in, band_row0): (&[f32], usize) = match expand {
+                            // no expand layer (block 0): the input's own rows
+                            None => (&x[lo * w * cin..hi * w * cin], lo),
+                            Some(e) => {
+                                // rows this band shares with the last move to the front
+                                if held.start <= lo && lo < held.end {
+                                    let shared = held.end - held.start;
+                                    expanded.copy_within(
+                                        (lo - held.start) * w * cexp..shared * w * cexp,
+                                        0,
+                                    );
+                                    held = lo..held.end;
+                                } else {
+                                    held = lo..lo;
+                                }
+                                let buf = slot(expanded, (hi - held.start) * w * cexp);
+                                e.forward_serial(
+                                    &x[held.end * w * cin..hi * w * cin],
+                                    None,
+                                    &mut buf[(held.end - held.start) * w * cexp..],
+                                );
+                                held.end = hi;
+                                (buf, held.start)
+                            }
+                        };
                         let dwo = slot(depthwise, n * wo * cexp);
-                        dw.forward_rows(buf, held.start, (h, w), pad, oy, dwo);
+                        dw.forward_rows(band_in, band_row0, (h, w), pad, oy, dwo);
                         let at = (oy - first) * wo * cout;
                         // a residual block keeps the shape: its input rows are the output's
                         let res = residual.then(|| &x[oy * wo * cin..(oy + n) * wo * cin]);
