@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use rumqttc::{Event, Packet};
+use spotter_agent::analysis::{run_loop, Output};
 use spotter_agent::config::{
     default_height, default_width, AnalysisConfig, Source, TrackerConfig, Upload,
 };
@@ -115,18 +116,25 @@ fn run_phase(
     let (cpu0, t0) = (cpu_time(), Instant::now());
     let mut analysed = 0u64;
     let mut latencies_ms = Vec::new();
-    let end = t0 + Duration::from_secs(secs);
-    while Instant::now() < end {
-        match recognizer {
-            Some(r) => {
-                if let Some(frame) = p.pull(Duration::from_millis(100)) {
-                    r.recognise(&frame.data, frame.stride).expect("recognise");
-                    latencies_ms.push(now_utc_ms().saturating_sub(frame.time.captured_at_ms));
-                    analysed += 1;
-                }
-            }
-            None => std::thread::sleep(Duration::from_millis(100)),
+    match recognizer {
+        // the agent's own loop, as `spotter-agent run` drives it, for `secs`
+        Some(r) => {
+            let stop = CancellationToken::new();
+            let mut tracker = Tracker::new(TrackerConfig::default(), 1);
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    std::thread::sleep(Duration::from_secs(secs));
+                    stop.cancel();
+                });
+                let stats = run_loop(&p, Duration::ZERO, r, &mut tracker, &stop, |o| {
+                    if let Output::Analysed(time) = o {
+                        latencies_ms.push(now_utc_ms().saturating_sub(time.captured_at_ms));
+                    }
+                });
+                analysed = stats.frames;
+            });
         }
+        None => std::thread::sleep(Duration::from_secs(secs)),
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = (cpu_time() - cpu0).as_secs_f64();
@@ -270,22 +278,30 @@ fn glass_to_event(
     );
     let mut sent = 0usize;
     let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        // the clip loops: answer its end as the service does
-        if bus.pop_filtered(&[gst::MessageType::SegmentDone]).is_some() {
-            p.loop_seek().expect("loop the clip");
-        }
-        if let Some(frame) = p.pull(Duration::from_millis(100)) {
-            let r = recognizer
-                .recognise(&frame.data, frame.stride)
-                .expect("recognise");
-            let events = tracker.observe(frame.time, &r.detections);
-            if !events.is_empty() {
+    let done = CancellationToken::new();
+    std::thread::scope(|scope| {
+        // the clip loops: answer its end as the service does, until the phase is over
+        scope.spawn(|| {
+            while Instant::now() < end {
+                if bus
+                    .timed_pop_filtered(
+                        gst::ClockTime::from_mseconds(100),
+                        &[gst::MessageType::SegmentDone],
+                    )
+                    .is_some()
+                {
+                    p.loop_seek().expect("loop the clip");
+                }
+            }
+            done.cancel();
+        });
+        run_loop(&p, Duration::ZERO, recognizer, &mut tracker, &done, |o| {
+            if let Output::Events(events, _) = o {
                 sent += events.len();
                 tx.send(events).expect("the forwarder runs");
             }
-        }
-    }
+        });
+    });
     p.stop();
     drop(tx);
     rt.block_on(async {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use spotter_protocol::{OnScreen, ProductEvent};
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::Pipeline;
-use crate::recognizer::Recognizer;
+use crate::pipeline::{Frame, Pipeline};
+use crate::recognizer::{Backbone, Recognizer};
 use crate::tracker::{FrameTime, Tracker};
 
 /// What the loop reports besides events.
@@ -28,11 +28,19 @@ pub struct LoopStats {
 pub enum Output {
     /// Events caused by a frame, with the on-screen snapshot after them.
     Events(Vec<ProductEvent>, OnScreen),
+    /// A frame was analysed (after its events, if any): for callers that time the loop.
+    Analysed(FrameTime),
 }
 
 /// Analyses frames until the stream ends or `shutdown` fires. Open appearances stay open: the
 /// caller ends them with [`Tracker::finish`] when the show is over (a pipeline rebuilt after a
 /// failure carries on with the same tracker).
+///
+/// Two stages, on two threads, one frame apart: a thread pulls each frame and runs the backbone
+/// over it ([`Recognizer::backbone`]) while this one identifies the products of the frame before
+/// ([`Recognizer::identify`]) and tracks them. Matching has serial parts that left a core idle
+/// while the upload's encoder had the other; frames still reach the tracker one at a time, in
+/// order, so the events are the same as one frame at a time.
 pub fn run_loop(
     pipeline: &Pipeline,
     slowdown: Duration,
@@ -42,37 +50,63 @@ pub fn run_loop(
     mut emit: impl FnMut(Output),
 ) -> LoopStats {
     let mut stats = LoopStats::default();
-    while !shutdown.is_cancelled() {
-        let Some(frame) = pipeline.pull(Duration::from_millis(100)) else {
-            if pipeline.is_eos() {
+    // no slack: the backbone stage waits with its result until this stage takes it, so at most
+    // two frames are in hand and the appsink keeps dropping the stale ones
+    let (ready, backbones) = std::sync::mpsc::sync_channel::<(Frame, Result<Backbone, _>)>(0);
+    std::thread::scope(|scope| {
+        let stage = std::thread::Builder::new()
+            .name("spotter-backbone".into())
+            .spawn_scoped(scope, move || {
+                while !shutdown.is_cancelled() {
+                    let Some(frame) = pipeline.pull(Duration::from_millis(100)) else {
+                        if pipeline.is_eos() {
+                            break;
+                        }
+                        continue;
+                    };
+                    let backbone = recognizer.backbone(&frame.data, frame.stride);
+                    if ready.send((frame, backbone)).is_err() {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = stage {
+            tracing::error!(error = %e, "cannot start the backbone thread: analysis stopped");
+            return;
+        }
+        while let Ok((frame, backbone)) = backbones.recv() {
+            if shutdown.is_cancelled() {
                 break;
             }
-            continue;
-        };
-        match recognizer.recognise(&frame.data, frame.stride) {
-            Ok(r) => {
-                stats.frames += 1;
-                stats.inference_ms_total += f64::from(r.inference_ms);
-                if !slowdown.is_zero() {
-                    std::thread::sleep(slowdown);
+            let result = backbone.and_then(|b| recognizer.identify(&b, &frame.data, frame.stride));
+            match result {
+                Ok(r) => {
+                    stats.frames += 1;
+                    stats.inference_ms_total += f64::from(r.inference_ms);
+                    if !slowdown.is_zero() {
+                        std::thread::sleep(slowdown);
+                    }
+                    pipeline.counters().record_inference(r.inference_ms);
+                    tracing::debug!(
+                        pts_ms = frame.time.pts_ms,
+                        inference_ms = r.inference_ms,
+                        forward_ms = r.forward_ms,
+                        best = ?r.detections.first().map(|d| (&d.sku, d.score)),
+                        "frame analysed"
+                    );
+                    let events = tracker.observe(frame.time, &r.detections);
+                    if !events.is_empty() {
+                        emit(Output::Events(events, tracker.onscreen()));
+                    }
+                    emit(Output::Analysed(frame.time));
                 }
-                pipeline.counters().record_inference(r.inference_ms);
-                tracing::debug!(
-                    pts_ms = frame.time.pts_ms,
-                    inference_ms = r.inference_ms,
-                    forward_ms = r.forward_ms,
-                    best = ?r.detections.first().map(|d| (&d.sku, d.score)),
-                    "frame analysed"
-                );
-                let events = tracker.observe(frame.time, &r.detections);
-                if !events.is_empty() {
-                    emit(Output::Events(events, tracker.onscreen()));
-                }
+                Err(e) => tracing::error!(error = %e, "recognition failed on a frame"),
             }
-            Err(e) => tracing::error!(error = %e, "recognition failed on a frame"),
+            stats.last = Some(frame.time);
         }
-        stats.last = Some(frame.time);
-    }
+        // the backbone stage stops at its next hand-over
+        drop(backbones);
+    });
     stats
 }
 

@@ -73,7 +73,9 @@ pub fn analyze(
     let mut written = 0usize;
     let mut write_err = None;
     let mut emit = |o| {
-        let Output::Events(events, _) = o;
+        let Output::Events(events, _) = o else {
+            return;
+        };
         for e in events {
             if write_err.is_some() {
                 return;

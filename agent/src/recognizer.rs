@@ -315,19 +315,43 @@ impl Recognizer {
             .clone()
     }
 
-    /// Recognises products in one packed-RGB frame of `width x height` (rows `stride` bytes apart).
+    /// Recognises products in one packed-RGB frame of `width x height` (rows `stride` bytes apart):
+    /// [`Self::backbone`], then [`Self::identify`].
     pub fn recognise(&self, rgb: &[u8], stride: usize) -> Result<Recognition, RecognizerError> {
-        let start = Instant::now();
+        let backbone = self.backbone(rgb, stride)?;
+        self.identify(&backbone, rgb, stride)
+    }
+
+    /// The first stage of [`Self::recognise`]: the network's pass over the frame. The analysis
+    /// loop runs it for the next frame while [`Self::identify`] finishes this one.
+    pub fn backbone(&self, rgb: &[u8], stride: usize) -> Result<Backbone, RecognizerError> {
+        let started = Instant::now();
         let x: Tensor =
             preprocess::rgb_to_tensor(rgb, self.width, self.height, stride, &self.device)?;
-        let index = self.current_index();
         let (features, mid) = self.model.features_with_tap(&x, Some(MID_TAP_BLOCK))?;
         let mid = mid.ok_or_else(|| candle_core::Error::Msg("the backbone gave no tap".into()))?;
-        let forward_ms = start.elapsed().as_secs_f32() * 1000.0;
+        Ok(Backbone {
+            features,
+            mid,
+            forward_ms: started.elapsed().as_secs_f32() * 1000.0,
+        })
+    }
+
+    /// The second stage of [`Self::recognise`]: shortlist and verify the catalog's products
+    /// against the frame `backbone` was computed from (the same `rgb` and `stride`), with the
+    /// catalog index current now.
+    pub fn identify(
+        &self,
+        backbone: &Backbone,
+        rgb: &[u8],
+        stride: usize,
+    ) -> Result<Recognition, RecognizerError> {
+        let started = Instant::now();
+        let index = self.current_index();
         let candidates = index.candidates(
             FrameFeatures {
-                features: &features,
-                mid: &mid,
+                features: &backbone.features,
+                mid: &backbone.mid,
                 rgb,
                 size: (self.width, self.height),
                 stride,
@@ -366,10 +390,19 @@ impl Recognizer {
         detections.sort_by(|a, b| b.score.total_cmp(&a.score));
         Ok(Recognition {
             detections,
-            inference_ms: start.elapsed().as_secs_f32() * 1000.0,
-            forward_ms,
+            inference_ms: backbone.forward_ms + started.elapsed().as_secs_f32() * 1000.0,
+            forward_ms: backbone.forward_ms,
         })
     }
+}
+
+/// The backbone's outputs for one frame, waiting for [`Recognizer::identify`].
+#[derive(Debug)]
+pub struct Backbone {
+    features: Tensor,
+    mid: Tensor,
+    /// Milliseconds the pass took.
+    pub forward_ms: f32,
 }
 
 /// Computes the descriptor of every usable reference photo; `progress(done, total)` is called

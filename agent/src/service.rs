@@ -96,7 +96,9 @@ async fn run_pipeline(
             .name("analysis".into())
             .spawn(move || {
                 let stats = run_loop(&pipeline, slowdown, &recognizer, &mut tracker, &stop, |o| {
-                    let _ = tx.send(o);
+                    if matches!(o, Output::Events(..)) {
+                        let _ = tx.send(o);
+                    }
                 });
                 if stats.frames > 0 {
                     tracing::info!(
@@ -268,7 +270,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     let forward = {
         let publisher = publisher.clone();
         tasks.spawn(async move {
-            while let Some(Output::Events(events, onscreen)) = rx.recv().await {
+            while let Some(o) = rx.recv().await {
+                let Output::Events(events, onscreen) = o else {
+                    continue;
+                };
                 for e in &events {
                     tracing::info!(kind = ?e.kind, sku = %e.sku, score = e.score, event_id = %e.event_id, pts_ms = e.pts_ms, "product event");
                     if let Err(err) = publisher.event(e).await {
