@@ -178,14 +178,13 @@ fn photo_tensor(photo: &Letterboxed, device: &Device) -> candle_core::Result<Ten
     preprocess::rgb_to_tensor(photo.rgb.as_raw(), w, h, w * 3, device)
 }
 
-/// The head's feature map and the mid-level tap of a letterboxed photo.
-fn backbone(
+/// The head's feature map and the mid-level tap of the network's input `x`: what a frame and a
+/// reference photo are both matched with.
+fn features_and_mid(
     model: &EfficientNetLite0,
-    photo: &Letterboxed,
-    device: &Device,
+    x: &Tensor,
 ) -> candle_core::Result<(Tensor, Tensor)> {
-    let x = photo_tensor(photo, device)?;
-    let (features, mid) = model.features_with_tap(&x, Some(MID_TAP_BLOCK))?;
+    let (features, mid) = model.features_with_tap(x, Some(MID_TAP_BLOCK))?;
     let mid = mid.ok_or_else(|| candle_core::Error::Msg("the backbone gave no tap".into()))?;
     Ok((features, mid))
 }
@@ -328,8 +327,7 @@ impl Recognizer {
         let started = Instant::now();
         let x: Tensor =
             preprocess::rgb_to_tensor(rgb, self.width, self.height, stride, &self.device)?;
-        let (features, mid) = self.model.features_with_tap(&x, Some(MID_TAP_BLOCK))?;
-        let mid = mid.ok_or_else(|| candle_core::Error::Msg("the backbone gave no tap".into()))?;
+        let (features, mid) = features_and_mid(&self.model, &x)?;
         Ok(Backbone {
             features,
             mid,
@@ -435,7 +433,7 @@ pub fn build_index(
                 Ok(_) => match photo_to_rgb(&path, REFERENCE_SIDE) {
                     Err(e) => report.refused.push(refuse(format!("unreadable image: {e}"))),
                     Ok(photo) => {
-                        let (features, mid) = backbone(model, &photo, device)?;
+                        let (features, mid) = features_and_mid(model, &photo_tensor(&photo, device)?)?;
                         refs.push((product.sku.clone(), global_descriptor(&features)?));
                         let product_views = views.entry(product.sku.clone()).or_default();
                         product_views.push(reference_view(&mid, &photo)?);
