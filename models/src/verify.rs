@@ -422,14 +422,21 @@ fn best_transform(
 #[derive(Debug, Clone)]
 pub struct ViewSet {
     views: Vec<ReferenceView>,
-    /// `(dim, total cells)`: every view's descriptors as columns.
-    columns: Option<Tensor>,
-    /// The same product on the CPU: the frame's cells as pixels and the views' cells as output
-    /// channels of a 1x1 convolution, whose kernel writes each cosine once, straight into the
-    /// result (candle's matrix product on a transposed operand, then a copy out of the tensor,
-    /// took 38 ms a frame at 768x448).
-    cpu: Option<Conv1x1>,
+    /// Every view's descriptors, ready to be multiplied by a frame's; `None` without any cell.
+    columns: Option<Columns>,
     offsets: Vec<usize>,
+}
+
+/// The views' descriptors in the form the device multiplies fastest.
+#[derive(Debug, Clone)]
+enum Columns {
+    /// On the CPU: the frame's cells as pixels and the views' cells as output channels of a 1x1
+    /// convolution, whose kernel writes each cosine once, straight into the result (candle's
+    /// matrix product on a transposed operand, then a copy out of the tensor, took 38 ms a frame
+    /// at 768x448).
+    Cpu(Conv1x1),
+    /// Elsewhere: `(dim, total cells)`, for candle's matrix product.
+    Tensor(Tensor),
 }
 
 impl ViewSet {
@@ -447,22 +454,21 @@ impl ViewSet {
             offsets.push(offsets.last().copied().unwrap_or(0) + v.cells.len());
         }
         let total = offsets.last().copied().unwrap_or(0);
-        let cpu = match dim {
-            Some(d) if total > 0 && device.is_cpu() => {
-                Some(Conv1x1::new(&flat, &vec![0.0; total], d, Activation::None))
-            }
-            _ => None,
-        };
         let columns = match dim {
-            Some(d) if total > 0 && cpu.is_none() => {
-                Some(Tensor::from_vec(flat, (total, d), device)?.t()?)
-            }
+            Some(d) if total > 0 && device.is_cpu() => Some(Columns::Cpu(Conv1x1::new(
+                &flat,
+                &vec![0.0; total],
+                d,
+                Activation::None,
+            ))),
+            Some(d) if total > 0 => Some(Columns::Tensor(
+                Tensor::from_vec(flat, (total, d), device)?.t()?,
+            )),
             _ => None,
         };
         Ok(ViewSet {
             views,
             columns,
-            cpu,
             offsets,
         })
     }
@@ -481,15 +487,17 @@ impl ViewSet {
     /// `frame_tensor` is `frame.desc` as an `(n, dim)` tensor.
     pub fn similarities(&self, frame: &Cells, frame_tensor: &Tensor) -> Result<Similarities> {
         let cols = self.offsets.last().copied().unwrap_or(0);
-        let data = match (&self.cpu, &self.columns) {
+        let data = match &self.columns {
             _ if frame.is_empty() => Vec::new(),
-            (Some(conv), _) => {
+            Some(Columns::Cpu(conv)) => {
                 let mut data = vec![0f32; frame.len() * cols];
                 conv.forward(&frame.desc, None, &mut data);
                 data
             }
-            (None, Some(columns)) => frame_tensor.matmul(columns)?.flatten_all()?.to_vec1()?,
-            _ => Vec::new(),
+            Some(Columns::Tensor(columns)) => {
+                frame_tensor.matmul(columns)?.flatten_all()?.to_vec1()?
+            }
+            None => Vec::new(),
         };
         Ok(Similarities {
             rows: if data.is_empty() { 0 } else { frame.len() },
