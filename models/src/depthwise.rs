@@ -9,6 +9,8 @@
 //! layer's ReLU6 is already applied by its 1x1 kernel ([`crate::pointwise`]). On CUDA the model
 //! falls back to candle's grouped convolution.
 
+use std::ops::Range;
+
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
@@ -74,6 +76,16 @@ impl DepthwiseNhwc {
         (len + before + after - self.k) / self.stride + 1
     }
 
+    /// The input rows (within `0..h`) that output rows `oy0..oy0 + rows` read: what a band of
+    /// [`Self::forward_rows`] must hold.
+    pub fn input_rows(&self, oy0: usize, rows: usize, h: usize, pad: Pad2) -> Range<usize> {
+        let first = (oy0 * self.stride).saturating_sub(pad.top);
+        let last = ((oy0 + rows.max(1) - 1) * self.stride + self.k)
+            .saturating_sub(pad.top)
+            .min(h);
+        first..last
+    }
+
     /// `out = clamp(conv(x) + b, 0, 6)` for `x` of `(h, w, C)` and `out` of `(ho, wo, C)`.
     pub fn forward(&self, x: &[f32], (h, w): (usize, usize), pad: Pad2, out: &mut [f32]) {
         let c = self.bias.len();
@@ -121,10 +133,10 @@ impl DepthwiseNhwc {
         if rows == 0 {
             return;
         }
-        let first = (oy0 * self.stride).saturating_sub(pad.top);
-        let last = ((oy0 + rows - 1) * self.stride + self.k)
-            .saturating_sub(pad.top)
-            .min(h);
+        let Range {
+            start: first,
+            end: last,
+        } = self.input_rows(oy0, rows, h, pad);
         assert!(
             x_row0 <= first && (x_row0 * w + x.len() / c) >= last * w,
             "the band lacks input rows {first}..{last}"

@@ -319,8 +319,7 @@ impl MbConv {
                     let mut oy = first;
                     while oy < end {
                         let n = band.min(end - oy);
-                        let lo = (oy * s).saturating_sub(pad.top);
-                        let hi = ((oy + n - 1) * s + k).saturating_sub(pad.top).min(h);
+                        let std::ops::Range { start: lo, end: hi } = dw.input_rows(oy, n, h, pad);
                         // the depthwise layer's input rows lo..hi, from `band_row0`
                         let (band_in, band_row0): (&[f32], usize) = match expand {
                             // no expand layer (block 0): the input's own rows
