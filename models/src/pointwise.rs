@@ -89,18 +89,16 @@ impl Conv1x1 {
             .div_ceil(16 * threads)
             .clamp(ROWS_MIN_TASK, ROWS_MAX_TASK)
             .min(pixels.max(1));
-        let arch = pulp::Arch::new();
         out.par_chunks_mut(per_task * self.cout)
             .enumerate()
             .for_each(|(task, out)| {
                 let p0 = task * per_task;
                 let n = out.len() / self.cout;
-                arch.dispatch(Tiles {
-                    conv: self,
-                    x: &x[p0 * self.cin..(p0 + n) * self.cin],
-                    residual: residual.map(|r| &r[p0 * self.cout..(p0 + n) * self.cout]),
+                self.forward_serial(
+                    &x[p0 * self.cin..(p0 + n) * self.cin],
+                    residual.map(|r| &r[p0 * self.cout..(p0 + n) * self.cout]),
                     out,
-                });
+                );
             });
     }
 
