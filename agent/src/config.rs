@@ -182,8 +182,9 @@ pub fn default_fps() -> f64 {
 // 768x448 rather than 512x288: a product at a fifth of the frame's height is 90 pixels tall,
 // 5-6 cells of the stride-16 map instead of 3-4; with the 320 reference view
 // (recognizer::EXTRA_VIEW_SIDES) and evidence-based confirmation, tune split recall went from
-// 0.79 to 1.00 (test split 0.71 to 0.96). It costs 2.2x the pixels: 6.9 analysed frames a
-// second on 2 cores beside a 720p30 upload, against 16.1 at 512x288 (agent/benches/video.rs)
+// 0.79 to 1.00 (test split 0.71 to 0.96). It costs 2.2x the pixels: 9.1-10.7 analysed frames a
+// second on 2 cores beside a 720p30 upload (3 runs), against 20.3 at 512x288
+// (agent/benches/video.rs)
 /// Analysis width by default.
 pub fn default_width() -> u32 {
     768

@@ -20,6 +20,7 @@ pub mod stem;
 pub mod verify;
 
 pub use descriptor::{CatalogIndex, Match, RegionGrid};
+pub use efficientnet::{EfficientNetLite0, LiteConfig, Padding, MID_TAP_BLOCK};
 pub use matching::{Candidate, FrameFeatures, ProductIndex};
 
 /// The largest absolute difference between two equally long slices (kernel tests).
@@ -31,4 +32,3 @@ pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max)
 }
-pub use efficientnet::{EfficientNetLite0, LiteConfig, Padding, MID_TAP_BLOCK};
