@@ -180,6 +180,9 @@ async fn serve(
             () = shutdown.cancelled() => break Ok(()),
             finished = &mut server => {
                 break match finished {
+                    // Graceful shutdown finishes the server too; when both are ready at once,
+                    // `select!` may poll this branch first, and that is not a failure.
+                    Ok(Ok(())) if shutdown.is_cancelled() => Ok(()),
                     Ok(Ok(())) => Err(anyhow!("the HTTP server stopped on its own")),
                     Ok(Err(e)) => Err(anyhow!(e).context("the HTTP server failed")),
                     Err(e) => Err(anyhow!(e).context("the HTTP server task failed")),
