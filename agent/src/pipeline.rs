@@ -163,6 +163,28 @@ fn count_buffers(pad: &gst::Pad, counters: &Arc<Counters>, counter: fn(&Counters
     });
 }
 
+/// Keeps a looping source's first seek out of the upload behind `pad`: drops what arrives before
+/// the seek (the preroll, which the seek replays) and the seek's flush itself. GStreamer 1.22's
+/// srtsink sends nothing more after a flush, and the encoder and muxer gain nothing from one:
+/// they see the stream start once, at the seek's segment. Later loops do not flush.
+pub(crate) fn hide_first_flush(pad: &gst::Pad) {
+    let seeked = AtomicBool::new(false);
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST | gst::PadProbeType::EVENT_FLUSH,
+        move |_, info| {
+            if seeked.load(Ordering::Acquire) {
+                return gst::PadProbeReturn::Ok;
+            }
+            if let Some(gst::PadProbeData::Event(ev)) = &info.data {
+                if ev.type_() == gst::EventType::FlushStop {
+                    seeked.store(true, Ordering::Release);
+                }
+            }
+            gst::PadProbeReturn::Drop
+        },
+    );
+}
+
 /// The upload encoder after `q` (chosen by [`crate::encoder::choose_here`]), as IVS wants it:
 /// H.264, constant bitrate, low latency, no B-frames, an IDR every `idr_secs` (set again from the
 /// negotiated frame rate, as encoders count in frames). Returns the parser to link the muxer or
@@ -461,6 +483,12 @@ impl Pipeline {
             let q = named("queue", "upload-queue", "core")?;
             pipeline.add(&q).map_err(setup_err)?;
             tee.link(&q).map_err(setup_err)?;
+            if looping {
+                hide_first_flush(
+                    &q.static_pad("sink")
+                        .ok_or_else(|| setup_err("queue has no sink pad"))?,
+                );
+            }
             match upload {
                 Upload::None => {
                     let sink = gst::ElementFactory::make("fakesink")
@@ -506,7 +534,7 @@ impl Pipeline {
                     parse
                         .link_pads(Some("src"), &sink, Some("video"))
                         .map_err(setup_err)?;
-                    audio_input = aac.map(|a| AudioInput::new(&sink, "audio", a, pace));
+                    audio_input = aac.map(|a| AudioInput::new(&sink, "audio", a, pace, looping));
                 }
                 Upload::Rtmp {
                     url,
@@ -541,7 +569,7 @@ impl Pipeline {
                         .link_pads(Some("src"), &mux, Some("video"))
                         .map_err(setup_err)?;
                     mux.link(&sink).map_err(setup_err)?;
-                    audio_input = aac.map(|a| AudioInput::new(&mux, "audio", a, pace));
+                    audio_input = aac.map(|a| AudioInput::new(&mux, "audio", a, pace, looping));
                 }
                 Upload::Srt {
                     uri,
@@ -582,7 +610,7 @@ impl Pipeline {
                     pipeline.add_many([&mux, &sink]).map_err(setup_err)?;
                     parse.link(&mux).map_err(setup_err)?;
                     mux.link(&sink).map_err(setup_err)?;
-                    audio_input = aac.map(|a| AudioInput::new(&mux, "sink_%d", a, pace));
+                    audio_input = aac.map(|a| AudioInput::new(&mux, "sink_%d", a, pace, looping));
                 }
             }
         }
@@ -656,7 +684,8 @@ impl Pipeline {
 
     /// Starts playing. A looping source is first prerolled and given a flushing segment seek, so
     /// that its end posts `SegmentDone` (answered by [`Pipeline::loop_seek`]) instead of EOS and
-    /// running time, hence every event's `pts_ms`, keeps increasing across loops.
+    /// running time, hence every event's `pts_ms`, keeps increasing across loops. The upload
+    /// never sees that first seek ([`hide_first_flush`]): it starts at the seek's segment.
     pub fn start(&self) -> Result<(), PipelineError> {
         // the element that refused posted why on the bus: say it, and whose it was
         let refused = || {

@@ -2,7 +2,8 @@
 //! second, the stream that reaches a real RTMP ingest (nginx with libnginx-mod-rtmp, writing
 //! HLS) keeps the source's full 30 frames a second, and the stats say analysis skipped frames.
 //! The ingest killed for 20 s comes back by itself while analysis goes on; and the SRT upload
-//! reaches an SRT listener the test runs, at full rate with an IDR every 2 s.
+//! reaches an SRT listener the test runs, at full rate with an IDR every 2 s, also from a looping
+//! clip with audio.
 
 mod support;
 
@@ -759,5 +760,75 @@ async fn a_source_without_audio_reaches_the_ingest_as_video_only_at_full_rate() 
     assert!(
         span.as_secs_f64() >= 3.0 && (29.5..=30.5).contains(&fps),
         "{intervals} frame intervals over {span:?} at the ingest = {fps:.2} frames/s; the clip has 30"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_clip_with_audio_reaches_an_srt_ingest_past_its_end() {
+    let _serial = SERIAL.lock().await;
+    let ingest = SrtIngest::start();
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clip = dir.path().join("looped.mp4");
+    make_clip(&clip, true);
+    let config = support::agent_config_with_source(
+        dir.path(),
+        broker.port,
+        1.0,
+        &format!(
+            "kind = \"uri\"\nuri = \"file://{}\"\nloop = true",
+            clip.display()
+        ),
+        "",
+        &format!(
+            "[upload]\nkind = \"srt\"\nurl = \"srt://127.0.0.1:{}\"\nbitrate_kbps = 1000\n",
+            ingest.port
+        ),
+    );
+    let log = dir.path().join("agent.log");
+    let mut agent = support::spawn_agent(&config, &log);
+    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // the clip lasts 5 s: 12 s of video at the ingest is two loops and more
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let f = ingest.frames();
+        if f.len() > 1 && f[f.len() - 1].0.saturating_sub(f[0].0) > gst::ClockTime::from_seconds(12)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} frames at the SRT ingest within 60 s from a looping clip; agent log:\n{}",
+            f.len(),
+            agent_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exit = support::terminate(&mut agent);
+    assert!(exit.success(), "agent exit {exit:?}; log:\n{}", agent_log());
+
+    // in arrival order: every frame later than the one before, none replayed, none missing
+    let frames = ingest.frames();
+    let backwards: Vec<_> = frames
+        .windows(2)
+        .filter(|w| w[1].0 <= w[0].0)
+        .map(|w| (w[0].0.mseconds(), w[1].0.mseconds()))
+        .collect();
+    assert!(
+        backwards.is_empty(),
+        "frames that do not move forward at the ingest (ms): {backwards:?}"
+    );
+    let span = (frames[frames.len() - 1].0 - frames[0].0).seconds_f64();
+    let fps = (frames.len() - 1) as f64 / span;
+    assert!(
+        (29.0..=31.0).contains(&fps),
+        "{} frames over {span:.2} s = {fps:.2} frames/s across the loops; the clip has 30",
+        frames.len()
+    );
+    assert!(
+        agent_log().contains("the source has audio"),
+        "{}",
+        agent_log()
     );
 }
