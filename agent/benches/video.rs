@@ -85,7 +85,7 @@ fn run_phase(
         encoder: EncoderChoice::Auto,
     };
     let p = Pipeline::build(
-        &Source::Test,
+        &Source::Test { audio: None },
         &upload,
         analysis,
         Mode::Live,

@@ -9,6 +9,12 @@
 //! the video-only stream it always did. The pipeline is rebuilt whole after a failure, and the
 //! branch with it.
 //!
+//! A camera or the test pattern has no sound of its own: [`LiveAudio`] names a capture device
+//! beside it (ALSA, PulseAudio/PipeWire, or a test tone), built with the pipeline and fed into the
+//! same branch. When that device fails (unplugged, busy), the pipeline is rebuilt without it at
+//! once, so the show goes on silent, and the device is tried again with backoff
+//! ([`crate::supervisor`]).
+//!
 //! The AAC encoder is a pure choice over the element factories present (like the H.264 one in
 //! [`crate::encoder`]); without any, audio is left out, said once, and the video goes on.
 
@@ -71,6 +77,70 @@ pub fn choose_here() -> Option<AacEncoder> {
         );
     }
     found
+}
+
+/// Elements of a live sound source (a capture card, a microphone) are named with this, so that
+/// its failure is told apart from the video source's and the upload's
+/// ([`crate::pipeline::classify`]): the show goes on without sound while the device is retried.
+pub const LIVE_PREFIX: &str = "live-audio";
+
+/// Sound captured beside a camera or the test pattern (V4L2 carries no sound): a capture card's
+/// or a microphone's, uploaded with the video.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveAudio {
+    /// An ALSA capture device (`alsasrc`): `hw:CARD=HDMI,DEV=0`, `default`...
+    Alsa {
+        /// The device, as `arecord -L` names it.
+        device: String,
+    },
+    /// A PulseAudio or PipeWire source (`pulsesrc`); the server's default when `None`.
+    Pulse {
+        /// The source's name, as `pactl list short sources` gives it.
+        device: Option<String>,
+    },
+    /// A quiet 440 Hz tone (`audiotestsrc`), for trying the path without a microphone.
+    Test,
+}
+
+impl LiveAudio {
+    /// The GStreamer element factory, and the Debian package it comes in.
+    pub fn factory(&self) -> (&'static str, &'static str) {
+        match self {
+            LiveAudio::Alsa { .. } => ("alsasrc", "gstreamer1.0-alsa"),
+            LiveAudio::Pulse { .. } => ("pulsesrc", "gstreamer1.0-pulseaudio"),
+            LiveAudio::Test => ("audiotestsrc", "gstreamer1.0-plugins-base"),
+        }
+    }
+
+    /// The source element, named with [`LIVE_PREFIX`], live (timestamped by the clock as the
+    /// camera's frames are).
+    pub fn element(&self) -> Result<gst::Element, String> {
+        let (factory, package) = self.factory();
+        let missing = || format!("GStreamer element `{factory}` is missing: install {package}");
+        let b = gst::ElementFactory::make(factory).name(LIVE_PREFIX);
+        let e = match self {
+            LiveAudio::Alsa { device } => b.property("device", device).build(),
+            LiveAudio::Pulse { device: Some(d) } => b.property("device", d).build(),
+            LiveAudio::Pulse { device: None } => b.build(),
+            LiveAudio::Test => b
+                .property("is-live", true)
+                .property("freq", 440.0f64)
+                .property("volume", 0.1f64)
+                .build(),
+        };
+        e.map_err(|_| missing())
+    }
+}
+
+impl std::fmt::Display for LiveAudio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LiveAudio::Alsa { device } => write!(f, "ALSA device {device}"),
+            LiveAudio::Pulse { device: Some(d) } => write!(f, "PulseAudio source {d}"),
+            LiveAudio::Pulse { device: None } => f.write_str("the PulseAudio default source"),
+            LiveAudio::Test => f.write_str("a test tone"),
+        }
+    }
 }
 
 /// Where the upload takes audio: its muxer (or HLS sink) and the request pad template for it.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use spotter_protocol::topic::validate_segment;
 
+use crate::audio::LiveAudio;
 use crate::camera::CameraMode;
 use crate::encoder::{EncoderChoice, EncoderKind};
 
@@ -75,6 +76,14 @@ pub struct RawSource {
     /// Start a file again at its end (for demos).
     #[serde(default, rename = "loop")]
     pub looping: bool,
+    /// For `v4l2` and `test`: where the sound comes from, uploaded beside the video: `none`
+    /// (default), `alsa` (a capture card or the camera's microphone), `pulse` (PulseAudio or
+    /// PipeWire) or `test` (a quiet tone). A URI source's sound comes from the stream itself.
+    pub audio: Option<String>,
+    /// For `audio = "alsa"`: the ALSA device, as `arecord -L` lists it (`hw:CARD=HDMI,DEV=0`);
+    /// default `default`. For `pulse`: the source's name (`pactl list short sources`); default
+    /// the server's default source.
+    pub audio_device: Option<String>,
 }
 
 fn default_source_kind() -> String {
@@ -121,6 +130,48 @@ impl RawSource {
             fps: self.fps,
         })
     }
+
+    /// The live sound asked for, checked for sense (whether the device opens is checked when
+    /// the pipeline starts, and by `doctor`).
+    fn live_audio(&self) -> Result<Option<LiveAudio>, ConfigError> {
+        let device = self.audio_device.clone();
+        if let Some(d) = &device {
+            if d.is_empty() || d.chars().any(|c| c.is_control()) {
+                return Err(invalid(
+                    "source.audio_device",
+                    format!("{d:?} is not a device name such as hw:CARD=HDMI,DEV=0"),
+                ));
+            }
+        }
+        let audio = match self.audio.as_deref().unwrap_or("none") {
+            "none" => None,
+            "alsa" => Some(LiveAudio::Alsa {
+                device: device.clone().unwrap_or_else(|| "default".into()),
+            }),
+            "pulse" => Some(LiveAudio::Pulse {
+                device: device.clone(),
+            }),
+            "test" => Some(LiveAudio::Test),
+            other => {
+                return Err(invalid(
+                    "source.audio",
+                    format!("{other:?} is not one of \"none\", \"alsa\", \"pulse\", \"test\""),
+                ))
+            }
+        };
+        if device.is_some()
+            && !matches!(
+                audio,
+                Some(LiveAudio::Alsa { .. } | LiveAudio::Pulse { .. })
+            )
+        {
+            return Err(invalid(
+                "source.audio_device",
+                "only used with audio = \"alsa\" or \"pulse\": set source.audio too",
+            ));
+        }
+        Ok(audio)
+    }
 }
 
 impl Default for RawSource {
@@ -136,6 +187,8 @@ impl Default for RawSource {
             stall_timeout_secs: default_stall_timeout(),
             realtime: true,
             looping: false,
+            audio: None,
+            audio_device: None,
         }
     }
 }
@@ -418,7 +471,10 @@ impl Default for RawUpload {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
     /// GStreamer's moving test pattern.
-    Test,
+    Test {
+        /// Sound to upload beside it.
+        audio: Option<LiveAudio>,
+    },
     /// Anything `uridecodebin` opens.
     Uri {
         /// The URI.
@@ -434,7 +490,28 @@ pub enum Source {
         device: PathBuf,
         /// The mode asked of it.
         mode: CameraMode,
+        /// Sound to upload beside it (a camera has none of its own in V4L2).
+        audio: Option<LiveAudio>,
     },
+}
+
+impl Source {
+    /// The live sound configured beside the video, if any (a URI source's own is not).
+    pub fn live_audio(&self) -> Option<&LiveAudio> {
+        match self {
+            Source::Test { audio } | Source::V4l2 { audio, .. } => audio.as_ref(),
+            Source::Uri { .. } => None,
+        }
+    }
+
+    /// The same source without its live sound (while the capture device is being retried).
+    pub fn without_live_audio(&self) -> Source {
+        let mut s = self.clone();
+        if let Source::Test { audio } | Source::V4l2 { audio, .. } = &mut s {
+            *audio = None;
+        }
+        s
+    }
 }
 
 /// Where the encoded stream goes.
@@ -847,7 +924,16 @@ impl RawConfig {
         validate_segment("stream", &self.stream).map_err(|e| invalid("stream", e.to_string()))?;
         let source =
             match self.source.kind.as_str() {
-                "test" => Source::Test,
+                "test" => Source::Test {
+                    audio: self.source.live_audio()?,
+                },
+                "uri" if self.source.audio.is_some() || self.source.audio_device.is_some() => {
+                    return Err(invalid(
+                        "source.audio",
+                        "a URI source's sound comes from the stream itself: remove source.audio \
+                         and source.audio_device",
+                    ))
+                }
                 "uri" => Source::Uri {
                     uri: self.source.uri.clone().ok_or_else(|| {
                         invalid("source.uri", "required when source.kind = \"uri\"")
@@ -862,6 +948,7 @@ impl RawConfig {
                         .clone()
                         .unwrap_or_else(|| PathBuf::from("/dev/video0")),
                     mode: self.source.camera_mode()?,
+                    audio: self.source.live_audio()?,
                 },
                 other => {
                     return Err(invalid(
@@ -1108,7 +1195,7 @@ mod tests {
     fn minimal_config_gets_sane_defaults() {
         let c = parse("studio = \"s1\"\n[analysis]\ncatalog = \"cat\"\n").expect("valid");
         assert_eq!(c.stream, "main");
-        assert_eq!(c.source, Source::Test);
+        assert_eq!(c.source, Source::Test { audio: None });
         assert_eq!(c.mqtt.port, 1883);
         assert_eq!(c.mqtt.client_id, "spotter-s1-main");
         assert_eq!(c.analysis.fps, 5.0);
@@ -1193,6 +1280,7 @@ mod tests {
                     height: Some(1080),
                     fps: Some(30.0),
                 },
+                audio: None,
             }
         );
         assert_eq!(c.stall_timeout, Duration::from_secs(3));
@@ -1223,6 +1311,16 @@ mod tests {
             (
                 "[source]\nstall_timeout_secs = 0\n",
                 "source.stall_timeout_secs",
+            ),
+            ("[source]\naudio = \"hdmi\"\n", "source.audio"),
+            ("[source]\naudio_device = \"hw:1\"\n", "source.audio_device"),
+            (
+                "[source]\naudio = \"alsa\"\naudio_device = \"\"\n",
+                "source.audio_device",
+            ),
+            (
+                "[source]\nkind = \"uri\"\nuri = \"file:///a.mp4\"\naudio = \"alsa\"\n",
+                "source.audio",
             ),
             ("[upload]\nkind = \"srt\"\n", "upload.url"),
             (

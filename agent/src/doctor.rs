@@ -53,7 +53,7 @@ fn needed_elements(cfg: &AgentConfig) -> Vec<(&'static str, &'static str)> {
         ("queue", "libgstreamer1.0-0"),
     ];
     match cfg.source {
-        Source::Test => v.push(("videotestsrc", "gstreamer1.0-plugins-base")),
+        Source::Test { .. } => v.push(("videotestsrc", "gstreamer1.0-plugins-base")),
         Source::Uri { .. } => {
             v.push(("uridecodebin", "gstreamer1.0-plugins-base"));
             v.push(("avdec_h264", "gstreamer1.0-libav"));
@@ -82,6 +82,9 @@ fn needed_elements(cfg: &AgentConfig) -> Vec<(&'static str, &'static str)> {
         if mode.is_jpeg() {
             v.push(("jpegdec", "gstreamer1.0-plugins-good"));
         }
+    }
+    if let Some(audio) = cfg.source.live_audio() {
+        v.push(audio.factory());
     }
     v
 }
@@ -170,9 +173,9 @@ fn check_encoder(cfg: &AgentConfig) -> Option<Check> {
 
 fn check_source(cfg: &AgentConfig) -> Check {
     let launch = match &cfg.source {
-        Source::Test => return check("source", Verdict::Ok, "test pattern"),
+        Source::Test { .. } => return check("source", Verdict::Ok, "test pattern"),
         Source::Uri { uri, .. } => format!("uridecodebin uri=\"{uri}\" ! fakesink"),
-        Source::V4l2 { device, mode } => {
+        Source::V4l2 { device, mode, .. } => {
             if let Err(e) = gst::init() {
                 return check("source", Verdict::Fail, format!("GStreamer: {e}"));
             }
@@ -220,6 +223,87 @@ fn check_source(cfg: &AgentConfig) -> Check {
             Verdict::Fail,
             "did not deliver a frame within 10 s",
         ),
+    }
+}
+
+/// Whether the sound device beside the camera opens and delivers sound within 3 s.
+fn check_audio(cfg: &AgentConfig) -> Option<Check> {
+    let audio = cfg.source.live_audio()?;
+    if cfg.upload == Upload::None {
+        return Some(check(
+            "sound",
+            Verdict::Warn,
+            format!("source.audio is set ({audio}) but there is no upload: the sound goes nowhere"),
+        ));
+    }
+    if let Err(e) = gst::init() {
+        return Some(check("sound", Verdict::Fail, format!("GStreamer: {e}")));
+    }
+    let what_to_do = match audio {
+        crate::audio::LiveAudio::Alsa { .. } => {
+            "list the capture devices with `arecord -L` and set source.audio_device"
+        }
+        crate::audio::LiveAudio::Pulse { .. } => {
+            "list the sources with `pactl list short sources` and set source.audio_device"
+        }
+        crate::audio::LiveAudio::Test => "reinstall gstreamer1.0-plugins-base",
+    };
+    let fail = |why: String| {
+        Some(check(
+            "sound",
+            Verdict::Fail,
+            format!("{audio}: {why}; {what_to_do}"),
+        ))
+    };
+    let src = match audio.element() {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
+    let Ok(sink) = gst::ElementFactory::make("fakesink").build() else {
+        return fail("fakesink is missing".into());
+    };
+    let pipeline = gst::Pipeline::new();
+    if pipeline.add_many([&src, &sink]).is_err() || src.link(&sink).is_err() {
+        return fail("cannot build a pipeline for it".into());
+    }
+    let heard = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(pad) = sink.static_pad("sink") {
+        let heard = heard.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            heard.store(true, std::sync::atomic::Ordering::Relaxed);
+            gst::PadProbeReturn::Ok
+        });
+    }
+    let _ = pipeline.set_state(gst::State::Playing);
+    let bus = pipeline.bus();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut error = None;
+    while error.is_none()
+        && !heard.load(std::sync::atomic::Ordering::Relaxed)
+        && std::time::Instant::now() < deadline
+    {
+        error = bus
+            .as_ref()
+            .and_then(|b| {
+                b.timed_pop_filtered(
+                    gst::ClockTime::from_mseconds(50),
+                    &[gst::MessageType::Error],
+                )
+            })
+            .and_then(|m| match m.view() {
+                gst::MessageView::Error(e) => Some(e.error().to_string()),
+                _ => None,
+            });
+    }
+    let _ = pipeline.set_state(gst::State::Null);
+    match error {
+        Some(e) => fail(format!("does not open: {e}")),
+        None if heard.load(std::sync::atomic::Ordering::Relaxed) => Some(check(
+            "sound",
+            Verdict::Ok,
+            format!("{audio} delivers sound"),
+        )),
+        None => fail("delivered no sound within 3 s".into()),
     }
 }
 
@@ -344,6 +428,7 @@ fn check_clock() -> Check {
 /// Runs every check.
 pub fn run_checks(cfg: &AgentConfig) -> Vec<Check> {
     let mut checks = vec![check_elements(cfg), check_source(cfg)];
+    checks.extend(check_audio(cfg));
     checks.extend(check_encoder(cfg));
     checks.extend(check_model_and_catalog(cfg));
     checks.push(check_broker(cfg));

@@ -18,8 +18,9 @@
 //! [`crate::encoder`]. Every element of the upload branch is named `upload-*`, so that an error
 //! on the bus says which side failed ([`classify`]): the service drops a failed upload at once
 //! and keeps analysing, but waits and reopens a failed source. A URI source's audio goes to the
-//! upload when there is one ([`crate::audio`]); otherwise, and for the camera and the test
-//! pattern, the upload is video only.
+//! upload when there is one ([`crate::audio`]); a camera's or the test pattern's comes from the
+//! capture device configured beside it (`source.audio`), whose failure only takes the sound off
+//! ([`Part::Audio`]); without either, the upload is video only.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -92,12 +93,11 @@ impl PipelineError {
 /// Which side of the tee the element at `path` (`/GstPipeline:spotter/GstRtmp2Sink:upload-sink`)
 /// is on.
 pub fn classify(path: &str) -> Part {
-    let upload = path
-        .split('/')
-        .filter_map(|seg| seg.rsplit(':').next())
-        .any(|name| name.starts_with(UPLOAD_PREFIX));
-    if upload {
+    let mut names = path.split('/').filter_map(|seg| seg.rsplit(':').next());
+    if names.clone().any(|name| name.starts_with(UPLOAD_PREFIX)) {
         Part::Upload
+    } else if names.any(|name| name.starts_with(crate::audio::LIVE_PREFIX)) {
+        Part::Audio
     } else {
         Part::Source
     }
@@ -395,7 +395,7 @@ impl Pipeline {
         // uridecodebin: its pads are linked once the upload (which may take audio) is built
         let mut decoder: Option<gst::Element> = None;
         match source {
-            Source::Test => {
+            Source::Test { .. } => {
                 let src = gst::ElementFactory::make("videotestsrc")
                     .property("is-live", true)
                     .property_from_str("pattern", "ball")
@@ -413,7 +413,7 @@ impl Pipeline {
                 pipeline.add_many([&src, &filter]).map_err(setup_err)?;
                 gst::Element::link_many([&src, &filter, &convert_in]).map_err(setup_err)?;
             }
-            Source::V4l2 { device, mode } => {
+            Source::V4l2 { device, mode, .. } => {
                 // ask the camera first: a mode it lacks fails here with what it offers, rather
                 // than as GStreamer's "not-negotiated"
                 crate::camera::check(device, mode)?;
@@ -468,11 +468,12 @@ impl Pipeline {
         }
 
         let mut encoder_kind = None;
-        // where the source's audio goes: only a URI source can have any, and only an upload
-        // that encodes takes it
-        let aac = match (&decoder, upload) {
-            (Some(_), Upload::Hls { .. } | Upload::Rtmp { .. } | Upload::Srt { .. })
-                if mode == Mode::Live =>
+        // where the source's audio goes: a URI source may have some, a camera or the test
+        // pattern a capture device beside it, and only an upload that encodes takes it
+        let has_audio = decoder.is_some() || source.live_audio().is_some();
+        let aac = match upload {
+            Upload::Hls { .. } | Upload::Rtmp { .. } | Upload::Srt { .. }
+                if has_audio && mode == Mode::Live =>
             {
                 crate::audio::choose_here()
             }
@@ -617,6 +618,18 @@ impl Pipeline {
 
         if let (Some(src), Some(video_in)) = (&decoder, &seek_pad) {
             link_decoded(src, video_in.clone(), audio_input, &counters);
+        } else if let (Some(live), Some(input)) = (source.live_audio(), audio_input) {
+            let failed = |reason: String| PipelineError::Failed {
+                part: Part::Audio,
+                reason: format!("{live}: {reason}"),
+            };
+            let src = live.element().map_err(failed)?;
+            pipeline.add(&src).map_err(|e| failed(e.to_string()))?;
+            let pad = src
+                .static_pad("src")
+                .ok_or_else(|| failed("no src pad".into()))?;
+            let parse = input.attach(&pad).map_err(failed)?;
+            count_bytes(&parse, &counters)?;
         }
 
         let q = gst::ElementFactory::make("queue")
@@ -831,6 +844,15 @@ mod tests {
             Part::Source
         );
         assert_eq!(classify(""), Part::Source);
+        assert_eq!(
+            classify("/GstPipeline:spotter/GstAlsaSrc:live-audio"),
+            Part::Audio
+        );
+        // the encoded sound on its way out is the upload's
+        assert_eq!(
+            classify("/GstPipeline:spotter/avenc_aac:upload-audio-encoder"),
+            Part::Upload
+        );
         // a source element whose own name merely contains the word is not the upload's
         assert_eq!(
             classify("/GstPipeline:spotter/GstFileSrc:my-upload-file"),

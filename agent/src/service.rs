@@ -32,8 +32,8 @@ enum Ended {
     SourceFinished,
     /// An error, silence from the source, or the end of a source that should not end: rebuild.
     Failed(PipelineError),
-    /// A pipeline running without its upload reached the time to try the upload again.
-    RetryUpload,
+    /// A pipeline running without its upload or its sound reached the time to try them again.
+    Retry,
 }
 
 /// Logs a state change and publishes the supervisor's view in the stats.
@@ -65,6 +65,13 @@ fn report(change: &Change, supervisor: &Supervisor, counters: &Counters) {
             restarts = supervisor.restarts(),
             "upload lost; carrying on without the upload while it is retried"
         ),
+        Change::AudioLive { after } => tracing::info!(outage_ms = ms(after), "sound back"),
+        Change::AudioLost { reason, retry_in } => tracing::error!(
+            error = %reason,
+            retry_audio_in_ms = ms(retry_in),
+            restarts = supervisor.restarts(),
+            "sound lost; the show goes on silent while the sound device is retried"
+        ),
     }
 }
 
@@ -78,16 +85,16 @@ async fn run_pipeline(
     mut tracker: Tracker,
     tx: mpsc::UnboundedSender<Output>,
     shutdown: &CancellationToken,
-    retry_upload_in: Option<Duration>,
+    rebuild_in: Option<Duration>,
     supervisor: &mut Supervisor,
 ) -> anyhow::Result<(Tracker, Ended, Option<FrameTime>)> {
-    let retry_upload = async move {
-        match retry_upload_in {
+    let retry = async move {
+        match rebuild_in {
             Some(d) => tokio::time::sleep(d).await,
             None => std::future::pending().await,
         }
     };
-    tokio::pin!(retry_upload);
+    tokio::pin!(retry);
     let bus = pipeline.pipeline.bus().context("pipeline has no bus")?;
     let stop = shutdown.child_token();
     let analysis = {
@@ -128,7 +135,7 @@ async fn run_pipeline(
         use futures_util::StreamExt as _;
         let msg = tokio::select! {
             () = shutdown.cancelled() => break Ended::Shutdown,
-            () = &mut retry_upload => break Ended::RetryUpload,
+            () = &mut retry => break Ended::Retry,
             _ = tick.tick() => {
                 match watchdog.observe(Instant::now(), frames()) {
                     Flow::Flowing => {
@@ -136,6 +143,9 @@ async fn run_pipeline(
                             report(&change, supervisor, &counters);
                         }
                         if let Some(change) = supervisor.confirm_upload(Instant::now()) {
+                            report(&change, supervisor, &counters);
+                        }
+                        if let Some(change) = supervisor.confirm_audio(Instant::now()) {
                             report(&change, supervisor, &counters);
                         }
                     }
@@ -300,6 +310,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     // backoff; a lost source is reopened after a backoff.
     let mut tracker = Tracker::new(cfg.tracker.clone(), first_seq);
     let mut supervisor = Supervisor::new(cfg.upload != Upload::None);
+    if cfg.source.live_audio().is_some() {
+        supervisor = supervisor.with_live_audio();
+    }
     let mut pts_offset_ms = 0u64;
     let mut last_frame = None;
     let outcome: anyhow::Result<()> = loop {
@@ -315,8 +328,13 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         } else {
             Upload::None
         };
+        let source = if plan.with_audio {
+            cfg.source.clone()
+        } else {
+            cfg.source.without_live_audio()
+        };
         let built = Pipeline::build(
-            &cfg.source,
+            &source,
             &upload,
             &cfg.analysis,
             Mode::Live,
@@ -336,12 +354,16 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
                             stream = %cfg.stream,
                             source = ?cfg.source,
                             upload = plan.with_upload,
+                            sound = plan.with_audio,
                             encoder = p.encoder_kind().map(|k| k.factory()),
                             hardware_encoder = p.encoder_kind().is_some_and(|k| k.is_hardware()),
                             "pipeline started"
                         );
                         if let Some(change) = supervisor.started(plan.with_upload, Instant::now()) {
                             report(&change, &supervisor, &counters);
+                        }
+                        if plan.with_audio {
+                            supervisor.started_audio(Instant::now());
                         }
                         let (t, ended, last) = run_pipeline(
                             p,
@@ -350,7 +372,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
                             tracker,
                             tx.clone(),
                             &shutdown,
-                            plan.retry_upload_in,
+                            plan.rebuild_in,
                             &mut supervisor,
                         )
                         .await?;
@@ -370,7 +392,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         };
         match run {
             Ok(Ended::Shutdown) | Ok(Ended::SourceFinished) => break Ok(()),
-            Ok(Ended::RetryUpload) => tracing::info!("trying the upload again"),
+            Ok(Ended::Retry) => tracing::info!("trying the upload or the sound again"),
             Ok(Ended::Failed(e)) | Err(e) => {
                 let (wait, change) =
                     supervisor.failed(e.part(), &e.to_string(), Instant::now(), mqtt::rand_unit());

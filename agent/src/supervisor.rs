@@ -20,6 +20,9 @@ pub enum Part {
     Source,
     /// The upload: encoder, muxer, the connection to the ingest.
     Upload,
+    /// The live sound beside a camera (a capture card, a microphone): without it the show goes
+    /// on silent.
+    Audio,
 }
 
 /// A state change worth a log line and a field in the stats.
@@ -50,6 +53,19 @@ pub enum Change {
         /// Wait before the upload is tried again.
         retry_in: Duration,
     },
+    /// A pipeline with the live sound has played for a while; `after` is how long it was off.
+    AudioLive {
+        /// The outage.
+        after: Duration,
+    },
+    /// The live sound failed: the show goes on without it, and it is tried again after
+    /// `retry_in`.
+    AudioLost {
+        /// What GStreamer said.
+        reason: String,
+        /// Wait before the sound is tried again.
+        retry_in: Duration,
+    },
 }
 
 /// The next pipeline.
@@ -57,9 +73,11 @@ pub enum Change {
 pub struct Plan {
     /// Whether it carries the upload.
     pub with_upload: bool,
-    /// For a pipeline without the upload that should have one: when to end it and try the upload
-    /// again.
-    pub retry_upload_in: Option<Duration>,
+    /// Whether it carries the live sound configured beside the camera.
+    pub with_audio: bool,
+    /// For a pipeline without the upload or the sound that should have them: when to end it and
+    /// try them again.
+    pub rebuild_in: Option<Duration>,
 }
 
 /// How long a pipeline with the upload must play without an upload error before the upload
@@ -80,6 +98,16 @@ pub struct Supervisor {
     upload_pending: Option<Instant>,
     source_backoff: Backoff,
     upload_backoff: Backoff,
+    audio_configured: bool,
+    /// When the live sound failed, while it is off.
+    audio_down_since: Option<Instant>,
+    audio_retry_at: Option<Instant>,
+    /// When a pipeline with the sound back started playing: it is back once that has lasted
+    /// [`UPLOAD_CONFIRM`].
+    audio_pending: Option<Instant>,
+    audio_backoff: Backoff,
+    /// When the sound last came back.
+    audio_since: Option<Instant>,
     restarts: u64,
 }
 
@@ -96,24 +124,41 @@ impl Supervisor {
             upload_pending: None,
             source_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             upload_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+            audio_configured: false,
+            audio_down_since: None,
+            audio_retry_at: None,
+            audio_pending: None,
+            // every try rebuilds the pipeline, a glitch in the stream: try seldom
+            audio_backoff: Backoff::new(Duration::from_secs(5), Duration::from_secs(120)),
+            audio_since: None,
             restarts: 0,
         }
     }
 
+    /// The source has live sound beside it (`source.audio`).
+    pub fn with_live_audio(mut self) -> Self {
+        self.audio_configured = true;
+        self
+    }
+
     /// What to build now.
     pub fn plan(&self, now: Instant) -> Plan {
-        match self.upload_retry_at {
-            _ if !self.upload_configured => Plan {
-                with_upload: false,
-                retry_upload_in: None,
-            },
-            Some(at) if at > now => Plan {
-                with_upload: false,
-                retry_upload_in: Some(at - now),
-            },
-            _ => Plan {
-                with_upload: true,
-                retry_upload_in: None,
+        // a part that failed waits until its retry time; till then, the pipeline runs without it
+        let waiting = |configured: bool, retry_at: Option<Instant>| match retry_at {
+            _ if !configured => (false, None),
+            Some(at) if at > now => (false, Some(at - now)),
+            _ => (true, None),
+        };
+        let (with_upload, upload_in) = waiting(self.upload_configured, self.upload_retry_at);
+        let (with_audio, audio_in) = waiting(self.audio_configured, self.audio_retry_at);
+        // sound goes out with the upload only: without it, there is nothing to bring back
+        let audio_in = audio_in.filter(|_| with_upload);
+        Plan {
+            with_upload,
+            with_audio: with_audio && with_upload,
+            rebuild_in: match (upload_in, audio_in) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             },
         }
     }
@@ -126,6 +171,30 @@ impl Supervisor {
             self.upload_pending = Some(now);
         }
         None
+    }
+
+    /// A pipeline carrying the live sound started playing: if the sound had been off, it counts
+    /// as back once it has lasted ([`Supervisor::confirm_audio`]).
+    pub fn started_audio(&mut self, now: Instant) {
+        if self.audio_down_since.is_some() {
+            self.audio_pending = Some(now);
+        }
+    }
+
+    /// Called as time passes while a pipeline runs: sound that has played for
+    /// [`UPLOAD_CONFIRM`] since it was off is back.
+    pub fn confirm_audio(&mut self, now: Instant) -> Option<Change> {
+        let since = self.audio_pending?;
+        if now.saturating_duration_since(since) < UPLOAD_CONFIRM {
+            return None;
+        }
+        self.audio_pending = None;
+        self.audio_retry_at = None;
+        self.audio_since = Some(since);
+        let down = self.audio_down_since.take()?;
+        Some(Change::AudioLive {
+            after: since.saturating_duration_since(down),
+        })
     }
 
     /// Called as time passes while the pipeline runs: an upload that has played for
@@ -191,6 +260,25 @@ impl Supervisor {
                 retry_in,
             };
             return (Duration::ZERO, change);
+        }
+        if part == Part::Audio && self.audio_configured {
+            if self.audio_down_since.is_none() {
+                if stable(self.audio_since) {
+                    self.audio_backoff.reset();
+                }
+                self.audio_down_since = Some(now);
+            }
+            self.audio_pending = None;
+            let retry_in = self.audio_backoff.next_delay(jitter);
+            self.audio_retry_at = Some(now + retry_in);
+            // no wait: the show goes on at once, silent
+            return (
+                Duration::ZERO,
+                Change::AudioLost {
+                    reason: reason.to_owned(),
+                    retry_in,
+                },
+            );
         }
         if self.source == SourceState::Live && stable(self.source_since) {
             self.source_backoff.reset();
@@ -395,7 +483,8 @@ mod tests {
             s.plan(down),
             Plan {
                 with_upload: false,
-                retry_upload_in: Some(Duration::from_millis(500))
+                with_audio: false,
+                rebuild_in: Some(Duration::from_millis(500))
             }
         );
         // a source failure meanwhile does not bring the upload back early
@@ -423,6 +512,79 @@ mod tests {
         );
         assert!(s.plan(down + secs(22)).with_upload);
         assert_eq!(s.restarts(), 4);
+    }
+
+    #[test]
+    fn lost_sound_goes_on_silent_then_comes_back() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(true).with_live_audio();
+        let full = Plan {
+            with_upload: true,
+            with_audio: true,
+            rebuild_in: None,
+        };
+        assert_eq!(s.plan(t0), full);
+        s.started(true, t0);
+        s.started_audio(t0);
+        assert_eq!(s.confirm_audio(t0 + secs(3)), None, "it was never off");
+        s.confirm_upload(t0 + secs(2));
+
+        let down = t0 + secs(60);
+        let (wait, change) = s.failed(Part::Audio, "unplugged", down, 0.0);
+        assert_eq!(wait, Duration::ZERO, "the show goes on at once");
+        assert_eq!(
+            change,
+            Change::AudioLost {
+                reason: "unplugged".into(),
+                retry_in: Duration::from_millis(2500)
+            }
+        );
+        assert_eq!(s.upload(), UploadState::Live, "the upload is not touched");
+        assert_eq!(s.source(), SourceState::Starting, "nor the source");
+        assert_eq!(
+            s.plan(down),
+            Plan {
+                with_upload: true,
+                with_audio: false,
+                rebuild_in: Some(Duration::from_millis(2500))
+            }
+        );
+        // still unplugged at the retry: the wait grows
+        let retry = down + Duration::from_millis(2500);
+        assert_eq!(s.plan(retry), full);
+        s.started_audio(retry);
+        let (_, change) = s.failed(Part::Audio, "unplugged", retry, 0.0);
+        assert!(
+            matches!(change, Change::AudioLost { retry_in, .. } if retry_in == secs(5)),
+            "{change:?}"
+        );
+        // plugged back in
+        let back = retry + secs(5);
+        assert!(s.plan(back).with_audio);
+        s.started_audio(back);
+        assert_eq!(s.confirm_audio(back + secs(1)), None, "not yet");
+        assert_eq!(
+            s.confirm_audio(back + secs(2)),
+            Some(Change::AudioLive {
+                after: secs(7) + Duration::from_millis(500)
+            })
+        );
+        assert_eq!(s.confirm_audio(back + secs(3)), None, "said once");
+        // a later outage starts from the shortest wait again
+        let (_, change) = s.failed(Part::Audio, "unplugged", back + secs(100), 0.0);
+        assert!(
+            matches!(change, Change::AudioLost { retry_in, .. } if retry_in == Duration::from_millis(2500)),
+            "{change:?}"
+        );
+        // while the upload is away there is no sound to bring back
+        s.failed(Part::Upload, "ingest gone", back + secs(101), 0.0);
+        let p = s.plan(back + secs(101));
+        assert!(!p.with_upload && !p.with_audio);
+        assert_eq!(p.rebuild_in, Some(Duration::from_millis(500)));
+        // without sound configured, its failure is the source's
+        let mut plain = Supervisor::new(true);
+        let (_, change) = plain.failed(Part::Audio, "x", t0, 0.0);
+        assert!(matches!(change, Change::SourceLost { .. }), "{change:?}");
     }
 
     #[test]

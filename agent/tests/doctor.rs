@@ -108,3 +108,34 @@ fn names_the_encoder_it_picked_and_a_missing_camera() {
         "{source:?}"
     );
 }
+
+#[test]
+fn the_sound_beside_the_camera_is_heard_or_named_with_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::mug_catalog(dir.path());
+    let sound = |audio: &str| {
+        let text = format!(
+            "studio = \"doc\"\n[source]\nkind = \"test\"\n{audio}\n[analysis]\ncatalog = \"{}\"\n\
+             model = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[upload]\nkind = \"hls\"\n\
+             hls_dir = \"{}/hls\"\n",
+            dir.path().display(),
+            support::model_path().display(),
+            closed_port(),
+            dir.path().display(),
+        );
+        let raw: RawConfig = toml::from_str(&text).expect("config parses");
+        run_checks(&raw.validate().expect("config is valid"))
+            .into_iter()
+            .find(|c| c.name == "sound")
+    };
+    assert!(sound("").is_none(), "no sound configured, none checked");
+    let tone = sound("audio = \"test\"").expect("a sound check");
+    assert_eq!(tone.verdict, Verdict::Ok, "{tone:?}");
+    let card = sound("audio = \"alsa\"\naudio_device = \"hw:CARD=SpotterNoSuchCard\"")
+        .expect("a sound check");
+    assert_eq!(card.verdict, Verdict::Fail, "{card:?}");
+    assert!(
+        card.detail.contains("hw:CARD=SpotterNoSuchCard") && card.detail.contains("arecord -L"),
+        "{card:?}"
+    );
+}

@@ -148,8 +148,18 @@ fn count_frames(dir: &Path) -> (u64, Duration) {
     (intervals, Duration::from_nanos(span.nseconds()))
 }
 
-/// The test agent's config with an RTMP upload to `ingest` (stream key `teststream`, from a file
-/// in `dir`); `upload` is added to the `[upload]` table.
+/// An `[upload]` table for RTMP to `ingest` (stream key `teststream`, written to a file in
+/// `dir`), with `upload` added to it.
+fn rtmp_upload(dir: &Path, ingest: &Ingest, upload: &str) -> String {
+    std::fs::write(dir.join("key"), "teststream\n").expect("write key");
+    format!(
+        "[upload]\nkind = \"rtmp\"\nurl = \"rtmp://127.0.0.1:{}/app/\"\nstream_key_file = \"{}/key\"\n{upload}\n",
+        ingest.port,
+        dir.display()
+    )
+}
+
+/// The test agent's config with an RTMP upload to `ingest` ([`rtmp_upload`]).
 fn rtmp_config(
     dir: &Path,
     ingest: &Ingest,
@@ -158,18 +168,8 @@ fn rtmp_config(
     analysis: &str,
     upload: &str,
 ) -> PathBuf {
-    std::fs::write(dir.join("key"), "teststream\n").expect("write key");
-    support::agent_config(
-        dir,
-        broker_port,
-        stats_secs,
-        analysis,
-        &format!(
-            "[upload]\nkind = \"rtmp\"\nurl = \"rtmp://127.0.0.1:{}/app/\"\nstream_key_file = \"{}/key\"\n{upload}\n",
-            ingest.port,
-            dir.display()
-        ),
-    )
+    let upload = rtmp_upload(dir, ingest, upload);
+    support::agent_config(dir, broker_port, stats_secs, analysis, &upload)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -608,8 +608,11 @@ fn segment_streams(seg: &Path) -> Holds {
     }
 }
 
+/// One segment the ingest wrote: where, when, and what it holds.
+type Segment = (PathBuf, std::time::SystemTime, Holds);
+
 /// The ingest's segments, oldest first, with what each holds.
-fn segments(ingest: &Ingest) -> Vec<(PathBuf, std::time::SystemTime, Holds)> {
+fn segments(ingest: &Ingest) -> Vec<Segment> {
     let mut segs: Vec<(PathBuf, std::time::SystemTime)> = std::fs::read_dir(ingest.hls())
         .expect("hls dir")
         .flatten()
@@ -628,20 +631,37 @@ fn segments(ingest: &Ingest) -> Vec<(PathBuf, std::time::SystemTime, Holds)> {
 /// The test agent's config with the clip at `clip` (looped, at its own rate) as its source and
 /// an RTMP upload to `ingest`.
 fn clip_config(dir: &Path, clip: &Path, ingest: &Ingest, broker_port: u16) -> PathBuf {
-    std::fs::write(dir.join("key"), "teststream\n").expect("write key");
     support::agent_config_with_source(
         dir,
         broker_port,
         1.0,
-        &format!("kind = \"uri\"\nuri = \"file://{}\"\nloop = true", clip.display()),
-        "",
         &format!(
-            "[upload]\nkind = \"rtmp\"\nurl = \"rtmp://127.0.0.1:{}/app/\"\nstream_key_file = \"{}/key\"\n\
-             bitrate_kbps = 1000\n",
-            ingest.port,
-            dir.display()
+            "kind = \"uri\"\nuri = \"file://{}\"\nloop = true",
+            clip.display()
         ),
+        "",
+        &rtmp_upload(dir, ingest, "bitrate_kbps = 1000"),
     )
+}
+
+/// Asserts that each of `segs` that the ingest finished (all but the last) holds as much sound
+/// as video, give or take a quarter; `context` says which.
+fn assert_sound_with_the_video(segs: &[&Segment], context: &str) {
+    assert!(segs.len() >= 2, "segments {context}: {segs:?}");
+    for (path, _, holds) in &segs[..segs.len() - 1] {
+        let video_secs = holds.video_frames as f64 / 30.0;
+        let audio_secs = holds.audio_secs.unwrap_or_else(|| {
+            panic!(
+                "{} ({context}) has no audio stream: {holds:?}",
+                path.display()
+            )
+        });
+        assert!(
+            video_secs > 0.5 && (audio_secs - video_secs).abs() <= 0.25 * video_secs,
+            "{} ({context}): {audio_secs:.2} s of audio for {video_secs:.2} s of video",
+            path.display()
+        );
+    }
 }
 
 /// Waits until the ingest has written `n` segments after `since`; panics after `secs`.
@@ -706,24 +726,8 @@ async fn a_source_with_audio_reaches_the_ingest_with_its_audio_also_after_an_out
     // each connection's last segment may be cut short: judge the ones nginx finished
     let after: Vec<_> = segs.iter().filter(|(_, t, _)| *t > restarted).collect();
     let before: Vec<_> = segs.iter().filter(|(_, t, _)| *t <= restarted).collect();
-    for (part, segs) in [("before", &before), ("after", &after)] {
-        assert!(segs.len() >= 2, "segments {part} the outage: {segs:?}");
-        let whole = &segs[..segs.len() - 1];
-        for (path, _, holds) in whole {
-            let video_secs = holds.video_frames as f64 / 30.0;
-            let audio_secs = holds.audio_secs.unwrap_or_else(|| {
-                panic!(
-                    "{} ({part} the outage) has no audio stream: {holds:?}",
-                    path.display()
-                )
-            });
-            assert!(
-                video_secs > 0.5 && (audio_secs - video_secs).abs() <= 0.25 * video_secs,
-                "{} ({part} the outage): {audio_secs:.2} s of audio for {video_secs:.2} s of video",
-                path.display()
-            );
-        }
-    }
+    assert_sound_with_the_video(&before, "before the outage");
+    assert_sound_with_the_video(&after, "after the outage");
     assert!(
         agent_log().contains("the source has audio"),
         "{}",
@@ -830,5 +834,86 @@ async fn a_looping_clip_with_audio_reaches_an_srt_ingest_past_its_end() {
         agent_log().contains("the source has audio"),
         "{}",
         agent_log()
+    );
+}
+
+/// The test agent's config: the test pattern with `audio` (the `[source]` keys) beside it, and
+/// an RTMP upload to `ingest`.
+fn sound_config(dir: &Path, audio: &str, ingest: &Ingest, broker_port: u16) -> PathBuf {
+    support::agent_config_with_source(
+        dir,
+        broker_port,
+        1.0,
+        &format!("kind = \"test\"\n{audio}"),
+        "",
+        &rtmp_upload(dir, ingest, "bitrate_kbps = 1000"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_with_a_sound_device_uploads_its_sound() {
+    let _serial = SERIAL.lock().await;
+    let ingest = Ingest::start();
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = sound_config(dir.path(), "audio = \"test\"", &ingest, broker.port);
+    let log = dir.path().join("agent.log");
+    let mut agent = support::spawn_agent(&config, &log);
+    wait_for_segments(&ingest, std::time::SystemTime::UNIX_EPOCH, 3, 60, &log);
+    let exit = support::terminate(&mut agent);
+    let agent_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(exit.success(), "agent exit {exit:?}; log:\n{agent_log}");
+    let segs = segments(&ingest);
+    assert_sound_with_the_video(&segs.iter().collect::<Vec<_>>(), "the test tone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sound_device_that_fails_leaves_the_show_on_air_silent_and_is_retried() {
+    let _serial = SERIAL.lock().await;
+    let ingest = Ingest::start();
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = sound_config(
+        dir.path(),
+        "audio = \"alsa\"\naudio_device = \"hw:CARD=SpotterNoSuchCard\"",
+        &ingest,
+        broker.port,
+    );
+    let readings = support::collect_stats(broker.port, "sound-test").await;
+    let log = dir.path().join("agent.log");
+    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut agent = support::spawn_agent(&config, &log);
+    wait_for_segments(&ingest, std::time::SystemTime::UNIX_EPOCH, 3, 60, &log);
+    // the first retry comes 2.5-5 s after the first failure
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while agent_log().matches("sound lost").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sound device is tried again; log:\n{}",
+            agent_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let exit = support::terminate(&mut agent);
+    let text = agent_log();
+    assert!(exit.success(), "agent exit {exit:?}; log:\n{text}");
+    assert!(
+        text.contains("hw:CARD=SpotterNoSuchCard"),
+        "the log names the device:\n{text}"
+    );
+    assert!(
+        !text.contains("source down") && !text.contains("upload lost"),
+        "a failed sound device is neither the camera's failure nor the upload's:\n{text}"
+    );
+    let (intervals, span) = count_frames(&ingest.hls());
+    let fps = intervals as f64 / span.as_secs_f64();
+    assert!(
+        span.as_secs_f64() >= 3.0 && fps >= 29.0,
+        "{intervals} frame intervals over {span:?} at the ingest = {fps:.2} frames/s:\n{text}"
+    );
+    let stats = readings.lock().expect("lock").clone();
+    assert!(
+        stats.iter().any(|s| s.upload == UploadState::Live),
+        "the stats show the upload live: {stats:?}"
     );
 }
