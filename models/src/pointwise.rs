@@ -30,8 +30,9 @@ pub enum Activation {
 pub struct Conv1x1 {
     cin: usize,
     cout: usize,
-    /// `[cin][cout_pad]`: row `ci` holds every output channel's weight for input channel `ci`,
-    /// zero past `cout`.
+    /// `[cout_pad / PANEL][cin][PANEL]`, zero past `cout`: a panel's weights for every input
+    /// channel in one run of memory, so a tile streams through them in order (row-major
+    /// `[cin][cout_pad]` put each input channel's few vectors kilobytes apart in the wide layers).
     weight: Vec<f32>,
     /// `[cout_pad]`, zero past `cout`.
     bias: Vec<f32>,
@@ -46,8 +47,9 @@ impl Conv1x1 {
         let cout_pad = cout.next_multiple_of(PANEL);
         let mut w = vec![0f32; cin * cout_pad];
         for (co, row) in weight.chunks_exact(cin).enumerate() {
+            let (panel, lane) = (co / PANEL, co % PANEL);
             for (ci, &v) in row.iter().enumerate() {
-                w[ci * cout_pad + co] = v;
+                w[(panel * cin + ci) * PANEL + lane] = v;
             }
         }
         let mut b = bias.to_vec();
@@ -188,19 +190,21 @@ fn tile<S: Simd, const R: usize>(
 ) {
     let lanes = S::F32_LANES;
     let cin = c.cin;
-    let tile = &x[p * cin..(p + R) * cin];
-    // the panel's weights as whole vectors, `cout_pad / lanes` to an input channel
-    let cov = co / lanes;
+    // each pixel's inputs, sliced to exactly `cin` so that indexing them by `ci < cin` needs
+    // no bounds check in the loop
+    let px: [&[f32]; R] = std::array::from_fn(|r| &x[(p + r) * cin..][..cin]);
+    // the panel's weights as whole vectors, `PANEL / lanes` to an input channel, of which this
+    // tile takes two from `sub`
+    let panel = co / PANEL;
+    let sub = (co % PANEL) / lanes;
+    let per = PANEL / lanes;
+    let weights = S::as_simd_f32s(&c.weight[panel * cin * PANEL..(panel + 1) * cin * PANEL]).0;
     let b = S::as_simd_f32s(&c.bias).0;
-    let mut acc = [[b[cov], b[cov + 1]]; R];
-    for (ci, w) in S::as_simd_f32s(&c.weight)
-        .0
-        .chunks_exact(c.bias.len() / lanes)
-        .enumerate()
-    {
-        let (w0, w1) = (w[cov], w[cov + 1]);
-        for (r, a) in acc.iter_mut().enumerate() {
-            let v = simd.splat_f32s(tile[r * cin + ci]);
+    let mut acc = [[b[co / lanes], b[co / lanes + 1]]; R];
+    for (w, ci) in weights.chunks_exact(per).zip(0..cin) {
+        let (w0, w1) = (w[sub], w[sub + 1]);
+        for (a, px) in acc.iter_mut().zip(&px) {
+            let v = simd.splat_f32s(px[ci]);
             a[0] = simd.mul_add_e_f32s(v, w0, a[0]);
             a[1] = simd.mul_add_e_f32s(v, w1, a[1]);
         }
