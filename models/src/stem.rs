@@ -25,6 +25,7 @@ pub struct StemConv {
 impl StemConv {
     /// From candle's `(Cout, Cin, k, k)` weight (row-major) and the per-channel bias.
     pub fn new(weight: &[f32], bias: &[f32], cin: usize, k: usize, stride: usize) -> Self {
+        assert!(matches!(k, 3 | 5 | 7), "stem kernels are 3x3, 5x5 or 7x7");
         StemConv {
             // a window unfolds as (ci, ky, kx), the order of each output channel's weights
             conv: Conv1x1::new(weight, bias, cin * k * k, Activation::Relu6),
@@ -59,38 +60,57 @@ impl StemConv {
         );
         let row = self.window_len();
         assert_eq!(out.len(), ho * wo * self.cout(), "output is (ho, wo, cout)");
+        let unfold = match k {
+            3 => unfold_row::<3>,
+            5 => unfold_row::<5>,
+            _ => unfold_row::<7>,
+        };
         out.par_chunks_mut(wo * self.cout())
             .enumerate()
             .for_each_init(Vec::new, |windows, (oy, out_row)| {
                 windows.resize(wo * row, 0.0);
-                // the window's rows that are inside the image (the rest is padding)
-                let rows: Vec<Option<usize>> = (0..k)
-                    .map(|ky| (oy * s + ky).checked_sub(pad.top).filter(|&iy| iy < h))
-                    .collect();
-                for (ox, win) in windows.chunks_exact_mut(row).enumerate() {
-                    let ix0 = (ox * s).checked_sub(pad.left).filter(|&ix| ix + k <= w);
-                    let mut taps = win.chunks_exact_mut(k);
-                    for plane in x.chunks_exact(h * w) {
-                        for (iy, tap) in rows.iter().zip(&mut taps) {
-                            match (*iy, ix0) {
-                                (Some(iy), Some(ix0)) => {
-                                    tap.copy_from_slice(&plane[iy * w + ix0..iy * w + ix0 + k]);
-                                }
-                                (Some(iy), None) => {
-                                    for (kx, t) in tap.iter_mut().enumerate() {
-                                        *t = (ox * s + kx)
-                                            .checked_sub(pad.left)
-                                            .filter(|&ix| ix < w)
-                                            .map_or(0.0, |ix| plane[iy * w + ix]);
-                                    }
-                                }
-                                (None, _) => tap.fill(0.0),
-                            }
-                        }
-                    }
-                }
+                unfold(x, (h, w), pad, s, oy, windows);
                 self.conv.forward_serial(windows, None, out_row);
             });
+    }
+}
+
+/// Unfolds the `K x K` windows of output row `oy` into `windows`, `(ci, ky, kx)` per pixel (zero
+/// where a window hangs into the padding). `K` is a constant so that each tap row is a
+/// fixed-size copy, not a call to `memcpy` for three floats.
+fn unfold_row<const K: usize>(
+    x: &[f32],
+    (h, w): (usize, usize),
+    pad: Pad2,
+    s: usize,
+    oy: usize,
+    windows: &mut [f32],
+) {
+    // the window's rows that are inside the image (the rest is padding)
+    let rows: [Option<usize>; K] =
+        std::array::from_fn(|ky| (oy * s + ky).checked_sub(pad.top).filter(|&iy| iy < h));
+    let cin = x.len() / (h * w);
+    for (ox, win) in windows.chunks_exact_mut(cin * K * K).enumerate() {
+        let ix0 = (ox * s).checked_sub(pad.left).filter(|&ix| ix + K <= w);
+        let mut taps = win.chunks_exact_mut(K);
+        for plane in x.chunks_exact(h * w) {
+            for (iy, tap) in rows.iter().zip(&mut taps) {
+                match (*iy, ix0) {
+                    (Some(iy), Some(ix0)) => {
+                        tap.copy_from_slice(&plane[iy * w + ix0..][..K]);
+                    }
+                    (Some(iy), None) => {
+                        for (kx, t) in tap.iter_mut().enumerate() {
+                            *t = (ox * s + kx)
+                                .checked_sub(pad.left)
+                                .filter(|&ix| ix < w)
+                                .map_or(0.0, |ix| plane[iy * w + ix]);
+                        }
+                    }
+                    (None, _) => tap.fill(0.0),
+                }
+            }
+        }
     }
 }
 
