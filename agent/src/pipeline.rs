@@ -779,6 +779,22 @@ impl Pipeline {
         }
     }
 
+    /// Bytes the upload's sink has handed to the network so far (RTMP: written to the
+    /// connection; SRT: sent), where the sink counts them: `None` for HLS or without an upload.
+    /// Buffers reaching the sink are not proof: after a flush, GStreamer 1.22's srtsink took
+    /// them and sent nothing.
+    pub fn upload_sent_bytes(&self) -> Option<u64> {
+        let sink = self.pipeline.by_name("upload-sink")?;
+        let field = match sink.factory()?.name().as_str() {
+            "rtmp2sink" => "out-bytes-total",
+            "srtsink" => "bytes-sent-total",
+            _ => return None,
+        };
+        // before the connection is up the field may be missing: nothing sent yet
+        let stats = sink.property::<gst::Structure>("stats");
+        Some(stats.get::<u64>(field).unwrap_or(0))
+    }
+
     /// Frame counters (camera, analysis branch, analysed), for the stats topic.
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters

@@ -23,6 +23,10 @@ use crate::stats::Counters;
 use crate::supervisor::{Change, Flow, Part, Supervisor, Watchdog};
 use crate::tracker::{FrameTime, Tracker};
 
+/// An upload whose sink has sent nothing for this long (twice that for its first bytes, while it
+/// connects) has failed, whatever GStreamer says: it is rebuilt like one that errored.
+const UPLOAD_STALL: Duration = Duration::from_secs(10);
+
 /// How one pipeline's run ended.
 #[derive(Debug)]
 enum Ended {
@@ -124,6 +128,9 @@ async fn run_pipeline(
     let counters = pipeline.counters().clone();
     let frames = || counters.camera_frames.load(Ordering::Relaxed);
     let mut watchdog = Watchdog::new(cfg.stall_timeout, Instant::now(), frames());
+    let mut upload_watch = pipeline
+        .upload_sent_bytes()
+        .map(|sent| Watchdog::new(UPLOAD_STALL, Instant::now(), sent));
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let source_failed = |reason: String| {
         Ended::Failed(PipelineError::Failed {
@@ -137,13 +144,31 @@ async fn run_pipeline(
             () = shutdown.cancelled() => break Ended::Shutdown,
             () = &mut retry => break Ended::Retry,
             _ = tick.tick() => {
+                // the upload is live once its sink hands bytes to the network (where the sink
+                // says), and lost when it stops doing so
+                let delivering = match (&mut upload_watch, pipeline.upload_sent_bytes()) {
+                    (Some(w), Some(sent)) => match w.observe(Instant::now(), sent) {
+                        Flow::Flowing => true,
+                        Flow::Waiting => false,
+                        Flow::Stalled => break Ended::Failed(PipelineError::Failed {
+                            part: Part::Upload,
+                            reason: format!(
+                                "the upload sent nothing to the ingest for {} s",
+                                w.timeout().as_secs_f64()
+                            ),
+                        }),
+                    },
+                    _ => true,
+                };
                 match watchdog.observe(Instant::now(), frames()) {
                     Flow::Flowing => {
                         if let Some(change) = supervisor.flowing(Instant::now()) {
                             report(&change, supervisor, &counters);
                         }
-                        if let Some(change) = supervisor.confirm_upload(Instant::now()) {
-                            report(&change, supervisor, &counters);
+                        if delivering {
+                            if let Some(change) = supervisor.confirm_upload(Instant::now()) {
+                                report(&change, supervisor, &counters);
+                            }
                         }
                         if let Some(change) = supervisor.confirm_audio(Instant::now()) {
                             report(&change, supervisor, &counters);
