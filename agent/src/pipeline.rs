@@ -698,7 +698,8 @@ impl Pipeline {
     /// Starts playing. A looping source is first prerolled and given a flushing segment seek, so
     /// that its end posts `SegmentDone` (answered by [`Pipeline::loop_seek`]) instead of EOS and
     /// running time, hence every event's `pts_ms`, keeps increasing across loops. The upload
-    /// never sees that first seek ([`hide_first_flush`]): it starts at the seek's segment.
+    /// never sees that first seek (a probe drops it, `hide_first_flush`): it starts at the
+    /// seek's segment.
     pub fn start(&self) -> Result<(), PipelineError> {
         // the element that refused posted why on the bus: say it, and whose it was
         let refused = || {
