@@ -408,6 +408,90 @@ fn check_broker(cfg: &AgentConfig) -> Check {
     }
 }
 
+/// `host` and `port` of `scheme://host[:port]/...`, with `default_port` when none is given.
+fn host_port(url: &str, default_port: u16) -> Option<(String, u16)> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let (host, port) = match authority.rsplit_once(':') {
+        // a bracketed IPv6 address without a port has its colons inside the brackets
+        Some((h, p)) if !p.contains(']') => (h, p.parse().ok()?),
+        _ => (authority, default_port),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| (host.to_owned(), port))
+}
+
+/// Whether the upload's destination answers: an RTMP(S) ingest accepts a TCP connection, an
+/// SRT ingest's name resolves (SRT runs over UDP: only a stream can tell it answers), an HLS
+/// directory takes a file. The stream key is never part of what is shown.
+fn check_ingest(cfg: &AgentConfig) -> Option<Check> {
+    let (url, default_port) = match &cfg.upload {
+        Upload::None => return None,
+        Upload::Hls { dir, .. } => {
+            let probe = dir.join(".spotter-doctor");
+            let written = std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(&probe, b"ok"))
+                .and_then(|()| std::fs::remove_file(&probe));
+            return Some(match written {
+                Ok(()) => check(
+                    "ingest",
+                    Verdict::Ok,
+                    format!("{} is writable", dir.display()),
+                ),
+                Err(e) => check(
+                    "ingest",
+                    Verdict::Fail,
+                    format!("cannot write to {}: {e}", dir.display()),
+                ),
+            });
+        }
+        Upload::Rtmp { url, .. } if url.starts_with("rtmps://") => (url, 443),
+        Upload::Rtmp { url, .. } => (url, 1935),
+        Upload::Srt { uri, .. } => (uri, 0),
+    };
+    let Some((host, port)) = host_port(url, default_port) else {
+        return Some(check(
+            "ingest",
+            Verdict::Fail,
+            format!("cannot tell the host and port in {url:?}: set upload.url"),
+        ));
+    };
+    let addr = match (host.as_str(), port)
+        .to_socket_addrs()
+        .map(|mut a| a.next())
+    {
+        Ok(Some(a)) => a,
+        Ok(None) | Err(_) => {
+            return Some(check(
+                "ingest",
+                Verdict::Fail,
+                format!("{host} does not resolve: check upload.url and the box's DNS"),
+            ))
+        }
+    };
+    if matches!(cfg.upload, Upload::Srt { .. }) {
+        return Some(check(
+            "ingest",
+            Verdict::Ok,
+            format!("{host}:{port} resolves to {}; SRT runs over UDP, so only a stream shows it answers", addr.ip()),
+        ));
+    }
+    Some(
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(_) => check(
+                "ingest",
+                Verdict::Ok,
+                format!("{host}:{port} accepts connections"),
+            ),
+            Err(e) => check(
+                "ingest",
+                Verdict::Fail,
+                format!("{host}:{port}: {e}: check upload.url and that the uplink lets it out"),
+            ),
+        },
+    )
+}
+
 fn check_clock() -> Check {
     let out = std::process::Command::new("timedatectl")
         .args(["show", "--property=NTPSynchronized", "--value"])
@@ -430,6 +514,7 @@ pub fn run_checks(cfg: &AgentConfig) -> Vec<Check> {
     let mut checks = vec![check_elements(cfg), check_source(cfg)];
     checks.extend(check_audio(cfg));
     checks.extend(check_encoder(cfg));
+    checks.extend(check_ingest(cfg));
     checks.extend(check_model_and_catalog(cfg));
     checks.push(check_broker(cfg));
     checks.push(check_clock());
@@ -447,4 +532,33 @@ pub fn report(checks: &[Check], out: &mut dyn std::io::Write) -> std::io::Result
         writeln!(out, "{tag}  {:<10} {}", c.name, c.detail)?;
     }
     Ok(checks.iter().all(|c| c.verdict != Verdict::Fail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_urls_give_their_host_and_port() {
+        let hp = |u: &str, d: u16| host_port(u, d);
+        assert_eq!(
+            hp(
+                "rtmps://a1b2.global-contribute.live-video.net:443/app/",
+                443
+            ),
+            Some(("a1b2.global-contribute.live-video.net".into(), 443))
+        );
+        assert_eq!(
+            hp("rtmp://ingest.local/app/", 1935),
+            Some(("ingest.local".into(), 1935))
+        );
+        assert_eq!(
+            hp("srt://10.0.0.5:9000?latency=200", 0),
+            Some(("10.0.0.5".into(), 9000))
+        );
+        assert_eq!(hp("srt://[::1]:9000", 0), Some(("::1".into(), 9000)));
+        assert_eq!(hp("rtmp://[::1]/app/", 1935), Some(("::1".into(), 1935)));
+        assert_eq!(hp("rtmp://host:notaport/app", 1935), None);
+        assert_eq!(hp("no-scheme", 1935), None);
+    }
 }

@@ -139,3 +139,39 @@ fn the_sound_beside_the_camera_is_heard_or_named_with_what_to_do() {
         "{card:?}"
     );
 }
+
+#[test]
+fn the_ingest_is_reached_or_named_with_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::mug_catalog(dir.path());
+    std::fs::write(dir.path().join("key"), "doctorsecretkey\n").expect("write key");
+    let ingest = |url: &str| {
+        let text = format!(
+            "studio = \"doc\"\n[source]\nkind = \"test\"\n[analysis]\ncatalog = \"{}\"\n\
+             model = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[upload]\nkind = \"rtmp\"\n\
+             url = \"{url}\"\nstream_key_file = \"{}/key\"\n",
+            dir.path().display(),
+            support::model_path().display(),
+            closed_port(),
+            dir.path().display(),
+        );
+        let raw: RawConfig = toml::from_str(&text).expect("config parses");
+        run_checks(&raw.validate().expect("config is valid"))
+            .into_iter()
+            .find(|c| c.name == "ingest")
+            .expect("an ingest check")
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let open = listener.local_addr().expect("addr").port();
+    let up = ingest(&format!("rtmp://127.0.0.1:{open}/app/"));
+    assert_eq!(up.verdict, Verdict::Ok, "{up:?}");
+    let down = ingest(&format!("rtmp://127.0.0.1:{}/app/", closed_port()));
+    assert_eq!(down.verdict, Verdict::Fail, "{down:?}");
+    assert!(
+        down.detail.contains("upload.url") && !down.detail.contains("doctorsecretkey"),
+        "{down:?}"
+    );
+    let nowhere = ingest("rtmps://spotter-no-such-ingest.invalid/app/");
+    assert_eq!(nowhere.verdict, Verdict::Fail, "{nowhere:?}");
+    assert!(nowhere.detail.contains("does not resolve"), "{nowhere:?}");
+}
