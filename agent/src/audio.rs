@@ -154,27 +154,22 @@ pub struct AudioInput {
     encoder: AacEncoder,
     /// Pace the audio to the clock, as the video is paced (a file played in real time).
     paced: bool,
-    /// The source loops: keep its first seek out of the upload, as the video's is
-    /// ([`crate::pipeline::hide_first_flush`]).
-    looping: bool,
 }
 
 impl AudioInput {
     /// Audio for `sink`'s `template` pad, encoded with `encoder`, from a source that is `paced`
-    /// to the clock and may be `looping`.
+    /// to the clock.
     pub fn new(
         sink: &gst::Element,
         template: &'static str,
         encoder: AacEncoder,
         paced: bool,
-        looping: bool,
     ) -> Self {
         AudioInput {
             sink: sink.downgrade(),
             template,
             encoder,
             paced,
-            looping,
         }
     }
 
@@ -229,9 +224,6 @@ impl AudioInput {
             e.sync_state_with_parent().map_err(|e| e.to_string())?;
         }
         let queue_sink = chain[0].static_pad("sink").ok_or("queue has no sink pad")?;
-        if self.looping {
-            crate::pipeline::hide_first_flush(&queue_sink);
-        }
         pad.link(&queue_sink).map_err(|e| format!("{e:?}"))?;
         Ok(parse)
     }

@@ -163,11 +163,13 @@ fn count_buffers(pad: &gst::Pad, counters: &Arc<Counters>, counter: fn(&Counters
     });
 }
 
-/// Keeps a looping source's first seek out of the upload behind `pad`: drops what arrives before
-/// the seek (the preroll, which the seek replays) and the seek's flush itself. GStreamer 1.22's
-/// srtsink sends nothing more after a flush, and the encoder and muxer gain nothing from one:
-/// they see the stream start once, at the seek's segment. Later loops do not flush.
-pub(crate) fn hide_first_flush(pad: &gst::Pad) {
+/// Keeps a looping source's first seek out of the upload's video behind `pad`: drops what
+/// arrives before the seek (the preroll, which the seek replays) and the seek's flush itself.
+/// GStreamer 1.22's srtsink sends nothing more after a flush, and the encoder and muxer gain
+/// nothing from one: they see the stream start once, at the seek's segment. Later loops do not
+/// flush. Not on the audio branch: its pad may be linked after the seek has gone by, and would
+/// then drop every buffer waiting for a flush that never comes.
+fn hide_first_flush(pad: &gst::Pad) {
     let seeked = AtomicBool::new(false);
     pad.add_probe(
         gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST | gst::PadProbeType::EVENT_FLUSH,
@@ -535,7 +537,7 @@ impl Pipeline {
                     parse
                         .link_pads(Some("src"), &sink, Some("video"))
                         .map_err(setup_err)?;
-                    audio_input = aac.map(|a| AudioInput::new(&sink, "audio", a, pace, looping));
+                    audio_input = aac.map(|a| AudioInput::new(&sink, "audio", a, pace));
                 }
                 Upload::Rtmp {
                     url,
@@ -570,7 +572,7 @@ impl Pipeline {
                         .link_pads(Some("src"), &mux, Some("video"))
                         .map_err(setup_err)?;
                     mux.link(&sink).map_err(setup_err)?;
-                    audio_input = aac.map(|a| AudioInput::new(&mux, "audio", a, pace, looping));
+                    audio_input = aac.map(|a| AudioInput::new(&mux, "audio", a, pace));
                 }
                 Upload::Srt {
                     uri,
@@ -611,7 +613,7 @@ impl Pipeline {
                     pipeline.add_many([&mux, &sink]).map_err(setup_err)?;
                     parse.link(&mux).map_err(setup_err)?;
                     mux.link(&sink).map_err(setup_err)?;
-                    audio_input = aac.map(|a| AudioInput::new(&mux, "sink_%d", a, pace, looping));
+                    audio_input = aac.map(|a| AudioInput::new(&mux, "sink_%d", a, pace));
                 }
             }
         }
