@@ -5,7 +5,7 @@ mod support;
 use std::path::Path;
 
 use spotter_agent::config::RawConfig;
-use spotter_agent::doctor::{report, run_checks, Verdict};
+use spotter_agent::doctor::{report, run_checks, Check, Verdict};
 
 fn config(catalog: &Path, model: &Path, broker_port: u16) -> spotter_agent::config::AgentConfig {
     let text = format!(
@@ -15,6 +15,22 @@ fn config(catalog: &Path, model: &Path, broker_port: u16) -> spotter_agent::conf
     );
     let raw: RawConfig = toml::from_str(&text).expect("config parses");
     raw.validate().expect("config is valid")
+}
+
+/// The check called `name` for the test pattern with `source` added to its `[source]` table and
+/// `upload` as the `[upload]` table's body, catalog and model in `dir`; `None` if there is none.
+fn check_named(dir: &Path, source: &str, upload: &str, name: &str) -> Option<Check> {
+    let text = format!(
+        "studio = \"doc\"\n[source]\nkind = \"test\"\n{source}\n[analysis]\ncatalog = \"{}\"\n\
+         model = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[upload]\n{upload}\n",
+        dir.display(),
+        support::model_path().display(),
+        closed_port(),
+    );
+    let raw: RawConfig = toml::from_str(&text).expect("config parses");
+    run_checks(&raw.validate().expect("config is valid"))
+        .into_iter()
+        .find(|c| c.name == name)
 }
 
 fn closed_port() -> u16 {
@@ -113,21 +129,8 @@ fn names_the_encoder_it_picked_and_a_missing_camera() {
 fn the_sound_beside_the_camera_is_heard_or_named_with_what_to_do() {
     let dir = tempfile::tempdir().expect("tempdir");
     support::mug_catalog(dir.path());
-    let sound = |audio: &str| {
-        let text = format!(
-            "studio = \"doc\"\n[source]\nkind = \"test\"\n{audio}\n[analysis]\ncatalog = \"{}\"\n\
-             model = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[upload]\nkind = \"hls\"\n\
-             hls_dir = \"{}/hls\"\n",
-            dir.path().display(),
-            support::model_path().display(),
-            closed_port(),
-            dir.path().display(),
-        );
-        let raw: RawConfig = toml::from_str(&text).expect("config parses");
-        run_checks(&raw.validate().expect("config is valid"))
-            .into_iter()
-            .find(|c| c.name == "sound")
-    };
+    let hls = format!("kind = \"hls\"\nhls_dir = \"{}/hls\"", dir.path().display());
+    let sound = |audio: &str| check_named(dir.path(), audio, &hls, "sound");
     assert!(sound("").is_none(), "no sound configured, none checked");
     let tone = sound("audio = \"test\"").expect("a sound check");
     assert_eq!(tone.verdict, Verdict::Ok, "{tone:?}");
@@ -146,20 +149,11 @@ fn the_ingest_is_reached_or_named_with_what_to_do() {
     support::mug_catalog(dir.path());
     std::fs::write(dir.path().join("key"), "doctorsecretkey\n").expect("write key");
     let ingest = |url: &str| {
-        let text = format!(
-            "studio = \"doc\"\n[source]\nkind = \"test\"\n[analysis]\ncatalog = \"{}\"\n\
-             model = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[upload]\nkind = \"rtmp\"\n\
-             url = \"{url}\"\nstream_key_file = \"{}/key\"\n",
-            dir.path().display(),
-            support::model_path().display(),
-            closed_port(),
-            dir.path().display(),
+        let upload = format!(
+            "kind = \"rtmp\"\nurl = \"{url}\"\nstream_key_file = \"{}/key\"",
+            dir.path().display()
         );
-        let raw: RawConfig = toml::from_str(&text).expect("config parses");
-        run_checks(&raw.validate().expect("config is valid"))
-            .into_iter()
-            .find(|c| c.name == "ingest")
-            .expect("an ingest check")
+        check_named(dir.path(), "", &upload, "ingest").expect("an ingest check")
     };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let open = listener.local_addr().expect("addr").port();

@@ -411,6 +411,27 @@ impl SrtIngest {
     fn frames(&self) -> Vec<(gst::ClockTime, bool)> {
         self.frames.lock().expect("frames lock").clone()
     }
+
+    /// Waits until the frames received span more than `secs` of PTS; panics after 60 s with the
+    /// agent's log at `log`.
+    async fn wait_for_span(&self, secs: u64, log: &Path) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let f = self.frames();
+            if f.len() > 1
+                && f[f.len() - 1].0.saturating_sub(f[0].0) > gst::ClockTime::from_seconds(secs)
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} frames at the SRT ingest within 60 s; agent log:\n{}",
+                f.len(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl Drop for SrtIngest {
@@ -444,21 +465,7 @@ async fn the_srt_upload_reaches_an_srt_ingest_at_full_rate_with_an_idr_every_2_s
     let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     // 8 s of video at the ingest
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let f = ingest.frames();
-        if f.len() > 1 && f[f.len() - 1].0.saturating_sub(f[0].0) > gst::ClockTime::from_seconds(8)
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} frames at the SRT ingest within 60 s; agent log:\n{}",
-            f.len(),
-            agent_log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ingest.wait_for_span(8, &log).await;
     let exit = support::terminate(&mut agent);
     let log_text = agent_log();
     assert!(exit.success(), "agent exit {exit:?}; log:\n{log_text}");
@@ -797,21 +804,7 @@ async fn a_looping_clip_reaches_an_srt_ingest_past_its_end() {
     let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     // the clip lasts 5 s: 12 s of video at the ingest is two loops and more
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let f = ingest.frames();
-        if f.len() > 1 && f[f.len() - 1].0.saturating_sub(f[0].0) > gst::ClockTime::from_seconds(12)
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} frames at the SRT ingest within 60 s from a looping clip; agent log:\n{}",
-            f.len(),
-            agent_log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ingest.wait_for_span(12, &log).await;
     let exit = support::terminate(&mut agent);
     assert!(exit.success(), "agent exit {exit:?}; log:\n{}", agent_log());
 
