@@ -18,7 +18,7 @@
 //! The AAC encoder is a pure choice over the element factories present (like the H.264 one in
 //! [`crate::encoder`]); without any, audio is left out, said once, and the video goes on.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -218,6 +218,7 @@ impl AudioInput {
             .request_pad_simple(self.template)
             .ok_or_else(|| format!("{} gives no `{}` pad", sink.name(), self.template))?;
         let parse_src = parse.static_pad("src").ok_or("aacparse has no src pad")?;
+        never_overlap(&parse_src);
         parse_src.link(&mux_pad).map_err(|e| format!("{e:?}"))?;
         // downstream first, so that nothing pushes into an element still in Null
         for e in chain.iter().rev() {
@@ -227,6 +228,42 @@ impl AudioInput {
         pad.link(&queue_sink).map_err(|e| format!("{e:?}"))?;
         Ok(parse)
     }
+}
+
+/// Drops every AAC frame behind `pad` that starts, in running time, before the one before it
+/// ended. The encoder drains its last frame at each new segment, a looping file's included, and
+/// that frame then overlaps the next loop's first: two frames with one timestamp, which a muxer
+/// writes as time going nowhere. A live source has one segment and loses nothing here.
+fn never_overlap(pad: &gst::Pad) {
+    // the running time (ns) the last frame let through ends at; none yet
+    const NONE: u64 = u64::MAX;
+    let end = AtomicU64::new(NONE);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(gst::PadProbeData::Buffer(b)) = &info.data else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let segment = pad
+            .sticky_event::<gst::event::Segment>(0)
+            .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().cloned());
+        let Some((segment, pts)) = segment.zip(b.pts()) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let Some(start) = segment.to_running_time(pts) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        // a millisecond of slack: timestamps are rounded to the nanosecond from sample counts
+        let last = end.load(Ordering::Relaxed);
+        if last != NONE && start.nseconds() + gst::ClockTime::MSECOND.nseconds() < last {
+            tracing::debug!(
+                at_ms = start.mseconds(),
+                "an overlapping AAC frame is dropped"
+            );
+            return gst::PadProbeReturn::Drop;
+        }
+        let length = b.duration().unwrap_or(gst::ClockTime::ZERO);
+        end.store((start + length).nseconds(), Ordering::Relaxed);
+        gst::PadProbeReturn::Ok
+    });
 }
 
 #[cfg(test)]

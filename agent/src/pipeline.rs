@@ -181,6 +181,9 @@ fn hide_first_flush(pad: &gst::Pad) {
                 if ev.type_() == gst::EventType::FlushStop {
                     seeked.store(true, Ordering::Release);
                 }
+                // the bindings release the event; `Drop` would have GStreamer 1.22 release it
+                // twice (a CRITICAL, fixed in 1.24.8)
+                return gst::PadProbeReturn::Handled;
             }
             gst::PadProbeReturn::Drop
         },
@@ -282,17 +285,31 @@ fn encoder(
     Ok((parse, kind))
 }
 
-/// Counts the encoded bytes leaving `parse` (the upload's bitrate in the stats).
-fn count_bytes(parse: &gst::Element, counters: &Arc<Counters>) -> Result<(), PipelineError> {
+/// What a parser's output is, for the stats: the upload's bitrate counts both, the sound's only
+/// the sound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoded {
+    Video,
+    Sound,
+}
+
+/// Counts the encoded bytes leaving `parse` (the upload's and the sound's bitrates in the stats).
+fn count_bytes(
+    parse: &gst::Element,
+    what: Encoded,
+    counters: &Arc<Counters>,
+) -> Result<(), PipelineError> {
     let pad = parse
         .static_pad("src")
         .ok_or_else(|| setup_err(format!("{} has no src pad", parse.name())))?;
     let counters = counters.clone();
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         if let Some(gst::PadProbeData::Buffer(b)) = &info.data {
-            counters
-                .upload_bytes
-                .fetch_add(b.size() as u64, Ordering::Relaxed);
+            let size = b.size() as u64;
+            counters.upload_bytes.fetch_add(size, Ordering::Relaxed);
+            if what == Encoded::Sound {
+                counters.sound_bytes.fetch_add(size, Ordering::Relaxed);
+            }
         }
         gst::PadProbeReturn::Ok
     });
@@ -327,7 +344,7 @@ fn link_decoded(
             }
             match audio.attach(pad) {
                 Ok(parse) => {
-                    if let Err(e) = count_bytes(&parse, &counters) {
+                    if let Err(e) = count_bytes(&parse, Encoded::Sound, &counters) {
                         tracing::warn!(error = %e, "the audio's bytes are not counted");
                     }
                     tracing::info!("the source has audio: passing it through to the upload");
@@ -520,7 +537,7 @@ impl Pipeline {
                         *keyframe_interval_secs,
                     )?;
                     encoder_kind = Some(kind);
-                    count_bytes(&parse, &counters)?;
+                    count_bytes(&parse, Encoded::Video, &counters)?;
                     let sink = gst::ElementFactory::make("hlssink2")
                         .name("upload-sink")
                         .property("location", dir.join("segment%05d.ts").display().to_string())
@@ -554,7 +571,7 @@ impl Pipeline {
                         *keyframe_interval_secs,
                     )?;
                     encoder_kind = Some(kind);
-                    count_bytes(&parse, &counters)?;
+                    count_bytes(&parse, Encoded::Video, &counters)?;
                     let mux = gst::ElementFactory::make("flvmux")
                         .name("upload-mux")
                         .property("streamable", true)
@@ -590,7 +607,7 @@ impl Pipeline {
                         *keyframe_interval_secs,
                     )?;
                     encoder_kind = Some(kind);
-                    count_bytes(&parse, &counters)?;
+                    count_bytes(&parse, Encoded::Video, &counters)?;
                     let mux = gst::ElementFactory::make("mpegtsmux")
                         .name("upload-mux")
                         // seven 188-byte packets a buffer: 1316 bytes, one SRT payload
@@ -631,7 +648,7 @@ impl Pipeline {
                 .static_pad("src")
                 .ok_or_else(|| failed("no src pad".into()))?;
             let parse = input.attach(&pad).map_err(failed)?;
-            count_bytes(&parse, &counters)?;
+            count_bytes(&parse, Encoded::Sound, &counters)?;
         }
 
         let q = gst::ElementFactory::make("queue")

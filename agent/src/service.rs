@@ -44,6 +44,7 @@ enum Ended {
 fn report(change: &Change, supervisor: &Supervisor, counters: &Counters) {
     counters.set_source(supervisor.source());
     counters.set_upload(supervisor.upload());
+    counters.set_sound_down(supervisor.audio_down());
     counters
         .restarts
         .store(supervisor.restarts(), Ordering::Relaxed);

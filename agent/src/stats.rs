@@ -5,9 +5,9 @@
 //! [`Counters`] are lock-free and written from GStreamer's streaming threads and the analysis
 //! thread; [`Rates`] turns two readings into per-second figures and is pure.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-use spotter_protocol::{SourceState, Stats, UploadState, PROTOCOL_VERSION};
+use spotter_protocol::{SoundState, SourceState, Stats, UploadState, PROTOCOL_VERSION};
 
 use crate::outbox::OutboxCounts;
 
@@ -24,14 +24,18 @@ pub struct Counters {
     pub sink_in: AtomicU64,
     /// Frames recognition took from the appsink (the difference was replaced by newer ones).
     pub analysed: AtomicU64,
-    /// Encoded bytes handed to the upload's muxer or sink.
+    /// Encoded bytes handed to the upload's muxer or sink, sound included.
     pub upload_bytes: AtomicU64,
+    /// Encoded sound bytes handed to the upload's muxer or sink.
+    pub sound_bytes: AtomicU64,
     /// Moving average of the per-frame recognition time, ms, as `f32` bits.
     inference_ms_bits: AtomicU32,
     /// The upload's state, as `UploadState as u8`.
     upload_state: AtomicU8,
     /// The source's state, as `SourceState as u8`.
     source_state: AtomicU8,
+    /// The sound device beside the camera failed and is being retried.
+    sound_down: AtomicBool,
     /// Pipelines rebuilt after a failure.
     pub restarts: AtomicU64,
 }
@@ -72,6 +76,11 @@ impl Counters {
         self.source_state.store(v, Ordering::Relaxed);
     }
 
+    /// Records whether the sound device is off after a failure (the supervisor knows).
+    pub fn set_sound_down(&self, down: bool) {
+        self.sound_down.store(down, Ordering::Relaxed);
+    }
+
     /// Where the source stands.
     pub fn source(&self) -> SourceState {
         match self.source_state.load(Ordering::Relaxed) {
@@ -105,6 +114,7 @@ impl Counters {
             analysed: get(&self.analysed),
             skipped: dropped_late + replaced,
             upload_bytes: get(&self.upload_bytes),
+            sound_bytes: get(&self.sound_bytes),
         }
     }
 }
@@ -120,6 +130,8 @@ pub struct Reading {
     pub skipped: u64,
     /// Encoded bytes sent to the upload.
     pub upload_bytes: u64,
+    /// Encoded sound bytes sent to the upload.
+    pub sound_bytes: u64,
 }
 
 /// Per-second rates between two readings.
@@ -131,6 +143,8 @@ pub struct Rates {
     pub analysed_fps: f32,
     /// Upload bitrate, kbit/s.
     pub upload_kbps: f32,
+    /// Sound bitrate, kbit/s.
+    pub sound_kbps: f32,
 }
 
 impl Rates {
@@ -147,6 +161,7 @@ impl Rates {
             camera_fps: rate(before.camera_frames, after.camera_frames),
             analysed_fps: rate(before.analysed, after.analysed),
             upload_kbps: rate(before.upload_bytes, after.upload_bytes) * 8.0 / 1000.0,
+            sound_kbps: rate(before.sound_bytes, after.sound_bytes) * 8.0 / 1000.0,
         }
     }
 }
@@ -233,6 +248,8 @@ pub struct PipelineHealth {
     pub restarts: u64,
     /// The upload.
     pub upload: UploadState,
+    /// The sound device is off after a failure.
+    pub sound_down: bool,
 }
 
 impl Counters {
@@ -242,6 +259,7 @@ impl Counters {
             source: self.source(),
             restarts: self.restarts.load(Ordering::Relaxed),
             upload: self.upload(),
+            sound_down: self.sound_down.load(Ordering::Relaxed),
         }
     }
 }
@@ -270,6 +288,15 @@ pub fn assemble(
         restarts: health.restarts,
         upload: health.upload,
         upload_kbps: rates.upload_kbps,
+        // a failed device is down whatever still drains from the encoder
+        sound: if health.sound_down {
+            SoundState::Down
+        } else if rates.sound_kbps > 0.0 {
+            SoundState::Live
+        } else {
+            SoundState::None
+        },
+        sound_kbps: rates.sound_kbps,
         outbox_depth: outbox.depth,
         outbox_dropped: outbox.dropped,
         cpu_percent: machine.cpu_percent,
@@ -300,7 +327,8 @@ mod tests {
             Rates {
                 camera_fps: 30.0,
                 analysed_fps: 5.0,
-                upload_kbps: 0.0
+                upload_kbps: 0.0,
+                sound_kbps: 0.0
             }
         );
         assert_eq!(Rates::between(before, after, 0.0).camera_fps, 0.0);
@@ -316,8 +344,43 @@ mod tests {
             PipelineHealth {
                 source: SourceState::Down,
                 restarts: 3,
-                upload: UploadState::Down
+                upload: UploadState::Down,
+                sound_down: false
             }
+        );
+    }
+
+    #[test]
+    fn the_sound_is_live_while_it_flows_and_down_while_its_device_is_retried() {
+        let c = Counters::default();
+        let sound = |c: &Counters, before: Reading| {
+            let s = assemble(
+                "main",
+                0,
+                c.health(),
+                Rates::between(before, c.reading(), 1.0),
+                c.reading(),
+                0.0,
+                OutboxCounts::default(),
+                MachineSample::default(),
+            );
+            (s.sound, s.sound_kbps)
+        };
+        let start = c.reading();
+        assert_eq!(sound(&c, start), (SoundState::None, 0.0), "a silent source");
+        c.sound_bytes.store(16_000, Ordering::Relaxed); // 128 kbit in 1 s
+        assert_eq!(sound(&c, start), (SoundState::Live, 128.0));
+        c.set_sound_down(true);
+        assert_eq!(
+            sound(&c, start).0,
+            SoundState::Down,
+            "whatever still drains"
+        );
+        c.set_sound_down(false);
+        assert_eq!(
+            sound(&c, c.reading()).0,
+            SoundState::None,
+            "nothing this second"
         );
     }
 

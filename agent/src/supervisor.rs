@@ -300,6 +300,11 @@ impl Supervisor {
         self.source
     }
 
+    /// Whether the live sound is off after a failure, waiting to be tried again.
+    pub fn audio_down(&self) -> bool {
+        self.audio_down_since.is_some()
+    }
+
     /// Where the upload stands.
     pub fn upload(&self) -> UploadState {
         if self.upload_configured {
@@ -539,6 +544,7 @@ mod tests {
                 retry_in: Duration::from_millis(2500)
             }
         );
+        assert!(s.audio_down(), "the stats say the sound is down");
         assert_eq!(s.upload(), UploadState::Live, "the upload is not touched");
         assert_eq!(s.source(), SourceState::Starting, "nor the source");
         assert_eq!(
@@ -563,6 +569,7 @@ mod tests {
         assert!(s.plan(back).with_audio);
         s.started_audio(back);
         assert_eq!(s.confirm_audio(back + secs(1)), None, "not yet");
+        assert!(s.audio_down(), "not back before it has lasted");
         assert_eq!(
             s.confirm_audio(back + secs(2)),
             Some(Change::AudioLive {
@@ -570,6 +577,7 @@ mod tests {
             })
         );
         assert_eq!(s.confirm_audio(back + secs(3)), None, "said once");
+        assert!(!s.audio_down());
         // a later outage starts from the shortest wait again
         let (_, change) = s.failed(Part::Audio, "unplugged", back + secs(100), 0.0);
         assert!(

@@ -15,7 +15,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use rumqttc::{Event, Packet};
-use spotter_protocol::{Stats, UploadState};
+use spotter_protocol::{SoundState, Stats, UploadState};
 use support::{free_port, Mosquitto, STUDIO};
 
 const NGINX: &str = "/usr/sbin/nginx";
@@ -365,16 +365,22 @@ async fn the_upload_comes_back_after_the_ingest_does_and_analysis_never_stops() 
 struct SrtIngest {
     port: u16,
     pipeline: gst::Pipeline,
+    /// every video frame's PTS, and whether it is a keyframe
     frames: std::sync::Arc<std::sync::Mutex<Vec<(gst::ClockTime, bool)>>>,
+    /// every AAC frame's PTS and duration
+    sound: std::sync::Arc<std::sync::Mutex<Vec<(gst::ClockTime, gst::ClockTime)>>>,
 }
 
 impl SrtIngest {
     fn start() -> SrtIngest {
         gst::init().expect("gstreamer");
         let port = support::free_udp_port();
+        // queues: tsdemux feeds both sinks from one thread; async=false: a stream without
+        // sound never feeds the second, and the pipeline must play without its preroll
         let pipeline = gst::parse::launch(&format!(
-            "srtsrc uri=\"srt://127.0.0.1:{port}?mode=listener\" ! tsdemux ! h264parse \
-             ! video/x-h264,alignment=au ! appsink name=out sync=false"
+            "srtsrc uri=\"srt://127.0.0.1:{port}?mode=listener\" ! tsdemux name=d ! queue ! h264parse \
+             ! video/x-h264,alignment=au ! appsink name=out sync=false async=false \
+             d. ! queue ! aacparse ! appsink name=aout sync=false async=false"
         ))
         .expect("listener pipeline")
         .downcast::<gst::Pipeline>()
@@ -400,12 +406,38 @@ impl SrtIngest {
                 })
                 .build(),
         );
+        let sound = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = sound.clone();
+        pipeline
+            .by_name("aout")
+            .expect("audio appsink")
+            .downcast::<gst_app::AppSink>()
+            .expect("appsink")
+            .set_callbacks(
+                gst_app::AppSinkCallbacks::builder()
+                    .new_sample(move |sink| {
+                        let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                        if let Some((pts, dur)) = sample
+                            .buffer()
+                            .and_then(|b| Some((b.pts()?, b.duration()?)))
+                        {
+                            out.lock().expect("sound lock").push((pts, dur));
+                        }
+                        Ok(gst::FlowSuccess::Ok)
+                    })
+                    .build(),
+            );
         pipeline.set_state(gst::State::Playing).expect("listen");
         SrtIngest {
             port,
             pipeline,
             frames,
+            sound,
         }
+    }
+
+    fn sound(&self) -> Vec<(gst::ClockTime, gst::ClockTime)> {
+        self.sound.lock().expect("sound lock").clone()
     }
 
     fn frames(&self) -> Vec<(gst::ClockTime, bool)> {
@@ -780,11 +812,10 @@ async fn a_looping_clip_reaches_an_srt_ingest_past_its_end() {
     let ingest = SrtIngest::start();
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    // silent: with an audio track, mpegtsmux now and then refuses the audio pad at the start
-    // ("Could not create handler for stream"); the agent retries, but this listener takes one
-    // caller only
+    // with sound: the audio crosses the loops too, and the listener takes one caller only, so
+    // an upload that fails at the start and is retried fails the test
     let clip = dir.path().join("looped.mp4");
-    make_clip(&clip, false);
+    make_clip(&clip, true);
     let config = support::agent_config_with_source(
         dir.path(),
         broker.port,
@@ -826,6 +857,25 @@ async fn a_looping_clip_reaches_an_srt_ingest_past_its_end() {
         "{} frames over {span:.2} s = {fps:.2} frames/s across the loops; the clip has 30",
         frames.len()
     );
+    // the sound: as long as the video, every AAC frame after the one before, no gap over 50 ms
+    let sound = ingest.sound();
+    let heard: f64 = sound.iter().map(|(_, d)| d.seconds_f64()).sum();
+    assert!(
+        heard >= span - 1.0,
+        "{heard:.2} s of sound for {span:.2} s of video at the ingest; agent log:\n{}",
+        agent_log()
+    );
+    let holes: Vec<_> = sound
+        .windows(2)
+        .filter(|w| {
+            w[1].0 <= w[0].0 || w[1].0 > w[0].0 + w[0].1 + gst::ClockTime::from_mseconds(50)
+        })
+        .map(|w| (w[0].0.mseconds(), w[1].0.mseconds()))
+        .collect();
+    assert!(
+        holes.is_empty(),
+        "AAC frames that go back or leave a gap at the ingest (ms): {holes:?}"
+    );
 }
 
 /// The test agent's config: the test pattern with `audio` (the `[source]` keys) beside it, and
@@ -848,6 +898,7 @@ async fn a_camera_with_a_sound_device_uploads_its_sound() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = sound_config(dir.path(), "audio = \"test\"", &ingest, broker.port);
+    let readings = support::collect_stats(broker.port, "tone-test").await;
     let log = dir.path().join("agent.log");
     let mut agent = support::spawn_agent(&config, &log);
     wait_for_segments(&ingest, std::time::SystemTime::UNIX_EPOCH, 3, 60, &log);
@@ -856,6 +907,13 @@ async fn a_camera_with_a_sound_device_uploads_its_sound() {
     assert!(exit.success(), "agent exit {exit:?}; log:\n{agent_log}");
     let segs = segments(&ingest);
     assert_sound_with_the_video(&segs.iter().collect::<Vec<_>>(), "the test tone");
+    let stats = readings.lock().expect("lock").clone();
+    assert!(
+        stats
+            .iter()
+            .any(|s| s.sound == SoundState::Live && (100.0..=160.0).contains(&s.sound_kbps)),
+        "the stats show the sound going out at about 128 kbit/s: {stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -902,5 +960,10 @@ async fn a_sound_device_that_fails_leaves_the_show_on_air_silent_and_is_retried(
     assert!(
         stats.iter().any(|s| s.upload == UploadState::Live),
         "the stats show the upload live: {stats:?}"
+    );
+    assert!(
+        stats.iter().any(|s| s.sound == SoundState::Down)
+            && stats.iter().all(|s| s.sound != SoundState::Live),
+        "the stats show the sound down, never live: {stats:?}"
     );
 }

@@ -15,7 +15,9 @@ pub mod viewer;
 
 pub use catalog::{Catalog, CatalogError, Product};
 pub use event::{BBox, DecodeError, EventType, ProductEvent};
-pub use status::{AgentState, OnScreen, OnScreenProduct, SourceState, Stats, Status, UploadState};
+pub use status::{
+    AgentState, OnScreen, OnScreenProduct, SoundState, SourceState, Stats, Status, UploadState,
+};
 pub use topic::{Topic, TopicError, TopicKind};
 pub use viewer::{Card, ClientMessage, ProductInfo, ServerMessage};
 

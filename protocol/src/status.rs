@@ -109,6 +109,19 @@ pub enum UploadState {
     Down,
 }
 
+/// Where the upload's sound stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SoundState {
+    /// No sound goes out: no upload, a source without sound, or no encoder for it.
+    #[default]
+    None,
+    /// Sound is going out with the upload.
+    Live,
+    /// The sound device beside the camera failed; the show goes on silent while it is retried.
+    Down,
+}
+
 /// Where the video source stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -148,9 +161,15 @@ pub struct Stats {
     /// The upload's state.
     #[serde(default)]
     pub upload: UploadState,
-    /// Encoded bitrate sent to the upload over the interval, kbit/s.
+    /// Encoded bitrate sent to the upload over the interval, kbit/s (sound included).
     #[serde(default)]
     pub upload_kbps: f32,
+    /// The upload's sound.
+    #[serde(default)]
+    pub sound: SoundState,
+    /// Encoded sound sent over the interval, kbit/s.
+    #[serde(default)]
+    pub sound_kbps: f32,
     /// Events waiting to be acknowledged by the broker.
     pub outbox_depth: u64,
     /// Events dropped because the outbox was full, since start.
