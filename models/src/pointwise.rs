@@ -149,37 +149,52 @@ impl WithSimd for Tiles<'_> {
         } = self;
         let lanes = S::F32_LANES;
         let pixels = out.len() / c.cout;
-        let cout_pad = c.bias.len();
         // panel by panel of output channels, so that a panel's weights (Cin x 2 vectors) stay
-        // in cache while every pixel of the task goes past them
-        for co in (0..cout_pad).step_by(2 * lanes) {
+        // in cache while every pixel of the task goes past them; vectors wholly in the padding
+        // past `cout` are not computed (Lite0's 16, 40, 80 and 112 leave half a panel)
+        for co in (0..c.cout).step_by(2 * lanes) {
             let mut p = 0;
+            if co + lanes >= c.cout {
+                while p + 12 <= pixels {
+                    tile::<S, 12, 1>(simd, c, x, residual, out, p, co);
+                    p += 12;
+                }
+                while p + 4 <= pixels {
+                    tile::<S, 4, 1>(simd, c, x, residual, out, p, co);
+                    p += 4;
+                }
+                while p < pixels {
+                    tile::<S, 1, 1>(simd, c, x, residual, out, p, co);
+                    p += 1;
+                }
+                continue;
+            }
             // AVX-512: 12 pixels x 2 vectors = 24 of the 32 registers accumulate; AVX2 has 16
             if lanes >= 16 {
                 while p + 12 <= pixels {
-                    tile::<S, 12>(simd, c, x, residual, out, p, co);
+                    tile::<S, 12, 2>(simd, c, x, residual, out, p, co);
                     p += 12;
                 }
             }
             while p + 6 <= pixels {
-                tile::<S, 6>(simd, c, x, residual, out, p, co);
+                tile::<S, 6, 2>(simd, c, x, residual, out, p, co);
                 p += 6;
             }
             while p + 2 <= pixels {
-                tile::<S, 2>(simd, c, x, residual, out, p, co);
+                tile::<S, 2, 2>(simd, c, x, residual, out, p, co);
                 p += 2;
             }
             while p < pixels {
-                tile::<S, 1>(simd, c, x, residual, out, p, co);
+                tile::<S, 1, 2>(simd, c, x, residual, out, p, co);
                 p += 1;
             }
         }
     }
 }
 
-/// `R` pixels from `p` by output channels `co..co + 2 * lanes`.
+/// `R` pixels from `p` by output channels `co..co + V * lanes` (`V` is 1 or 2).
 #[inline(always)]
-fn tile<S: Simd, const R: usize>(
+fn tile<S: Simd, const R: usize, const V: usize>(
     simd: S,
     c: &Conv1x1,
     x: &[f32],
@@ -200,18 +215,19 @@ fn tile<S: Simd, const R: usize>(
     let per = PANEL / lanes;
     let weights = S::as_simd_f32s(&c.weight[panel * cin * PANEL..(panel + 1) * cin * PANEL]).0;
     let b = S::as_simd_f32s(&c.bias).0;
-    let mut acc = [[b[co / lanes], b[co / lanes + 1]]; R];
+    let mut acc: [[S::f32s; V]; R] = [std::array::from_fn(|j| b[co / lanes + j]); R];
     for (w, ci) in weights.chunks_exact(per).zip(0..cin) {
-        let (w0, w1) = (w[sub], w[sub + 1]);
+        let w: [S::f32s; V] = std::array::from_fn(|j| w[sub + j]);
         for (a, px) in acc.iter_mut().zip(&px) {
             let v = simd.splat_f32s(px[ci]);
-            a[0] = simd.mul_add_e_f32s(v, w0, a[0]);
-            a[1] = simd.mul_add_e_f32s(v, w1, a[1]);
+            for (a, w) in a.iter_mut().zip(w) {
+                *a = simd.mul_add_e_f32s(v, w, *a);
+            }
         }
     }
     let (zero, six) = (simd.splat_f32s(0.0), simd.splat_f32s(6.0));
-    // channels of this panel that exist (the last panel may be partly padding)
-    let valid = c.cout.saturating_sub(co).min(2 * lanes);
+    // channels of this tile that exist (the last panel may be partly padding)
+    let valid = c.cout.saturating_sub(co).min(V * lanes);
     for (r, a) in acc.into_iter().enumerate() {
         let at = (p + r) * c.cout + co;
         let out_px = &mut out[at..at + valid];
@@ -266,7 +282,14 @@ mod tests {
 
     #[test]
     fn matches_direct_sums_for_odd_shapes_with_and_without_residual() {
-        for &(pixels, cin, cout) in &[(1, 3, 5), (13, 16, 24), (37, 40, 80), (300, 24, 144)] {
+        for &(pixels, cin, cout) in &[
+            (1, 3, 5),
+            (13, 16, 24),
+            (37, 40, 80),
+            (300, 24, 144),
+            (50, 32, 16),
+            (29, 144, 40),
+        ] {
             let x: Vec<f32> = (0..pixels * cin)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
                 .collect();
