@@ -136,57 +136,49 @@ struct Tiles<'a> {
     out: &'a mut [f32],
 }
 
+impl Tiles<'_> {
+    /// Tiles of `R` pixels by `V` vectors of output channels from `co`, from pixel `*p` on
+    /// while whole ones fit; leaves `*p` at the first pixel not done.
+    #[inline(always)]
+    fn sweep<S: Simd, const R: usize, const V: usize>(
+        &mut self,
+        simd: S,
+        co: usize,
+        p: &mut usize,
+    ) {
+        let pixels = self.out.len() / self.conv.cout;
+        while *p + R <= pixels {
+            tile::<S, R, V>(simd, self.conv, self.x, self.residual, self.out, *p, co);
+            *p += R;
+        }
+    }
+}
+
 impl WithSimd for Tiles<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) {
-        let Tiles {
-            conv: c,
-            x,
-            residual,
-            out,
-        } = self;
+    fn with_simd<S: Simd>(mut self, simd: S) {
         let lanes = S::F32_LANES;
-        let pixels = out.len() / c.cout;
+        let cout = self.conv.cout;
         // panel by panel of output channels, so that a panel's weights (Cin x 2 vectors) stay
         // in cache while every pixel of the task goes past them; vectors wholly in the padding
         // past `cout` are not computed (Lite0's 16, 40, 80 and 112 leave half a panel)
-        for co in (0..c.cout).step_by(2 * lanes) {
+        for co in (0..cout).step_by(2 * lanes) {
             let mut p = 0;
-            if co + lanes >= c.cout {
-                while p + 12 <= pixels {
-                    tile::<S, 12, 1>(simd, c, x, residual, out, p, co);
-                    p += 12;
+            if co + lanes >= cout {
+                // one vector: 24 pixels were slower than 12 (their input pointers spill)
+                self.sweep::<S, 12, 1>(simd, co, &mut p);
+                self.sweep::<S, 4, 1>(simd, co, &mut p);
+                self.sweep::<S, 1, 1>(simd, co, &mut p);
+            } else {
+                // AVX-512: 12 pixels x 2 vectors = 24 of the 32 registers accumulate; AVX2 has 16
+                if lanes >= 16 {
+                    self.sweep::<S, 12, 2>(simd, co, &mut p);
                 }
-                while p + 4 <= pixels {
-                    tile::<S, 4, 1>(simd, c, x, residual, out, p, co);
-                    p += 4;
-                }
-                while p < pixels {
-                    tile::<S, 1, 1>(simd, c, x, residual, out, p, co);
-                    p += 1;
-                }
-                continue;
-            }
-            // AVX-512: 12 pixels x 2 vectors = 24 of the 32 registers accumulate; AVX2 has 16
-            if lanes >= 16 {
-                while p + 12 <= pixels {
-                    tile::<S, 12, 2>(simd, c, x, residual, out, p, co);
-                    p += 12;
-                }
-            }
-            while p + 6 <= pixels {
-                tile::<S, 6, 2>(simd, c, x, residual, out, p, co);
-                p += 6;
-            }
-            while p + 2 <= pixels {
-                tile::<S, 2, 2>(simd, c, x, residual, out, p, co);
-                p += 2;
-            }
-            while p < pixels {
-                tile::<S, 1, 2>(simd, c, x, residual, out, p, co);
-                p += 1;
+                self.sweep::<S, 6, 2>(simd, co, &mut p);
+                self.sweep::<S, 2, 2>(simd, co, &mut p);
+                self.sweep::<S, 1, 2>(simd, co, &mut p);
             }
         }
     }
