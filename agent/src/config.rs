@@ -888,33 +888,41 @@ fn positive_secs(key: &'static str, v: f64) -> Result<Duration, ConfigError> {
     }
 }
 
-/// Parses `mqtt://host[:port]` (plain TCP, port 1883 by default) or `mqtts://host[:port]` (TLS,
-/// port 8883 by default); returns host, port and whether it is TLS.
-pub fn parse_mqtt_url(url: &str) -> Result<(String, u16, bool), String> {
-    let (rest, secure) = if let Some(r) = url.strip_prefix("mqtts://") {
-        (r, true)
-    } else if let Some(r) = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-    {
-        (r, false)
-    } else {
-        return Err(format!("{url:?} must start with mqtt:// or mqtts://"));
-    };
-    let rest = rest.trim_end_matches('/');
-    let default_port = if secure { 8883 } else { 1883 };
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
+/// `host` and `port` of `scheme://host[:port][/path][?query]`, with `default_port` when none is
+/// given; a bracketed IPv6 address (`[::1]:9000`) comes without its brackets.
+pub fn host_port(url: &str, default_port: u16) -> Result<(String, u16), String> {
+    let (_, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("{url:?} has no scheme:// before its host"))?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let (host, port) = match authority.rsplit_once(':') {
+        // a bracketed IPv6 address without a port has its colons inside the brackets
+        Some((h, p)) if !p.contains(']') => (
             h,
             p.parse::<u16>()
                 .map_err(|_| format!("{p:?} is not a port number"))?,
         ),
-        None => (rest, default_port),
+        _ => (authority, default_port),
     };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(format!("{url:?} has no host"));
     }
-    Ok((host.to_owned(), port, secure))
+    Ok((host.to_owned(), port))
+}
+
+/// Parses `mqtt://host[:port]` (plain TCP, port 1883 by default) or `mqtts://host[:port]` (TLS,
+/// port 8883 by default); returns host, port and whether it is TLS.
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16, bool), String> {
+    let secure = if url.starts_with("mqtts://") {
+        true
+    } else if url.starts_with("mqtt://") || url.starts_with("tcp://") {
+        false
+    } else {
+        return Err(format!("{url:?} must start with mqtt:// or mqtts://"));
+    };
+    let (host, port) = host_port(url, if secure { 8883 } else { 1883 })?;
+    Ok((host, port, secure))
 }
 
 impl RawConfig {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use crate::config::{AgentConfig, Source, Upload};
+use crate::config::{host_port, AgentConfig, Source, Upload};
 use crate::encoder::{EncoderChoice, EncoderKind};
 
 /// How a check went.
@@ -408,19 +408,6 @@ fn check_broker(cfg: &AgentConfig) -> Check {
     }
 }
 
-/// `host` and `port` of `scheme://host[:port]/...`, with `default_port` when none is given.
-fn host_port(url: &str, default_port: u16) -> Option<(String, u16)> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?']).next()?;
-    let (host, port) = match authority.rsplit_once(':') {
-        // a bracketed IPv6 address without a port has its colons inside the brackets
-        Some((h, p)) if !p.contains(']') => (h, p.parse().ok()?),
-        _ => (authority, default_port),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    (!host.is_empty()).then(|| (host.to_owned(), port))
-}
-
 /// Whether the upload's destination answers: an RTMP(S) ingest accepts a TCP connection, an
 /// SRT ingest's name resolves (SRT runs over UDP: only a stream can tell it answers), an HLS
 /// directory takes a file. The stream key is never part of what is shown.
@@ -449,12 +436,15 @@ fn check_ingest(cfg: &AgentConfig) -> Option<Check> {
         Upload::Rtmp { url, .. } => (url, 1935),
         Upload::Srt { uri, .. } => (uri, 0),
     };
-    let Some((host, port)) = host_port(url, default_port) else {
-        return Some(check(
-            "ingest",
-            Verdict::Fail,
-            format!("cannot tell the host and port in {url:?}: set upload.url"),
-        ));
+    let (host, port) = match host_port(url, default_port) {
+        Ok(hp) => hp,
+        Err(e) => {
+            return Some(check(
+                "ingest",
+                Verdict::Fail,
+                format!("cannot tell the host and port: {e}: set upload.url"),
+            ))
+        }
     };
     let addr = match (host.as_str(), port)
         .to_socket_addrs()
@@ -540,7 +530,7 @@ mod tests {
 
     #[test]
     fn ingest_urls_give_their_host_and_port() {
-        let hp = |u: &str, d: u16| host_port(u, d);
+        let hp = |u: &str, d: u16| host_port(u, d).ok();
         assert_eq!(
             hp(
                 "rtmps://a1b2.global-contribute.live-video.net:443/app/",
