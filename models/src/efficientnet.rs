@@ -234,7 +234,11 @@ impl MbConv {
         out: &mut Vec<f32>,
     ) -> (usize, usize) {
         if h * w * self.project.cpu.cin() * 4 >= FUSE_FROM_BYTES {
-            return self.forward_fused(x, (h, w), padding, out);
+            let rows = match &self.expand {
+                Some(e) => Rows::Made(Maker::Expand(&e.cpu, x)),
+                None => Rows::Input(x),
+            };
+            return self.forward_fused(rows, (h, w), padding, out);
         }
         let input = match &self.expand {
             Some(e) => {
@@ -269,10 +273,65 @@ const FUSE_FROM_BYTES: usize = 4 << 20;
 const BAND_BYTES: usize = 512 << 10;
 
 thread_local! {
-    /// A fused block's band buffers on each thread: the expanded input rows, the depthwise rows.
-    static BAND: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const {
-        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    /// A fused block's band buffers on each thread: the expanded input rows, the depthwise rows,
+    /// the stem's unfolded windows.
+    static BAND: std::cell::RefCell<[Vec<f32>; 3]> = const {
+        std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()])
     };
+}
+
+/// Where a fused block's depthwise layer reads its input rows from.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    /// The block's `(h, w, C)` input itself (block 0 after a separate stem).
+    Input(&'a [f32]),
+    /// Rows made band by band.
+    Made(Maker<'a>),
+}
+
+/// A layer that makes a fused block's depthwise input rows.
+#[derive(Clone, Copy)]
+enum Maker<'a> {
+    /// The expand layer over the block's `(h, w, Cin)` input.
+    Expand(&'a Conv1x1, &'a [f32]),
+    /// The stem over the `(3, H, W)` image, padded by `Pad2`: block 0's input, never written
+    /// whole (11 MB at 768x448).
+    Stem(&'a StemConv, &'a [f32], (usize, usize), Pad2),
+}
+
+impl Maker<'_> {
+    /// Input channels a row of its input has (per pixel).
+    fn cin(&self, cexp: usize) -> usize {
+        match self {
+            Maker::Expand(e, _) => e.cin(),
+            Maker::Stem(..) => cexp,
+        }
+    }
+
+    /// Rows `rows` of the depthwise input, `w` pixels of `cexp` channels each, into `out`;
+    /// `windows` is the stem's scratch.
+    fn make(
+        &self,
+        rows: std::ops::Range<usize>,
+        (w, cexp): (usize, usize),
+        windows: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        match *self {
+            Maker::Expand(e, x) => {
+                e.forward_serial(
+                    &x[rows.start * w * e.cin()..rows.end * w * e.cin()],
+                    None,
+                    out,
+                );
+            }
+            Maker::Stem(stem, image, hw, pad) => {
+                for (row, iy) in out.chunks_exact_mut(w * cexp).zip(rows) {
+                    stem.forward_row(image, hw, pad, iy, windows, row);
+                }
+            }
+        }
+    }
 }
 
 impl MbConv {
@@ -282,7 +341,7 @@ impl MbConv {
     /// projection of the band, all while the band is in cache.
     fn forward_fused(
         &self,
-        x: &[f32],
+        rows: Rows,
         (h, w): (usize, usize),
         padding: Padding,
         out: &mut Vec<f32>,
@@ -295,23 +354,33 @@ impl MbConv {
             dw.out_dim(h, pad.top, pad.bottom),
             dw.out_dim(w, pad.left, pad.right),
         );
-        let expand = self.expand.as_ref().map(|e| &e.cpu);
         let (cin, cexp, cout) = (
-            expand.map_or(project.cin(), Conv1x1::cin),
+            match rows {
+                Rows::Made(m) => m.cin(project.cin()),
+                Rows::Input(_) => project.cin(),
+            },
             project.cin(),
             project.cout(),
+        );
+        // a residual block keeps the shape: its input rows are the output's
+        let residual = match rows {
+            Rows::Input(x) | Rows::Made(Maker::Expand(_, x)) if self.residual => Some(x),
+            _ => None,
+        };
+        assert!(
+            residual.is_some() == self.residual,
+            "a residual block reads its input"
         );
         let out = slot(out, ho * wo * cout);
         // a few tasks a thread, as in the kernels: a preempted thread holds up one task
         let task_rows = ho.div_ceil(4 * rayon::current_num_threads()).max(1);
         let band = ((BAND_BYTES / (w * cexp * 4)).saturating_sub(k) / s).clamp(1, task_rows);
-        let residual = self.residual;
         out.par_chunks_mut(task_rows * wo * cout)
             .enumerate()
             .for_each(|(task, out_task)| {
                 BAND.with(|bufs| {
                     let mut bufs = bufs.borrow_mut();
-                    let (expanded, depthwise) = &mut *bufs;
+                    let [expanded, depthwise, windows] = &mut *bufs;
                     let first = task * task_rows;
                     let end = first + out_task.len() / (wo * cout);
                     // input rows `held` are expanded in `expanded`, from its start
@@ -321,10 +390,9 @@ impl MbConv {
                         let n = band.min(end - oy);
                         let std::ops::Range { start: lo, end: hi } = dw.input_rows(oy, n, h, pad);
                         // the depthwise layer's input rows lo..hi, from `band_row0`
-                        let (band_in, band_row0): (&[f32], usize) = match expand {
-                            // no expand layer (block 0): the input's own rows
-                            None => (&x[lo * w * cin..hi * w * cin], lo),
-                            Some(e) => {
+                        let (band_in, band_row0): (&[f32], usize) = match rows {
+                            Rows::Input(x) => (&x[lo * w * cin..hi * w * cin], lo),
+                            Rows::Made(maker) => {
                                 // rows this band shares with the last move to the front
                                 if held.start <= lo && lo < held.end {
                                     let shared = held.end - held.start;
@@ -337,9 +405,10 @@ impl MbConv {
                                     held = lo..lo;
                                 }
                                 let buf = slot(expanded, (hi - held.start) * w * cexp);
-                                e.forward_serial(
-                                    &x[held.end * w * cin..hi * w * cin],
-                                    None,
+                                maker.make(
+                                    held.end..hi,
+                                    (w, cexp),
+                                    windows,
                                     &mut buf[(held.end - held.start) * w * cexp..],
                                 );
                                 held.end = hi;
@@ -349,8 +418,7 @@ impl MbConv {
                         let dwo = slot(depthwise, n * wo * cexp);
                         dw.forward_rows(band_in, band_row0, (h, w), pad, oy, dwo);
                         let at = (oy - first) * wo * cout;
-                        // a residual block keeps the shape: its input rows are the output's
-                        let res = residual.then(|| &x[oy * wo * cin..(oy + n) * wo * cin]);
+                        let res = residual.map(|x| &x[oy * wo * cin..(oy + n) * wo * cin]);
                         project.forward_serial(dwo, res, &mut out_task[at..at + n * wo * cout]);
                         oy += n;
                     }
@@ -604,12 +672,22 @@ impl EfficientNetLite0 {
             self.stem_cpu.out_dim(w_in, p.left, p.right),
         );
         let c = self.stem_cpu.cout();
-        self.stem_cpu
-            .forward(&pixels, (h_in, w_in), p, slot(current, h * w * c));
+        // block 0 (no expand layer) reads the stem's rows as the stem makes them, band by band
+        let fuse_stem = self.blocks.first().is_some_and(|b| b.expand.is_none())
+            && h * w * c * 4 >= FUSE_FROM_BYTES;
+        if !fuse_stem {
+            self.stem_cpu
+                .forward(&pixels, (h_in, w_in), p, slot(current, h * w * c));
+        }
         let mut len = h * w * c;
         let mut tapped = None;
         for (i, block) in self.blocks.iter().enumerate() {
-            (h, w) = block.forward_cpu(&current[..len], (h, w), self.padding, scratch, next);
+            (h, w) = if i == 0 && fuse_stem {
+                let stem = Maker::Stem(&self.stem_cpu, &pixels, (h_in, w_in), p);
+                block.forward_fused(Rows::Made(stem), (h, w), self.padding, next)
+            } else {
+                block.forward_cpu(&current[..len], (h, w), self.padding, scratch, next)
+            };
             std::mem::swap(current, next);
             let c = block.project.cpu.cout();
             len = h * w * c;

@@ -14,7 +14,7 @@ use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 /// Output channels are padded to a multiple of this: two vectors of AVX-512, four of AVX2.
-const PANEL: usize = 32;
+pub(crate) const PANEL: usize = 32;
 
 /// What follows the product and bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,19 +195,12 @@ fn tile<S: Simd, const R: usize, const V: usize>(
     p: usize,
     co: usize,
 ) {
-    let lanes = S::F32_LANES;
     let cin = c.cin;
     // each pixel's inputs, sliced to exactly `cin` so that indexing them by `ci < cin` needs
     // no bounds check in the loop
     let px: [&[f32]; R] = std::array::from_fn(|r| &x[(p + r) * cin..][..cin]);
-    // the panel's weights as whole vectors, `PANEL / lanes` to an input channel, of which this
-    // tile takes two from `sub`
-    let panel = co / PANEL;
-    let sub = (co % PANEL) / lanes;
-    let per = PANEL / lanes;
-    let weights = S::as_simd_f32s(&c.weight[panel * cin * PANEL..(panel + 1) * cin * PANEL]).0;
-    let b = S::as_simd_f32s(&c.bias).0;
-    let mut acc: [[S::f32s; V]; R] = [std::array::from_fn(|j| b[co / lanes + j]); R];
+    let (weights, per, sub) = c.panel::<S>(co);
+    let mut acc = c.bias_tile::<S, R, V>(co);
     for (w, ci) in weights.chunks_exact(per).zip(0..cin) {
         let w: [S::f32s; V] = std::array::from_fn(|j| w[sub + j]);
         for (a, px) in acc.iter_mut().zip(&px) {
@@ -217,8 +210,48 @@ fn tile<S: Simd, const R: usize, const V: usize>(
             }
         }
     }
+    store_tile(simd, c, acc, residual, out, p, co);
+}
+
+impl Conv1x1 {
+    /// The weights of the panel holding output channel `co`, as whole vectors: `per` (`PANEL /
+    /// lanes`) to an input channel, in input-channel order, of which a tile from `co` takes
+    /// those from `sub`.
+    #[inline(always)]
+    pub(crate) fn panel<S: Simd>(&self, co: usize) -> (&[S::f32s], usize, usize) {
+        let lanes = S::F32_LANES;
+        let panel = co / PANEL;
+        let w = &self.weight[panel * self.cin * PANEL..(panel + 1) * self.cin * PANEL];
+        (S::as_simd_f32s(w).0, PANEL / lanes, (co % PANEL) / lanes)
+    }
+
+    /// A tile's accumulators for `R` pixels by `V` vectors of output channels from `co`, set
+    /// to the bias.
+    #[inline(always)]
+    pub(crate) fn bias_tile<S: Simd, const R: usize, const V: usize>(
+        &self,
+        co: usize,
+    ) -> [[S::f32s; V]; R] {
+        let b = S::as_simd_f32s(&self.bias).0;
+        [std::array::from_fn(|j| b[co / S::F32_LANES + j]); R]
+    }
+}
+
+/// Stores a tile of `R` pixels from `p` by `V` vectors of output channels from `co`: the
+/// activation, or the residual added, then only the channels that exist (the last panel may be
+/// partly padding).
+#[inline(always)]
+pub(crate) fn store_tile<S: Simd, const R: usize, const V: usize>(
+    simd: S,
+    c: &Conv1x1,
+    acc: [[S::f32s; V]; R],
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+    p: usize,
+    co: usize,
+) {
+    let lanes = S::F32_LANES;
     let (zero, six) = (simd.splat_f32s(0.0), simd.splat_f32s(6.0));
-    // channels of this tile that exist (the last panel may be partly padding)
     let valid = c.cout.saturating_sub(co).min(V * lanes);
     for (r, a) in acc.into_iter().enumerate() {
         let at = (p + r) * c.cout + co;

@@ -186,7 +186,7 @@ fn mid_features_stop_at_the_tap_with_the_same_values() {
 
 #[test]
 fn banded_blocks_match_candles_ops_on_a_large_odd_frame() {
-    // at this size the first three blocks expand past 4 MB and run fused, band by band, over
+    // at this size the stem and the first three blocks pass 4 MB and run fused, band by band, over
     // several tasks (and tf_same pads the odd sizes unevenly); candle's own ops are the reference
     let (w, h) = (488, 282);
     let rgb: Vec<u8> = (0..w * h * 3)
