@@ -373,6 +373,7 @@ impl Recognizer {
                 degrees = v.transform.degrees(),
                 bbox = ?v.bbox,
                 spread = v.spread,
+                agreement = v.agreement,
                 "candidate verified"
             );
             if v.inliers < MIN_INLIERS {
