@@ -3,10 +3,10 @@
 //!
 //! candle runs a grouped convolution as one convolution per group, which for a depthwise layer of
 //! 1152 channels means 1152 tiny im2col calls. Here a SIMD vector holds neighbouring channels of
-//! one pixel (AVX-512 or AVX2, chosen at run time through pulp): a channel block's `k x k`
-//! weights stay in registers while four output pixels at a time accumulate, every tap one vector
-//! load and one FMA. Taps in the zero padding read one pixel of zeros, so that the edges take the
-//! same path as the inside: on a 14x24 map, 40 % of a 5x5 kernel's outputs are edge pixels. The
+//! one pixel (AVX-512 or AVX2, chosen at run time through pulp), and four output pixels at a time
+//! accumulate, every tap one FMA; at stride 1 a channel block's `k x k` weights stay in registers
+//! over a run of such groups. Taps in the zero padding read one pixel of zeros, so that edge
+//! pixels need no case of their own: on a 14x24 map, 40 % of a 5x5 kernel's outputs are. The
 //! expand layer's ReLU6 is already applied by its 1x1 kernel ([`crate::pointwise`]). On CUDA the
 //! model falls back to candle's grouped convolution. `cargo bench --bench depthwise` compares
 //! each Lite0 shape with candle's grouped convolution.
@@ -208,6 +208,9 @@ struct NhwcRows<'a> {
 /// and a channel block's weights stay in registers.
 struct NhwcRowsK<'a, const K: usize, const STRIDE: usize>(NhwcRows<'a>);
 
+/// Groups of four outputs a run: each channel block's weights are loaded once a run.
+const RUN: usize = 4;
+
 /// Input columns under four neighbouring outputs, at most (`3 * 2 + 5`).
 const WINDOW: usize = 11;
 
@@ -263,8 +266,18 @@ impl<const K: usize, const STRIDE: usize> WithSimd for NhwcRowsK<'_, K, STRIDE> 
                     *row = Some(&xv[i * g.w * cv..(i + 1) * g.w * cv]);
                 }
             }
-            let mut ox = 0;
-            while ox + 4 <= wo {
+            // groups of four outputs whose input columns all lie inside the image, from `inside`
+            // on and below `inside_end`, take the run path below at stride 1; the others (and
+            // every group at stride 2, where the run path was slower: `--bench depthwise`) load
+            // their window of pixels once and go through every channel block
+            let groups = wo / 4;
+            let inside = (0..groups)
+                .find(|&gi| STRIDE == 1 && gi * 4 * STRIDE >= p.left)
+                .unwrap_or(groups);
+            let inside_end = (inside..groups)
+                .find(|&gi| gi * 4 * STRIDE - p.left + n > g.w)
+                .unwrap_or(groups);
+            let window_group = |ox: usize, out_row: &mut [S::f32s]| {
                 let ix0 = (ox * STRIDE) as isize - p.left as isize;
                 let mut win: [[&[S::f32s]; WINDOW]; K] = [[&[]; WINDOW]; K];
                 for (&row, w) in rows.iter().zip(win.iter_mut()) {
@@ -294,8 +307,48 @@ impl<const K: usize, const STRIDE: usize> WithSimd for NhwcRowsK<'_, K, STRIDE> 
                         o[cb] = simd.min_f32s(simd.max_f32s(a, zero), six);
                     }
                 }
-                ox += 4;
+            };
+            for gi in (0..inside).chain(inside_end..groups) {
+                window_group(gi * 4, out_row);
             }
+            if inside < inside_end {
+                // runs of groups, channel block by channel block: the block's K x K weights are
+                // loaded once a run and stay in registers, each group's input columns are read
+                // straight from the image rows (the window path reloads every weight for every
+                // group, through a table of pixel slices: 5x5 layers ran 20-30 % slower)
+                for run in (inside..inside_end).step_by(RUN) {
+                    for cb in 0..cv {
+                        let wk: [[S::f32s; K]; K] = std::array::from_fn(|ky| {
+                            std::array::from_fn(|kx| taps[ky * K + kx][cb])
+                        });
+                        for gi in run..(run + RUN).min(inside_end) {
+                            let ox = gi * 4;
+                            let ix0 = ox * STRIDE - p.left;
+                            let mut acc = [bv[cb]; 4];
+                            for (row, wk) in rows.iter().zip(&wk) {
+                                let Some(row) = row else {
+                                    continue;
+                                };
+                                let cols = &row[ix0 * cv..][..n * cv];
+                                let mut v = [zero; WINDOW];
+                                for (i, v) in v.iter_mut().enumerate().take(n) {
+                                    *v = cols[i * cv + cb];
+                                }
+                                for (kx, &w) in wk.iter().enumerate() {
+                                    for (j, a) in acc.iter_mut().enumerate() {
+                                        *a = simd.mul_add_e_f32s(w, v[j * STRIDE + kx], *a);
+                                    }
+                                }
+                            }
+                            for (j, a) in acc.into_iter().enumerate() {
+                                out_row[(ox + j) * cv + cb] =
+                                    simd.min_f32s(simd.max_f32s(a, zero), six);
+                            }
+                        }
+                    }
+                }
+            }
+            let mut ox = groups * 4;
             while ox < wo {
                 let ix0 = (ox * STRIDE) as isize - p.left as isize;
                 let mut win: [[&[S::f32s]; 5]; K] = [[&[]; 5]; K];
