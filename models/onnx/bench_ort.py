@@ -6,7 +6,8 @@ onnx, onnxruntime, numpy and safetensors from PyPI and re-runs itself there; bui
 of EfficientNet-Lite0 from `models/weights/efficientnet-lite0.safetensors` (lite0_onnx.py);
 checks that candle and ONNX Runtime give the same feature map for the same input; then times
 both, alternating in rounds so that load from other processes hits both sides alike, and prints
-`candle_ms ort_ms ratio` per input size, with candle's whole per-frame recognition time
+`candle_ms ort_ms ratio` per input size (and the median of the per-round ratios, whose pairs
+share whatever load the machine had at the time), with candle's whole per-frame recognition time
 (forward, regional descriptors, shortlist, cell similarities and geometric verification, as the
 agent runs them: models/benches/frame.rs).
 
@@ -172,7 +173,8 @@ def main() -> int:
         f"ONNX Runtime {ort.__version__} intra_op_num_threads={args.threads} sequential; "
         f"median of {args.runs} runs, median over {args.rounds} alternating rounds"
     )
-    print(f"{'size':>8} {'candle_ms':>10} {'ort_ms':>8} {'ratio':>6} {'max_abs_diff':>13} {'candle_frame_ms':>16}")
+    print(f"{'size':>8} {'candle_ms':>10} {'ort_ms':>8} {'ratio':>6} {'paired':>6} {'round_ratios':>13} "
+          f"{'max_abs_diff':>13} {'candle_frame_ms':>16}")
     results = []
     worst = 0.0
     for s in sizes:
@@ -180,10 +182,19 @@ def main() -> int:
         o = median(onnxrt[s])
         f = median(candle[s]["frame"])
         worst = max(worst, diffs[s])
-        print(f"{s[0]:>4}x{s[1]:<3} {c:>10.2f} {o:>8.2f} {c / o:>6.3f} {diffs[s]:>13.2e} {f:>16.2f}")
+        # each round's candle time over the ORT time measured right after it: load that drifts
+        # over the run moves both sides of a pair alike
+        per_round = sorted(a / b for a, b in zip(candle[s]["forward"], onnxrt[s]))
+        paired = median(per_round)
+        spread = f"{per_round[0]:.2f}-{per_round[-1]:.2f}"
+        print(f"{s[0]:>4}x{s[1]:<3} {c:>10.2f} {o:>8.2f} {c / o:>6.3f} {paired:>6.3f} {spread:>13} "
+              f"{diffs[s]:>13.2e} {f:>16.2f}")
         results.append(
-            dict(size=f"{s[0]}x{s[1]}", candle_ms=c, ort_ms=o, ratio=c / o, max_abs_diff=diffs[s], candle_frame_ms=f)
+            dict(size=f"{s[0]}x{s[1]}", candle_ms=c, ort_ms=o, ratio=c / o, paired_ratio=paired,
+                 round_ratios=per_round, max_abs_diff=diffs[s], candle_frame_ms=f)
         )
+    print("(ratio: median candle over median ORT; paired: the median of each round's ratio; "
+          "round_ratios: the lowest and highest of those)")
     print(f"(candle_frame_ms: the agent's whole per-frame recognition: preprocess, forward with the "
           f"mid-level tap, regional descriptors against {report['catalog_photos']} reference photos, "
           f"then cell similarities and geometric verification of {report['shortlist']} shortlisted "
