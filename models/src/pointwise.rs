@@ -147,10 +147,25 @@ impl Tiles<'_> {
         p: &mut usize,
     ) {
         let pixels = self.out.len() / self.conv.cout;
-        while *p + R <= pixels {
-            tile::<S, R, V>(simd, self.conv, self.x, self.residual, self.out, *p, co);
-            *p += R;
-        }
+        let Tiles {
+            conv,
+            x,
+            residual,
+            out,
+        } = self;
+        sweep::<R>(p, pixels, |p| {
+            tile::<S, R, V>(simd, conv, x, *residual, out, p, co);
+        });
+    }
+}
+
+/// Calls `tile` on each whole tile of `R` pixels from `*p` while one fits below `end`; leaves
+/// `*p` at the first pixel not done. The kernels run a ladder of these, widest tile first.
+#[inline(always)]
+pub(crate) fn sweep<const R: usize>(p: &mut usize, end: usize, mut tile: impl FnMut(usize)) {
+    while *p + R <= end {
+        tile(*p);
+        *p += R;
     }
 }
 

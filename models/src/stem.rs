@@ -15,7 +15,7 @@ use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::depthwise::Pad2;
-use crate::pointwise::{store_tile, Activation, Conv1x1};
+use crate::pointwise::{store_tile, sweep, Activation, Conv1x1};
 
 /// A dense `k x k` convolution with bias and ReLU6 for inputs of few channels.
 #[derive(Debug, Clone)]
@@ -148,10 +148,8 @@ impl<const K: usize, const ST: usize> Direct<'_, K, ST> {
         co: usize,
         p: &mut usize,
     ) {
-        while *p + R <= self.pixels.end {
-            self.tile::<S, R, V>(simd, co, *p);
-            *p += R;
-        }
+        let end = self.pixels.end;
+        sweep::<R>(p, end, |p| self.tile::<S, R, V>(simd, co, p));
     }
 
     /// `R` pixels from `ox0` by output channels `co..co + V * lanes`.
@@ -207,8 +205,8 @@ impl<const K: usize, const ST: usize> WithSimd for Direct<'_, K, ST> {
 }
 
 /// Unfolds the `K x K` windows of output row `oy`'s pixels `oxs` into `windows`, `(ci, ky, kx)`
-/// per pixel (zero where a window hangs into the padding). `K` is a constant so that each tap row is a
-/// fixed-size copy, not a call to `memcpy` for three floats.
+/// per pixel (zero where a window hangs into the padding). `K` is a constant so that each tap row
+/// is a fixed-size copy, not a call to `memcpy` for three floats.
 fn unfold_row<const K: usize>(
     x: &[f32],
     (h, w): (usize, usize),
