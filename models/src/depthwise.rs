@@ -271,12 +271,15 @@ impl<const K: usize, const STRIDE: usize> WithSimd for NhwcRowsK<'_, K, STRIDE> 
             // every group at stride 2, where the run path was slower: `--bench depthwise`) load
             // their window of pixels once and go through every channel block
             let groups = wo / 4;
-            let inside = (0..groups)
-                .find(|&gi| STRIDE == 1 && gi * 4 * STRIDE >= p.left)
-                .unwrap_or(groups);
-            let inside_end = (inside..groups)
-                .find(|&gi| gi * 4 * STRIDE - p.left + n > g.w)
-                .unwrap_or(groups);
+            let (inside, inside_end) = if STRIDE == 1 {
+                let first = (0..groups).find(|&gi| gi * 4 >= p.left).unwrap_or(groups);
+                let end = (first..groups)
+                    .find(|&gi| gi * 4 - p.left + n > g.w)
+                    .unwrap_or(groups);
+                (first, end)
+            } else {
+                (groups, groups)
+            };
             let window_group = |ox: usize, out_row: &mut [S::f32s]| {
                 let ix0 = (ox * STRIDE) as isize - p.left as isize;
                 let mut win: [[&[S::f32s]; WINDOW]; K] = [[&[]; WINDOW]; K];
