@@ -760,7 +760,11 @@ mod tests {
             let got = nhwc_to_nchw(&x, pixels, c);
             for ch in 0..c {
                 for p in 0..pixels {
-                    assert_eq!(got[ch * pixels + p], x[p * c + ch], "{pixels}x{c} at {ch},{p}");
+                    assert_eq!(
+                        got[ch * pixels + p],
+                        x[p * c + ch],
+                        "{pixels}x{c} at {ch},{p}"
+                    );
                 }
             }
         }
