@@ -3,7 +3,7 @@
 //! of the script's inputs so it can check that both runtimes compute the same thing.
 //!
 //! `cargo bench --profile dev -p spotter-models --bench frame -- --io-dir DIR [--sizes 768x448,512x288,384x224,224x224]
-//! [--warmup 5] [--runs 20]`: reads `DIR/input-WxH.f32` (raw little-endian `(1, 3, H, W)`) where
+//! [--warmup 5] [--runs 20] [--blocks]`: reads `DIR/input-WxH.f32` (raw little-endian `(1, 3, H, W)`) where
 //! present, writes `DIR/candle-WxH.f32` (the `(1, 1280, H/32, W/32)` feature map). Threads follow
 //! `RAYON_NUM_THREADS` (candle's matrix products and the model's own kernels alike).
 
@@ -36,6 +36,8 @@ struct Args {
     sizes: Vec<(usize, usize)>,
     warmup: usize,
     runs: usize,
+    /// Also time the forward pass up to each block (`--blocks`), for a per-block profile.
+    blocks: bool,
 }
 
 fn parse_args() -> Args {
@@ -45,12 +47,14 @@ fn parse_args() -> Args {
         sizes: vec![(768, 448), (512, 288), (384, 224), (224, 224)],
         warmup: 5,
         runs: 20,
+        blocks: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().unwrap_or_else(|| panic!("{name} needs a value"));
         match arg.as_str() {
             "--bench" => a.bench = true,
+            "--blocks" => a.blocks = true,
             "--io-dir" => a.io_dir = Some(PathBuf::from(value("--io-dir"))),
             "--warmup" => a.warmup = value("--warmup").parse().expect("--warmup: a count"),
             "--runs" => a.runs = value("--runs").parse().expect("--runs: a count"),
@@ -261,6 +265,20 @@ fn main() {
         let (forward_ms, forward_min_ms) = time_ms(args.warmup, args.runs, || {
             model.features(&x).expect("forward");
         });
+        // each block's time (block 0 with the stem), the head's, the copy back to (C, H, W):
+        // medians over the runs
+        let mut part_ms = Vec::new();
+        if args.blocks {
+            let runs: Vec<Vec<f64>> = (0..args.warmup + args.runs)
+                .map(|_| model.features_timed(&x).expect("forward").1)
+                .skip(args.warmup)
+                .collect();
+            for part in 0..runs.first().map_or(0, Vec::len) {
+                let mut t: Vec<f64> = runs.iter().map(|r| r[part]).collect();
+                t.sort_by(f64::total_cmp);
+                part_ms.push(t[t.len() / 2]);
+            }
+        }
         let rgb: Vec<u8> = pseudo_random(w * h * 3, 1).map(|v| v as u8).collect();
         let index = synthetic_index(&mid_map(&model, &rgb, (w, h)), &device);
         let verified = recognise(&model, &index, &rgb, (w, h));
@@ -274,6 +292,7 @@ fn main() {
             "frame_ms": frame_ms,
             "frame_min_ms": frame_min_ms,
             "verified": verified,
+            "part_ms": part_ms,
         }));
     }
     let report = serde_json::json!({

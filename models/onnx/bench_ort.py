@@ -13,6 +13,7 @@ agent runs them: models/benches/frame.rs).
 
 Usage: python3 models/onnx/bench_ort.py [--threads 2] [--runs 20] [--warmup 5] [--rounds 3]
                                         [--sizes 768x448,512x288,384x224,224x224] [--models-only]
+                                        [--profile]
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def main() -> int:
     # its previous one
     ap.add_argument("--sizes", default="768x448,512x288,384x224,224x224", help="WxH,WxH (multiples of 32)")
     ap.add_argument("--models-only", action="store_true", help="build only models' frame bench, not the workspace")
+    ap.add_argument("--profile", action="store_true",
+                    help="then time each block in both runtimes at the first size (where candle spends its time)")
     args = ap.parse_args()
     ensure_venv()
 
@@ -202,10 +205,65 @@ def main() -> int:
     with open(os.path.join(WORK, "result.json"), "w") as fh:
         json.dump(dict(threads=args.threads, runs=args.runs, rounds=args.rounds, ort=ort.__version__, sizes=results),
                   fh, indent=1)
+    if args.profile:
+        block_profile(binary, env, opts, model_path, sizes[0], inputs[sizes[0]], args)
     if worst > TOLERANCE:
         log(f"candle and ONNX Runtime differ by up to {worst:.2e} (> {TOLERANCE}): the graphs are not the same network")
         return 1
     return 0
+
+
+def block_profile(binary, env, opts, model_path, size, x, args) -> None:
+    """Each block's time in both runtimes at one size, side by side.
+
+    candle: `EfficientNetLite0::features_timed` (timers between the blocks; block 0 includes the
+    stem, which it runs fused with). ORT: its own profiler's per-node kernel times (nodes are named
+    after their block by lite0_onnx.py), median over the runs, summed per block."""
+    import re
+
+    import onnxruntime as ort
+    from lite0_onnx import INPUT, OUTPUT
+
+    w, h = size
+    cmd = [binary, "--bench", "--blocks", "--io-dir", WORK, "--sizes", f"{w}x{h}",
+           "--warmup", str(args.warmup), "--runs", str(args.runs)]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
+    candle = json.loads(res.stdout.strip().splitlines()[-1])["sizes"][0]["part_ms"]
+
+    opts.enable_profiling = True
+    opts.profile_file_prefix = os.path.join(WORK, "ort-profile")
+    session = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
+    for _ in range(args.warmup + args.runs):
+        session.run([OUTPUT], {INPUT: x})
+    trace = session.end_profiling()
+    with open(trace) as fh:
+        events = json.load(fh)
+    os.remove(trace)
+    per_node: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_node.setdefault(e["name"][: -len("_kernel_time")], []).append(e["dur"] / 1000.0)
+    blocks = len(candle) - 2
+    parts = [f"block {i}" for i in range(blocks)] + ["head", "output"]
+    ort_ms = [0.0] * len(parts)
+    for name, times in per_node.items():
+        m = re.match(r"b(\d+)\.", name)
+        # the stem is counted in block 0, as candle runs it; ORT fuses the head's convolution into
+        # the graph's output node; the layout reorders after it are the output
+        if m:
+            at = int(m.group(1))
+        elif name.startswith("stem"):
+            at = 0
+        elif name.startswith(("head", OUTPUT)) and "Reorder" not in name:
+            at = blocks
+        else:
+            at = blocks + 1
+        ort_ms[at] += median(times[args.warmup:] or times)
+    print(f"per block at {w}x{h}, ms (block 0 includes the stem; output: back to (C, H, W))")
+    print(f"{'part':>9} {'candle_ms':>10} {'ort_ms':>8}")
+    for part, c, o in zip(parts, candle, ort_ms):
+        print(f"{part:>9} {c:>10.2f} {o:>8.2f}")
+    print(f"{'total':>9} {sum(candle):>10.2f} {sum(ort_ms):>8.2f}")
 
 
 if __name__ == "__main__":

@@ -428,6 +428,21 @@ impl MbConv {
     }
 }
 
+/// Milliseconds from one lap to the next, when asked for ([`EfficientNetLite0::features_timed`]).
+struct Laps<'a> {
+    times: Option<&'a mut Vec<f64>>,
+    since: std::time::Instant,
+}
+
+impl Laps<'_> {
+    fn lap(&mut self) {
+        if let Some(times) = self.times.as_deref_mut() {
+            times.push(self.since.elapsed().as_secs_f64() * 1000.0);
+            self.since = std::time::Instant::now();
+        }
+    }
+}
+
 /// A block's intermediate activations on the CPU path.
 #[derive(Debug, Default)]
 struct BlockScratch {
@@ -596,6 +611,22 @@ impl EfficientNetLite0 {
             .ok_or_else(|| candle_core::Error::Msg("the backbone gave no tap".into()))
     }
 
+    /// [`Self::features`] of one image on the CPU kernels, with the milliseconds each part took:
+    /// every block (block 0 with the stem, which it runs fused with at the agent's sizes), then
+    /// the head, then the copy of its map back to `(N, C, H, W)`. For the per-block profile
+    /// beside ONNX Runtime's (`bench_ort.py --profile`).
+    pub fn features_timed(&self, x: &Tensor) -> Result<(Tensor, Vec<f64>)> {
+        let (n, _, h, w) = x.dims4()?;
+        if !(self.fused && x.device().is_cpu() && x.dtype() == DType::F32 && n == 1) {
+            candle_core::bail!("per-block times are for one f32 image on the CPU kernels");
+        }
+        let p = self.padding.pad2(h, w, 3, 2);
+        let mut times = Vec::with_capacity(self.blocks.len() + 2);
+        let (head, _) = self.features_cpu(x, p, None, true, Some(&mut times))?;
+        let head = head.ok_or_else(|| candle_core::Error::Msg("the head did not run".into()))?;
+        Ok((head, times))
+    }
+
     /// The head's map (when `head`) and the tapped block's output; without the head, stops at
     /// the tap.
     fn run(
@@ -607,7 +638,7 @@ impl EfficientNetLite0 {
         let (_, _, h, w) = x.dims4()?;
         let p = self.padding.pad2(h, w, 3, 2);
         if self.fused && x.device().is_cpu() && x.dtype() == DType::F32 {
-            return self.features_cpu(x, p, tap, head);
+            return self.features_cpu(x, p, tap, head, None);
         }
         let mut y = x
             .pad_with_zeros(2, p.top, p.bottom)?
@@ -637,6 +668,7 @@ impl EfficientNetLite0 {
         p: Pad2,
         tap: Option<usize>,
         head: bool,
+        times: Option<&mut Vec<f64>>,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let n = x.dim(0)?;
         if n != 1 {
@@ -644,7 +676,7 @@ impl EfficientNetLite0 {
             let mut heads = Vec::with_capacity(n);
             let mut taps = Vec::with_capacity(n);
             for i in 0..n {
-                let (f, t) = self.features_cpu(&x.narrow(0, i, 1)?, p, tap, head)?;
+                let (f, t) = self.features_cpu(&x.narrow(0, i, 1)?, p, tap, head, None)?;
                 heads.extend(f);
                 taps.extend(t);
             }
@@ -658,6 +690,10 @@ impl EfficientNetLite0 {
             return Ok((cat(heads)?, cat(taps)?));
         }
         let (_, _, h_in, w_in) = x.dims4()?;
+        let mut laps = Laps {
+            times,
+            since: std::time::Instant::now(),
+        };
         let pixels: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let mut guard = self.scratch.try_lock().ok();
         let mut own = Scratch::default();
@@ -689,6 +725,7 @@ impl EfficientNetLite0 {
                 block.forward_cpu(&current[..len], (h, w), self.padding, scratch, next)
             };
             std::mem::swap(current, next);
+            laps.lap();
             let c = block.project.cpu.cout();
             len = h * w * c;
             if tap == Some(i) {
@@ -705,7 +742,9 @@ impl EfficientNetLite0 {
         let c = self.head.cpu.cout();
         let head = slot(next, h * w * c);
         self.head.cpu.forward(&current[..len], None, head);
+        laps.lap();
         let head = Tensor::from_vec(nhwc_to_nchw(head, h * w, c), (1, c, h, w), x.device())?;
+        laps.lap();
         Ok((Some(head), tapped))
     }
 
