@@ -128,6 +128,12 @@ impl Conv1x1 {
 const ROWS_MIN_TASK: usize = 24;
 const ROWS_MAX_TASK: usize = 256;
 
+/// Layers with at most this many input channels run two panels at a time on AVX-512
+/// ([`tile_two_panels`]): single-threaded GF/s (`--bench pointwise`) rose from 56 to 83-90 for
+/// block 1's expansion (16 in), and 84-122 to 86-128 for block 4's (40 in); from 112 in up
+/// (blocks 9-15, the head) it was no faster or slower.
+const TWO_PANELS_MAX_CIN: usize = 96;
+
 /// One task's pixels, as a unit of SIMD dispatch.
 struct Tiles<'a> {
     conv: &'a Conv1x1,
@@ -175,12 +181,33 @@ impl WithSimd for Tiles<'_> {
     #[inline(always)]
     fn with_simd<S: Simd>(mut self, simd: S) {
         let lanes = S::F32_LANES;
-        let cout = self.conv.cout;
+        let (cin, cout) = (self.conv.cin, self.conv.cout);
         // panel by panel of output channels, so that a panel's weights (Cin x 2 vectors) stay
         // in cache while every pixel of the task goes past them; vectors wholly in the padding
         // past `cout` are not computed (Lite0's 16, 40, 80 and 112 leave half a panel)
-        for co in (0..cout).step_by(2 * lanes) {
+        let mut co = 0;
+        while co < cout {
             let mut p = 0;
+            if lanes >= 16 && cin <= TWO_PANELS_MAX_CIN && co % PANEL == 0 && co + 2 * PANEL <= cout
+            {
+                // two whole panels at once: 6 pixels x 4 vectors load 10 vectors (4 weights,
+                // 6 inputs) for 24 FMAs, where 12 x 2 load 14
+                let pixels = self.out.len() / cout;
+                let Tiles {
+                    conv,
+                    x,
+                    residual,
+                    out,
+                } = &mut self;
+                sweep::<6>(&mut p, pixels, |p| {
+                    tile_two_panels::<S, 6>(simd, conv, x, *residual, out, p, co);
+                });
+                sweep::<1>(&mut p, pixels, |p| {
+                    tile_two_panels::<S, 1>(simd, conv, x, *residual, out, p, co);
+                });
+                co += 2 * PANEL;
+                continue;
+            }
             if co + lanes >= cout {
                 // one vector: 24 pixels were slower than 12 (their input pointers spill)
                 self.sweep::<S, 12, 1>(simd, co, &mut p);
@@ -195,8 +222,41 @@ impl WithSimd for Tiles<'_> {
                 self.sweep::<S, 2, 2>(simd, co, &mut p);
                 self.sweep::<S, 1, 2>(simd, co, &mut p);
             }
+            co += 2 * lanes;
         }
     }
+}
+
+/// `R` pixels from `p` by the two whole panels from `co` (AVX-512: four vectors).
+#[inline(always)]
+fn tile_two_panels<S: Simd, const R: usize>(
+    simd: S,
+    c: &Conv1x1,
+    x: &[f32],
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+    p: usize,
+    co: usize,
+) {
+    let cin = c.cin;
+    let px: [&[f32]; R] = std::array::from_fn(|r| &x[(p + r) * cin..][..cin]);
+    let (first, per, _) = c.panel::<S>(co);
+    let (second, _, _) = c.panel::<S>(co + PANEL);
+    let mut acc = c.bias_tile::<S, R, 4>(co);
+    for ((wa, wb), ci) in first
+        .chunks_exact(per)
+        .zip(second.chunks_exact(per))
+        .zip(0..cin)
+    {
+        let w = [wa[0], wa[1], wb[0], wb[1]];
+        for (a, px) in acc.iter_mut().zip(&px) {
+            let v = simd.splat_f32s(px[ci]);
+            for (a, w) in a.iter_mut().zip(w) {
+                *a = simd.mul_add_e_f32s(v, w, *a);
+            }
+        }
+    }
+    store_tile(simd, c, acc, residual, out, p, co);
 }
 
 /// `R` pixels from `p` by output channels `co..co + V * lanes` (`V` is 1 or 2).
