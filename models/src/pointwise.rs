@@ -129,9 +129,9 @@ const ROWS_MIN_TASK: usize = 24;
 const ROWS_MAX_TASK: usize = 256;
 
 /// Layers with at most this many input channels run two panels at a time on AVX-512
-/// ([`tile_two_panels`]): single-threaded GF/s (`--bench pointwise`) rose from 56 to 83-90 for
-/// block 1's expansion (16 in), and 84-122 to 86-128 for block 4's (40 in); from 112 in up
-/// (blocks 9-15, the head) it was no faster or slower.
+/// ([`tile_two_panels`]): single-threaded GF/s (`--bench pointwise`, 3 runs) went from 55-56 to
+/// 60-90 for block 1's expansion (16 in), and 78-122 to 86-128 for block 4's (40 in); from 112
+/// in up (blocks 9-15, the head) it was no faster.
 const TWO_PANELS_MAX_CIN: usize = 96;
 
 /// One task's pixels, as a unit of SIMD dispatch.
