@@ -5,7 +5,7 @@
 //!
 //! `RAYON_NUM_THREADS=1 cargo bench -p spotter-models --bench depthwise`
 
-use std::time::Instant;
+mod kernel_timing;
 
 use candle_core::{Device, Tensor};
 use spotter_models::depthwise::{DepthwiseNhwc, Pad2};
@@ -22,25 +22,8 @@ const SHAPES: [(&str, usize, usize, usize, usize, usize); 8] = [
     ("block 13", 14, 24, 1152, 5, 1),
 ];
 
-/// Best seconds of `reps` calls.
-fn best(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::MAX, f64::min)
-}
-
 fn main() {
-    let reps = if std::env::args().any(|a| a == "--bench") {
-        20
-    } else {
-        // `cargo test --all-targets`: one call each as a smoke test
-        1
-    };
+    let reps = kernel_timing::reps(20);
     println!(
         "{:>9} {:>9} {:>5} {:>4} {:>13} {:>13}",
         "layer", "input", "C", "k/s", "candle GMAC/s", "kernel GMAC/s"
@@ -64,14 +47,14 @@ fn main() {
         let macs = (ho * wo * c * k * k) as f64;
         let x: Vec<f32> = (0..h * w * c).map(|i| (i % 7) as f32 * 0.1).collect();
         let mut out = vec![0f32; ho * wo * c];
-        let ours = macs / best(reps, || dw.forward(&x, (h, w), pad, &mut out)) / 1e9;
+        let ours = macs / kernel_timing::best(reps, || dw.forward(&x, (h, w), pad, &mut out)) / 1e9;
         let xt = Tensor::from_slice(&x, (1, c, h, w), &Device::Cpu)
             .and_then(|t| t.pad_with_zeros(2, pad.top, pad.bottom))
             .and_then(|t| t.pad_with_zeros(3, pad.left, pad.right))
             .expect("x");
         let wt = Tensor::from_slice(&layer_w, (c, 1, k, k), &Device::Cpu).expect("w");
         let candle =
-            macs / best(reps.min(3), || {
+            macs / kernel_timing::best(reps.min(3), || {
                 xt.conv2d(&wt, 0, s, 1, c).expect("grouped convolution");
             }) / 1e9;
         println!(

@@ -5,7 +5,7 @@
 //!
 //! `RAYON_NUM_THREADS=1 cargo bench -p spotter-models --bench pointwise`
 
-use std::time::Instant;
+mod kernel_timing;
 
 use candle_core::{Device, Tensor};
 use spotter_models::pointwise::{Activation, Conv1x1};
@@ -26,25 +26,12 @@ const SHAPES: [(&str, usize, usize, usize); 11] = [
 ];
 
 /// Best GFLOP/s of `reps` calls.
-fn rate(m: usize, n: usize, k: usize, reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let best = (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::MAX, f64::min);
-    2.0 * (m * n * k) as f64 / best / 1e9
+fn rate(m: usize, n: usize, k: usize, reps: usize, f: impl FnMut()) -> f64 {
+    2.0 * (m * n * k) as f64 / kernel_timing::best(reps, f) / 1e9
 }
 
 fn main() {
-    let reps = if std::env::args().any(|a| a == "--bench") {
-        20
-    } else {
-        // `cargo test --all-targets`: one call each as a smoke test
-        1
-    };
+    let reps = kernel_timing::reps(20);
     println!(
         "{:>17} {:>6} {:>5} {:>5} {:>12} {:>12}",
         "layer", "pixels", "cout", "cin", "candle GF/s", "kernel GF/s"

@@ -4,31 +4,14 @@
 //!
 //! `RAYON_NUM_THREADS=1 cargo bench -p spotter-models --bench stem`
 
-use std::time::Instant;
+mod kernel_timing;
 
 use candle_core::{Device, Tensor};
 use spotter_models::depthwise::Pad2;
 use spotter_models::stem::StemConv;
 
-/// Best seconds of `reps` calls.
-fn best(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::MAX, f64::min)
-}
-
 fn main() {
-    let reps = if std::env::args().any(|a| a == "--bench") {
-        30
-    } else {
-        // `cargo test --all-targets`: one call each as a smoke test
-        1
-    };
+    let reps = kernel_timing::reps(30);
     let (cin, cout, k, s) = (3, 32, 3, 2);
     println!("{:>9} {:>12} {:>12}", "input", "candle GF/s", "kernel GF/s");
     for (h, w) in [(448, 768), (288, 512)] {
@@ -50,14 +33,15 @@ fn main() {
         let flops = 2.0 * (ho * wo * cout * cin * k * k) as f64;
         let x: Vec<f32> = (0..cin * h * w).map(|i| (i % 7) as f32 * 0.1).collect();
         let mut out = vec![0f32; ho * wo * cout];
-        let ours = flops / best(reps, || stem.forward(&x, (h, w), pad, &mut out)) / 1e9;
+        let ours =
+            flops / kernel_timing::best(reps, || stem.forward(&x, (h, w), pad, &mut out)) / 1e9;
         let xt = Tensor::from_slice(&x, (1, cin, h, w), &Device::Cpu)
             .and_then(|t| t.pad_with_zeros(2, pad.top, pad.bottom))
             .and_then(|t| t.pad_with_zeros(3, pad.left, pad.right))
             .expect("x");
         let wt = Tensor::from_slice(&weight, (cout, cin, k, k), &Device::Cpu).expect("w");
         let candle = flops
-            / best(reps.min(5), || {
+            / kernel_timing::best(reps.min(5), || {
                 xt.conv2d(&wt, 0, s, 1, 1).expect("convolution");
             })
             / 1e9;
