@@ -851,7 +851,8 @@ impl RawTracker {
             return Err(invalid(
                 "tracker.confirm_evidence",
                 format!(
-                    "must be a number of inliers, 0 or more (default 16), got {}",
+                    "must be a number of inliers, 0 or more (default {}), got {}",
+                    default_confirm_evidence(),
                     self.confirm_evidence
                 ),
             ));
@@ -1245,6 +1246,16 @@ mod tests {
             parse("studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[tracker]\nmin_frames = 9\n")
                 .expect_err("min_frames > window");
         assert!(err.to_string().contains("tracker.min_frames"), "{err}");
+        let err = parse(
+            "studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[tracker]\nconfirm_evidence = -1\n",
+        )
+        .expect_err("negative evidence");
+        let msg = err.to_string();
+        assert!(msg.contains("tracker.confirm_evidence"), "{msg}");
+        assert!(
+            msg.contains("default 14"),
+            "the message names the real default: {msg}"
+        );
     }
 
     #[test]
