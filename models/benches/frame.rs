@@ -265,7 +265,7 @@ fn main() {
         let (forward_ms, forward_min_ms) = time_ms(args.warmup, args.runs, || {
             model.features(&x).expect("forward");
         });
-        // each block's time (block 0 with the stem), the head's, the copy back to (C, H, W):
+        // each block's time (block 0 with the stem), the head's, its planes made a tensor:
         // medians over the runs
         let mut part_ms = Vec::new();
         if args.blocks {

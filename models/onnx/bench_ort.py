@@ -259,7 +259,7 @@ def block_profile(binary, env, opts, model_path, size, x, args) -> None:
         else:
             at = blocks + 1
         ort_ms[at] += median(times[args.warmup:] or times)
-    print(f"per block at {w}x{h}, ms (block 0 includes the stem; output: back to (C, H, W))")
+    print(f"per block at {w}x{h}, ms (block 0 includes the stem; output: back to (C, H, W), which candle's head writes itself)")
     print(f"{'part':>9} {'candle_ms':>10} {'ort_ms':>8}")
     for part, c, o in zip(parts, candle, ort_ms):
         print(f"{part:>9} {c:>10.2f} {o:>8.2f}")

@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use crate::depthwise::{DepthwiseNhwc, Pad2};
-use crate::pointwise::{Activation, Conv1x1};
+use crate::pointwise::{self, Activation, Conv1x1};
 use crate::stem::StemConv;
 
 /// Index of the last block at stride 16 (112 channels): see
@@ -499,6 +499,9 @@ pub struct EfficientNetLite0 {
     scratch: Arc<Mutex<Scratch>>,
     blocks: Vec<MbConv>,
     head: Pointwise,
+    /// The head's folded weights for [`crate::pointwise::planes`]: each output channel's row of
+    /// input weights, then its bias.
+    head_rows: Vec<f32>,
     fc: candle_nn::Linear,
 }
 
@@ -564,6 +567,19 @@ impl EfficientNetLite0 {
             true,
             cfg.bn_eps,
         )?;
+        let head_rows = head
+            .weight
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?
+            .into_iter()
+            .zip(
+                head.bias
+                    .flatten_all()?
+                    .to_dtype(DType::F32)?
+                    .to_vec1::<f32>()?,
+            )
+            .flat_map(|(row, b)| row.into_iter().chain([b]))
+            .collect();
         let fc = candle_nn::linear(FEATURE_CHANNELS, NUM_CLASSES, vb.pp("_fc"))?;
         Ok(EfficientNetLite0 {
             stem_weight,
@@ -574,6 +590,7 @@ impl EfficientNetLite0 {
             scratch: Arc::default(),
             blocks,
             head,
+            head_rows,
             fc,
         })
     }
@@ -613,7 +630,8 @@ impl EfficientNetLite0 {
 
     /// [`Self::features`] of one image on the CPU kernels, with the milliseconds each part took:
     /// every block (block 0 with the stem, which it runs fused with at the agent's sizes), then
-    /// the head, then the copy of its map back to `(N, C, H, W)`. For the per-block profile
+    /// the head (which writes `(C, H, W)` planes itself), then the step that makes them a
+    /// tensor (it copied the head's map back to `(N, C, H, W)` before). For the per-block profile
     /// beside ONNX Runtime's (`bench_ort.py --profile`).
     pub fn features_timed(&self, x: &Tensor) -> Result<(Tensor, Vec<f64>)> {
         let (n, _, h, w) = x.dims4()?;
@@ -661,7 +679,8 @@ impl EfficientNetLite0 {
 
     /// [`Self::features_with_tap`] on the CPU kernels. After the stem the activations are
     /// channels-last `Vec`s (each kernel vectorises over channels, see [`crate::pointwise`] and
-    /// [`crate::depthwise`]); the results are turned back to `(N, C, H, W)` tensors.
+    /// [`crate::depthwise`]); the head writes `(N, C, H, W)` planes, a tapped block's output is
+    /// turned back to them.
     fn features_cpu(
         &self,
         x: &Tensor,
@@ -739,11 +758,15 @@ impl EfficientNetLite0 {
                 }
             }
         }
-        let c = self.head.cpu.cout();
-        let head = slot(next, h * w * c);
-        self.head.cpu.forward(&current[..len], None, head);
+        // the head writes its planes straight away, the layout the caller takes
+        let planes = pointwise::planes(
+            &self.head_rows,
+            &current[..len],
+            self.head.cpu.cin(),
+            Activation::Relu6,
+        );
         laps.lap();
-        let head = Tensor::from_vec(nhwc_to_nchw(head, h * w, c), (1, c, h, w), x.device())?;
+        let head = Tensor::from_vec(planes, (1, self.head.cpu.cout(), h, w), x.device())?;
         laps.lap();
         Ok((Some(head), tapped))
     }
@@ -771,7 +794,8 @@ impl Module for EfficientNetLite0 {
 fn nhwc_to_nchw(x: &[f32], pixels: usize, c: usize) -> Vec<f32> {
     // a task a block of channels: each pixel's run of them is one or a few cache lines read,
     // and the block's planes are written in order (reading one channel at a time strode 5 KB
-    // through the head's map for each float: 0.9 ms at 768x448, now about 0.6)
+    // through the head's map for each float: 0.9 ms at 768x448, then about 0.6; the head now
+    // writes planes itself, `pointwise::planes`)
     const BLOCK: usize = 16;
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(pixels * BLOCK)

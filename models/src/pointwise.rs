@@ -124,6 +124,29 @@ impl Conv1x1 {
     }
 }
 
+/// `act(x W + b)` for channels-last `x` of `(pixels, cin)`, written as channels-first planes
+/// `(Cout, pixels)`: the layer's product with the roles swapped, its weight rows (`rows`, each
+/// `cin` weights then the bias) as the "pixels" and the activations as the "weights", so that
+/// each plane is written once, final (the network's last layer, whose planes the caller takes;
+/// transposing its channels-last output afterwards took 0.6 ms at 768x448).
+pub fn planes(rows: &[f32], x: &[f32], cin: usize, act: Activation) -> Vec<f32> {
+    let pixels = x.len() / cin;
+    assert_eq!(x.len(), pixels * cin, "input is (pixels, cin)");
+    // a 1 after each pixel's inputs meets the bias at the end of each row
+    let k = cin + 1;
+    assert_eq!(rows.len() % k, 0, "rows are (cout, cin + 1)");
+    let cout = rows.len() / k;
+    let mut with_one = Vec::with_capacity(pixels * k);
+    for px in x.chunks_exact(cin) {
+        with_one.extend_from_slice(px);
+        with_one.push(1.0);
+    }
+    let swapped = Conv1x1::new(&with_one, &vec![0.0; pixels], k, act);
+    let mut out = vec![0f32; cout * pixels];
+    swapped.forward(rows, None, &mut out);
+    out
+}
+
 /// Pixels per rayon task, at least and at most.
 const ROWS_MIN_TASK: usize = 24;
 const ROWS_MAX_TASK: usize = 256;
@@ -378,6 +401,35 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn planes_are_the_layer_transposed() {
+        for (pixels, cin, cout) in [(7, 5, 37), (40, 16, 70), (1, 3, 1)] {
+            let w: Vec<f32> = (0..cout * cin)
+                .map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6)
+                .collect();
+            let b: Vec<f32> = (0..cout).map(|i| i as f32 * 0.05 - 0.4).collect();
+            let x: Vec<f32> = (0..pixels * cin)
+                .map(|i| ((i * 5) % 11) as f32 * 0.2 - 1.0)
+                .collect();
+            let want = naive(&w, &b, &x, cin, Activation::Relu6);
+            let rows: Vec<f32> = w
+                .chunks_exact(cin)
+                .zip(&b)
+                .flat_map(|(r, &b)| r.iter().copied().chain([b]))
+                .collect();
+            let got = planes(&rows, &x, cin, Activation::Relu6);
+            for p in 0..pixels {
+                for co in 0..cout {
+                    let (g, e) = (got[co * pixels + p], want[p * cout + co]);
+                    assert!(
+                        (g - e).abs() < 1e-4,
+                        "{pixels}x{cin}->{cout} at {p},{co}: {g} vs {e}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
