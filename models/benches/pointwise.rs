@@ -8,7 +8,7 @@
 mod kernel_timing;
 
 use candle_core::{Device, Tensor};
-use spotter_models::pointwise::{Activation, Conv1x1};
+use spotter_models::pointwise::{self, Activation, Conv1x1};
 
 /// (layer, pixels, Cout, Cin).
 const SHAPES: [(&str, usize, usize, usize); 11] = [
@@ -52,5 +52,21 @@ fn main() {
         let (secs, ours) = rate(m, n, k, reps, || conv.forward(&x, None, &mut out));
         let ms = secs * 1e3;
         println!("{name:>17} {m:>6} {n:>5} {k:>5} {candle:>12.1} {ours:>12.1} {ms:>10.3}");
+        if name == "head" {
+            // as the model runs it: channels-first planes, the product with the roles swapped
+            let rows: Vec<f32> = w
+                .chunks_exact(k)
+                .flat_map(|r| r.iter().copied().chain([0.1]))
+                .collect();
+            let (secs, ours) = rate(m, n, k, reps, || {
+                pointwise::planes(&rows, &x, k, Activation::Relu6);
+            });
+            let ms = secs * 1e3;
+            let name = "head (planes)";
+            println!(
+                "{name:>17} {m:>6} {n:>5} {k:>5} {:>12} {ours:>12.1} {ms:>10.3}",
+                ""
+            );
+        }
     }
 }
