@@ -54,10 +54,7 @@ fn main() {
         println!("{name:>17} {m:>6} {n:>5} {k:>5} {candle:>12.1} {ours:>12.1} {ms:>10.3}");
         if name == "head" {
             // as the model runs it: channels-first planes, the product with the roles swapped
-            let rows: Vec<f32> = w
-                .chunks_exact(k)
-                .flat_map(|r| r.iter().copied().chain([0.1]))
-                .collect();
+            let rows = pointwise::rows_with_bias(&w, &vec![0.1; n]);
             let (secs, ours) = rate(m, n, k, reps, || {
                 pointwise::planes(&rows, &x, k, Activation::Relu6);
             });

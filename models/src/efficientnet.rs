@@ -567,19 +567,10 @@ impl EfficientNetLite0 {
             true,
             cfg.bn_eps,
         )?;
-        let head_rows = head
-            .weight
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?
-            .into_iter()
-            .zip(
-                head.bias
-                    .flatten_all()?
-                    .to_dtype(DType::F32)?
-                    .to_vec1::<f32>()?,
-            )
-            .flat_map(|(row, b)| row.into_iter().chain([b]))
-            .collect();
+        let head_rows = pointwise::rows_with_bias(
+            &head.weight.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
+            &head.bias.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
+        );
         let fc = candle_nn::linear(FEATURE_CHANNELS, NUM_CLASSES, vb.pp("_fc"))?;
         Ok(EfficientNetLite0 {
             stem_weight,

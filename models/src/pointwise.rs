@@ -147,6 +147,18 @@ pub fn planes(rows: &[f32], x: &[f32], cin: usize, act: Activation) -> Vec<f32> 
     out
 }
 
+/// The rows [`planes`] takes: each of the `(Cout, Cin)` row-major `weight`'s rows, then its
+/// channel's bias.
+pub fn rows_with_bias(weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let cin = weight.len() / bias.len().max(1);
+    assert_eq!(weight.len(), cin * bias.len(), "weight is (cout, cin)");
+    weight
+        .chunks_exact(cin.max(1))
+        .zip(bias)
+        .flat_map(|(row, &b)| row.iter().copied().chain([b]))
+        .collect()
+}
+
 /// Pixels per rayon task, at least and at most.
 const ROWS_MIN_TASK: usize = 24;
 const ROWS_MAX_TASK: usize = 256;
@@ -414,12 +426,7 @@ mod tests {
                 .map(|i| ((i * 5) % 11) as f32 * 0.2 - 1.0)
                 .collect();
             let want = naive(&w, &b, &x, cin, Activation::Relu6);
-            let rows: Vec<f32> = w
-                .chunks_exact(cin)
-                .zip(&b)
-                .flat_map(|(r, &b)| r.iter().copied().chain([b]))
-                .collect();
-            let got = planes(&rows, &x, cin, Activation::Relu6);
+            let got = planes(&rows_with_bias(&w, &b), &x, cin, Activation::Relu6);
             for p in 0..pixels {
                 for co in 0..cout {
                     let (g, e) = (got[co * pixels + p], want[p * cout + co]);
