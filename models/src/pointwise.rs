@@ -283,13 +283,7 @@ fn tile_two_panels<S: Simd, const R: usize>(
         .zip(second.chunks_exact(per))
         .zip(0..cin)
     {
-        let w = [wa[0], wa[1], wb[0], wb[1]];
-        for (a, px) in acc.iter_mut().zip(&px) {
-            let v = simd.splat_f32s(px[ci]);
-            for (a, w) in a.iter_mut().zip(w) {
-                *a = simd.mul_add_e_f32s(v, w, *a);
-            }
-        }
+        accumulate(simd, &mut acc, [wa[0], wa[1], wb[0], wb[1]], |r| px[r][ci]);
     }
     store_tile(simd, c, acc, residual, out, p, co);
 }
@@ -312,15 +306,29 @@ fn tile<S: Simd, const R: usize, const V: usize>(
     let (weights, per, sub) = c.panel::<S>(co);
     let mut acc = c.bias_tile::<S, R, V>(co);
     for (w, ci) in weights.chunks_exact(per).zip(0..cin) {
-        let w: [S::f32s; V] = std::array::from_fn(|j| w[sub + j]);
-        for (a, px) in acc.iter_mut().zip(&px) {
-            let v = simd.splat_f32s(px[ci]);
-            for (a, w) in a.iter_mut().zip(w) {
-                *a = simd.mul_add_e_f32s(v, w, *a);
-            }
-        }
+        accumulate(simd, &mut acc, std::array::from_fn(|j| w[sub + j]), |r| {
+            px[r][ci]
+        });
     }
     store_tile(simd, c, acc, residual, out, p, co);
+}
+
+/// One input channel's step of a tile: for each of its `R` pixels, the pixel's input
+/// (`input(r)`, broadcast) times the `V` weight vectors `w`, added to the pixel's accumulators.
+/// The 1x1 tiles and the stem's direct tile all run this as their innermost loop.
+#[inline(always)]
+pub(crate) fn accumulate<S: Simd, const R: usize, const V: usize>(
+    simd: S,
+    acc: &mut [[S::f32s; V]; R],
+    w: [S::f32s; V],
+    input: impl Fn(usize) -> f32,
+) {
+    for (r, a) in acc.iter_mut().enumerate() {
+        let v = simd.splat_f32s(input(r));
+        for (a, w) in a.iter_mut().zip(w) {
+            *a = simd.mul_add_e_f32s(v, w, *a);
+        }
+    }
 }
 
 impl Conv1x1 {

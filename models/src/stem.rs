@@ -15,7 +15,7 @@ use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::depthwise::Pad2;
-use crate::pointwise::{store_tile, sweep, Activation, Conv1x1};
+use crate::pointwise::{accumulate, store_tile, sweep, Activation, Conv1x1};
 
 /// A dense `k x k` convolution with bias and ReLU6 for inputs of few channels.
 #[derive(Debug, Clone)]
@@ -168,13 +168,8 @@ impl<const K: usize, const ST: usize> Direct<'_, K, ST> {
                 // the constant indices below need no bounds check
                 let seg = &plane[(self.iy0 + ky) * w + ix0..][..ST * (R - 1) + K];
                 for kx in 0..K {
-                    let wv: [S::f32s; V] = std::array::from_fn(|j| wk[kx * per + sub + j]);
-                    for (r, a) in acc.iter_mut().enumerate() {
-                        let v = simd.splat_f32s(seg[ST * r + kx]);
-                        for (a, wv) in a.iter_mut().zip(wv) {
-                            *a = simd.mul_add_e_f32s(v, wv, *a);
-                        }
-                    }
+                    let wv = std::array::from_fn(|j| wk[kx * per + sub + j]);
+                    accumulate(simd, &mut acc, wv, |r| seg[ST * r + kx]);
                 }
             }
         }
