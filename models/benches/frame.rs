@@ -200,13 +200,18 @@ fn time_ms(warmup: usize, runs: usize, mut f: impl FnMut()) -> (f64, f64) {
     for _ in 0..warmup {
         f();
     }
-    let mut t: Vec<f64> = (0..runs.max(1))
+    let t: Vec<f64> = (0..runs.max(1))
         .map(|_| {
             let s = Instant::now();
             f();
             s.elapsed().as_secs_f64() * 1000.0
         })
         .collect();
+    median_min(t)
+}
+
+/// The median and the least of some timings.
+fn median_min(mut t: Vec<f64>) -> (f64, f64) {
     t.sort_by(f64::total_cmp);
     (t[t.len() / 2], t[0])
 }
@@ -274,9 +279,7 @@ fn main() {
                 .skip(args.warmup)
                 .collect();
             for part in 0..runs.first().map_or(0, Vec::len) {
-                let mut t: Vec<f64> = runs.iter().map(|r| r[part]).collect();
-                t.sort_by(f64::total_cmp);
-                part_ms.push(t[t.len() / 2]);
+                part_ms.push(median_min(runs.iter().map(|r| r[part]).collect()).0);
             }
         }
         let rgb: Vec<u8> = pseudo_random(w * h * 3, 1).map(|v| v as u8).collect();
