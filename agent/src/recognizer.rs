@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use spotter_models::appearance::{Appearance, ViewAppearance};
 use spotter_models::descriptor::global_descriptor;
 use spotter_models::verify::{cells, ReferenceView, VerifyParams, ViewSet};
 use spotter_models::{
@@ -189,8 +190,13 @@ fn features_and_mid(
     Ok((features, mid))
 }
 
-/// The mid-level view of a letterboxed reference photo: only its object's cells.
-fn reference_view(mid: &Tensor, photo: &Letterboxed) -> candle_core::Result<ReferenceView> {
+/// The mid-level view of a letterboxed reference photo: only its object's cells. `appearance`
+/// is the photo's pixels, shared by its views.
+fn reference_view(
+    mid: &Tensor,
+    photo: &Letterboxed,
+    appearance: &Arc<Appearance>,
+) -> candle_core::Result<ReferenceView> {
     let side = photo.rgb.width() as usize;
     let covered = |y: usize, x: usize| -> bool {
         let mut sum = 0.0;
@@ -214,6 +220,10 @@ fn reference_view(mid: &Tensor, photo: &Letterboxed) -> candle_core::Result<Refe
             weight,
         ),
         object: [o[0] / cell, o[1] / cell, o[2] / cell, o[3] / cell],
+        appearance: Some(ViewAppearance {
+            appearance: Arc::clone(appearance),
+            scale: APPEARANCE_SIDE as f32 / side as f32,
+        }),
     })
 }
 
@@ -230,6 +240,10 @@ const EXTRA_VIEW_SIDES: &[u32] = &[128, 320];
 
 /// Side of the square a reference photo is indexed at.
 const REFERENCE_SIDE: u32 = 224;
+
+/// Side of the square a reference photo's pixels are kept at for the likeness
+/// ([`Appearance`], about 300 KB a photo): its indexed canvas.
+const APPEARANCE_SIDE: u32 = REFERENCE_SIDE;
 
 /// A reference photo left out of the index, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -374,6 +388,7 @@ impl Recognizer {
                 bbox = ?v.bbox,
                 spread = v.spread,
                 agreement = v.agreement,
+                likeness = ?v.likeness,
                 "candidate verified"
             );
             if v.inliers < MIN_INLIERS {
@@ -436,8 +451,13 @@ pub fn build_index(
                     Ok(photo) => {
                         let (features, mid) = features_and_mid(model, &photo_tensor(&photo, device)?)?;
                         refs.push((product.sku.clone(), global_descriptor(&features)?));
+                        let appearance = Arc::new(Appearance::new(
+                            photo.rgb.as_raw(),
+                            APPEARANCE_SIDE as usize,
+                            &photo.coverage,
+                        ));
                         let product_views = views.entry(product.sku.clone()).or_default();
-                        product_views.push(reference_view(&mid, &photo)?);
+                        product_views.push(reference_view(&mid, &photo, &appearance)?);
                         // a small product in the frame matches a small view of it far better,
                         // a large one a large view
                         for &side in EXTRA_VIEW_SIDES {
@@ -446,7 +466,7 @@ pub fn build_index(
                             // these views are only verified against: no head, no descriptor
                             let x = photo_tensor(&view, device)?;
                             let mid = model.mid_features(&x, MID_TAP_BLOCK)?;
-                            product_views.push(reference_view(&mid, &view)?);
+                            product_views.push(reference_view(&mid, &view, &appearance)?);
                         }
                         indexed += 1;
                     }

@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use spotter_models::verify::{cells, ReferenceView, VerifyParams, ViewSet};
+use spotter_models::appearance::{Appearance, FramePixels};
+use spotter_models::verify::{cells, ReferenceView, Similarity, VerifyParams, ViewSet};
 use spotter_models::{
     preprocess, CatalogIndex, EfficientNetLite0, FrameFeatures, LiteConfig, ProductIndex,
     RegionGrid, MID_TAP_BLOCK,
@@ -148,7 +149,11 @@ fn synthetic_index(frame_mid: &Tensor, device: &Device) -> ProductIndex {
                         (x0 + hi) as f32,
                         (y0 + hi) as f32,
                     ];
-                    views.push(ReferenceView { cells, object });
+                    views.push(ReferenceView {
+                        cells,
+                        object,
+                        appearance: None,
+                    });
                 }
             }
             ViewSet::new(views, device).expect("views")
@@ -232,6 +237,31 @@ fn read_f32(path: &Path, len: usize) -> Option<Vec<f32>> {
     )
 }
 
+/// The pixel likeness of one verified candidate ([`Appearance::likeness`], which a product
+/// verified with few inliers pays): a 224-pixel photo cut from the frame, placed back where it
+/// came from. Median and fastest milliseconds.
+fn likeness_ms(rgb: &[u8], (w, h): (usize, usize), warmup: usize, runs: usize) -> (f64, f64) {
+    let side = 224.min(w).min(h);
+    let (x0, y0) = ((w - side) / 2, (h - side) / 2);
+    let photo: Vec<u8> = (0..side)
+        .flat_map(|y| &rgb[((y0 + y) * w + x0) * 3..((y0 + y) * w + x0 + side) * 3])
+        .copied()
+        .collect();
+    let appearance = Appearance::new(&photo, side, &vec![1.0; side * side]);
+    let frame = FramePixels::new(rgb, (w, h), w * 3);
+    let cell = 16.0;
+    let t = Similarity {
+        a: [1.0, 0.0],
+        b: [x0 as f32 / cell, y0 as f32 / cell],
+    };
+    let reach = VerifyParams::default().likeness_reach;
+    time_ms(warmup, runs, || {
+        appearance
+            .likeness(&frame, &t, 1.0, cell, reach)
+            .expect("in the frame");
+    })
+}
+
 fn main() {
     let args = parse_args();
     let device = Device::Cpu;
@@ -288,6 +318,7 @@ fn main() {
         let (frame_ms, frame_min_ms) = time_ms(args.warmup, args.runs, || {
             recognise(&model, &index, &rgb, (w, h));
         });
+        let (likeness_ms, _) = likeness_ms(&rgb, (w, h), args.warmup, args.runs);
         sizes.push(serde_json::json!({
             "size": name,
             "forward_ms": forward_ms,
@@ -296,6 +327,7 @@ fn main() {
             "frame_min_ms": frame_min_ms,
             "verified": verified,
             "part_ms": part_ms,
+            "likeness_ms": likeness_ms,
         }));
     }
     let report = serde_json::json!({

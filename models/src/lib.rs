@@ -5,11 +5,14 @@
 //!   are matched against.
 //! - [`verify`]: geometric verification of a candidate product with mid-level features, which
 //!   tells the catalog's product from a look-alike.
+//! - [`appearance`]: the pixel likeness that verification asks of a faint candidate: do the
+//!   frame's pixels, where the transform puts the product, look like its photo's?
 //! - [`matching`]: one frame against the catalog, after the backbone: shortlist, then verify.
 //! - [`preprocess`]: from RGB pixels to the network's input tensor.
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod appearance;
 pub mod depthwise;
 pub mod descriptor;
 pub mod efficientnet;

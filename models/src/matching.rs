@@ -5,6 +5,7 @@
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
+use crate::appearance::FramePixels;
 use crate::descriptor::{regional_descriptors, CatalogIndex, RegionGrid};
 use crate::verify::{cells, competition, Similarities, Verified, VerifyParams, ViewSet};
 
@@ -78,6 +79,7 @@ impl ProductIndex {
             .map(|&p| self.views[p].similarities(&cells, &cells_t))
             .collect::<Result<Vec<_>>>()?;
         let floors = competition(&sims.iter().map(Similarities::row_max).collect::<Vec<_>>());
+        let pixels = FramePixels::new(frame.rgb, frame.size, frame.stride);
         // products are verified independently: one a thread
         Ok(shortlist
             .par_iter()
@@ -85,7 +87,7 @@ impl ProductIndex {
             .zip(&floors)
             .filter_map(|((&product, sims), floor)| {
                 let (_, verified) =
-                    self.views[product].verify(&cells, sims, Some(floor), params)?;
+                    self.views[product].verify(&cells, sims, Some(floor), params, Some(&pixels))?;
                 Some(Candidate { product, verified })
             })
             .collect())
