@@ -88,10 +88,9 @@ impl Luma {
     /// The luminance and the edge structure at `(x, y)` of the image it was cut from.
     fn at(&self, x: f32, y: f32) -> Option<(f32, [f32; 2])> {
         let (x, y) = (x - self.origin[0], y - self.origin[1]);
-        let v = bilinear(&self.values, self.width, self.height, x, y)?;
-        let j = [0, 1]
-            .map(|k| bilinear(&self.structure[k], self.width, self.height, x, y).unwrap_or(0.0));
-        Some((v, j))
+        let at = Taps::new(self.width, self.height, x, y)?;
+        let j = [0, 1].map(|k| at.of(&self.structure[k]));
+        Some((at.of(&self.values), j))
     }
 }
 
@@ -207,9 +206,9 @@ impl Appearance {
         if m == 0 {
             return None;
         }
-        let v = bilinear(&self.luma, side, side, x, y)?;
-        let j = [0, 1].map(|k| bilinear(&self.structure[k], side, side, x, y).unwrap_or(0.0));
-        Some((v, j, m))
+        let at = Taps::new(side, side, x, y)?;
+        let j = [0, 1].map(|k| at.of(&self.structure[k]));
+        Some((at.of(&self.luma), j, m))
     }
 
     /// How alike the object is to the frame pixels that `t` carries it onto, at the best of the
@@ -466,17 +465,41 @@ const MAX_SAMPLES: usize = 2000;
 /// Fewest opaque samples a correlation is computed from.
 const MIN_SAMPLES: f32 = 40.0;
 
-fn bilinear<T: Copy + Into<f32>>(v: &[T], w: usize, h: usize, x: f32, y: f32) -> Option<f32> {
-    if !(x >= 0.0 && y >= 0.0 && x <= (w - 1) as f32 && y <= (h - 1) as f32) {
-        return None;
+/// The four pixels of a `w x h` image around a point, and their bilinear weights: one lookup
+/// for every plane read at that point.
+struct Taps {
+    index: [usize; 4],
+    weight: [f32; 4],
+}
+
+impl Taps {
+    /// `None` outside the image.
+    fn new(w: usize, h: usize, x: f32, y: f32) -> Option<Taps> {
+        if !(x >= 0.0 && y >= 0.0 && x <= (w - 1) as f32 && y <= (h - 1) as f32) {
+            return None;
+        }
+        let (x0, y0) = (x as usize, y as usize);
+        let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+        let (fx, fy) = (x - x0 as f32, y - y0 as f32);
+        Some(Taps {
+            index: [y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1],
+            weight: [
+                (1.0 - fx) * (1.0 - fy),
+                fx * (1.0 - fy),
+                (1.0 - fx) * fy,
+                fx * fy,
+            ],
+        })
     }
-    let (x0, y0) = (x as usize, y as usize);
-    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
-    let (fx, fy) = (x - x0 as f32, y - y0 as f32);
-    let at = |i: usize| -> f32 { v[i].into() };
-    let top = at(y0 * w + x0) * (1.0 - fx) + at(y0 * w + x1) * fx;
-    let bottom = at(y1 * w + x0) * (1.0 - fx) + at(y1 * w + x1) * fx;
-    Some(top * (1.0 - fy) + bottom * fy)
+
+    /// The plane `v` (of the image's size) at the point.
+    fn of<T: Copy + Into<f32>>(&self, v: &[T]) -> f32 {
+        self.index
+            .iter()
+            .zip(self.weight)
+            .map(|(&i, w)| v[i].into() * w)
+            .sum()
+    }
 }
 
 /// A 3x3 box blur; at the edges, the mean of the neighbours there are.
