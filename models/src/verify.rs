@@ -323,8 +323,8 @@ pub struct Verified {
     /// all over its box, a look-alike that shares one part only there.
     pub agreement: f32,
     /// How alike the frame's pixels and the reference's are under [`Self::fitted`]
-    /// ([`crate::appearance::Appearance::likeness`]); `None` where not measured (no pixels, an exempt transform,
-    /// too little of the object in the frame).
+    /// ([`crate::appearance::Appearance::likeness`]); `None` where not measured (no pixels, an
+    /// exempt transform, too little of the object in the frame).
     pub likeness: Option<Likeness>,
     /// The transform refitted to all its inliers by least squares.
     pub fitted: Similarity,
@@ -430,15 +430,12 @@ fn inlier_spread(
     p: &VerifyParams,
     object: [f32; 4],
 ) -> f32 {
-    let thr2 = p.inlier_cells * p.inlier_cells;
     let mut lo = [f32::INFINITY; 2];
     let mut hi = [f32::NEG_INFINITY; 2];
-    for &(fi, vi, _) in pairs {
-        if miss2(frame, view, (fi, vi), t) <= thr2 {
-            for k in 0..2 {
-                lo[k] = lo[k].min(view.pos[vi][k]);
-                hi[k] = hi[k].max(view.pos[vi][k]);
-            }
+    for (_, vi) in inliers_of(frame, view, pairs, t, p) {
+        for k in 0..2 {
+            lo[k] = lo[k].min(view.pos[vi][k]);
+            hi[k] = hi[k].max(view.pos[vi][k]);
         }
     }
     if lo[0] > hi[0] {
@@ -447,6 +444,21 @@ fn inlier_spread(
     let span = (hi[0] - lo[0] + 1.0) * (hi[1] - lo[1] + 1.0);
     let area = ((object[2] - object[0]) * (object[3] - object[1])).max(1.0);
     (span / area).min(1.0)
+}
+
+/// The pairs `(frame cell, view cell)` that agree with `t`.
+fn inliers_of<'a>(
+    frame: &'a Cells,
+    view: &'a Cells,
+    pairs: &'a [(usize, usize, f32)],
+    t: &'a Similarity,
+    p: &VerifyParams,
+) -> impl Iterator<Item = (usize, usize)> + 'a {
+    let thr2 = p.inlier_cells * p.inlier_cells;
+    pairs
+        .iter()
+        .map(|&(fi, vi, _)| (fi, vi))
+        .filter(move |&pair| miss2(frame, view, pair, t) <= thr2)
 }
 
 /// The least-squares similarity through the pairs that agree with `t`: the exhaustive search
@@ -459,29 +471,26 @@ fn refit(
     t: &Similarity,
     p: &VerifyParams,
 ) -> Similarity {
-    let thr2 = p.inlier_cells * p.inlier_cells;
-    let inliers: Vec<([f32; 2], [f32; 2])> = pairs
-        .iter()
-        .filter(|&&(fi, vi, _)| miss2(frame, view, (fi, vi), t) <= thr2)
-        .map(|&(fi, vi, _)| (view.pos[vi], frame.pos[fi]))
+    // (reference point, frame point) of each inlier
+    let points: Vec<([f32; 2], [f32; 2])> = inliers_of(frame, view, pairs, t, p)
+        .map(|(fi, vi)| (view.pos[vi], frame.pos[fi]))
         .collect();
-    if inliers.len() < 3 {
+    if points.len() < 3 {
         return *t;
     }
-    let n = inliers.len() as f32;
-    let mean = |k: usize, side: usize| {
-        inliers
-            .iter()
-            .map(|pr| if side == 0 { pr.0[k] } else { pr.1[k] })
-            .sum::<f32>()
-            / n
-    };
-    let (rx, ry, fx, fy) = (mean(0, 0), mean(1, 0), mean(0, 1), mean(1, 1));
-    // a = sum (f - f̄) conj(r - r̄) / sum |r - r̄|²
+    let n = points.len() as f32;
+    let (mut r_mean, mut f_mean) = ([0f32; 2], [0f32; 2]);
+    for (r, f) in &points {
+        for k in 0..2 {
+            r_mean[k] += r[k] / n;
+            f_mean[k] += f[k] / n;
+        }
+    }
+    // a = sum (f - f̄) conj(r - r̄) / sum |r - r̄|², as complex numbers
     let (mut re, mut im, mut den) = (0f32, 0f32, 0f32);
-    for (r, f) in &inliers {
-        let (ur, ui) = (r[0] - rx, r[1] - ry);
-        let (vr, vi) = (f[0] - fx, f[1] - fy);
+    for (r, f) in &points {
+        let (ur, ui) = (r[0] - r_mean[0], r[1] - r_mean[1]);
+        let (vr, vi) = (f[0] - f_mean[0], f[1] - f_mean[1]);
         re += vr * ur + vi * ui;
         im += vi * ur - vr * ui;
         den += ur * ur + ui * ui;
@@ -490,11 +499,10 @@ fn refit(
         return *t;
     }
     let a = [re / den, im / den];
-    let s = Similarity { a, b: [0.0, 0.0] };
-    let m = s.apply([rx, ry]);
+    let m = Similarity { a, b: [0.0, 0.0] }.apply(r_mean);
     Similarity {
         a,
-        b: [fx - m[0], fy - m[1]],
+        b: [f_mean[0] - m[0], f_mean[1] - m[1]],
     }
 }
 
@@ -954,6 +962,58 @@ mod tests {
         assert_eq!(found, None, "drawn otherwise over the same cells");
         // without pixels there is nothing to judge by
         assert!(set.verify(&fc, &sims, None, &p, None).is_some());
+    }
+
+    #[test]
+    fn the_refit_transform_is_closer_than_the_one_through_two_pairs() {
+        // frame cells where a true similarity puts the reference's, each off by up to half a
+        // cell (a cell centre is where the feature map says, not where the product is)
+        let truth = Similarity {
+            a: [1.2, 0.25],
+            b: [3.0, 2.0],
+        };
+        let at = |pos: Vec<[f32; 2]>| Cells {
+            dim: 1,
+            desc: vec![1.0; pos.len()],
+            size: (16, 16),
+            chroma: Vec::new(),
+            pos,
+        };
+        let view = at((0..36)
+            .map(|i| [(i % 6) as f32 + 0.5, (i / 6) as f32 + 0.5])
+            .collect());
+        let frame = at(view
+            .pos
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                let [x, y] = truth.apply(p);
+                let jitter = |k: usize| ((i * 7 + k * 3) % 5) as f32 / 10.0 - 0.2;
+                [x + jitter(0), y + jitter(1)]
+            })
+            .collect());
+        let pairs: Vec<(usize, usize, f32)> = (0..36).map(|i| (i, i, 1.0)).collect();
+        // through two of the pairs, as the search finds it
+        let rough = Similarity::through(view.pos[0], frame.pos[0], view.pos[7], frame.pos[7])
+            .expect("two distinct cells");
+        let p = VerifyParams::default();
+        let fitted = refit(&frame, &view, &pairs, &rough, &p);
+        let error = |t: &Similarity| {
+            view.pos
+                .iter()
+                .map(|&q| {
+                    let (a, b) = (t.apply(q), truth.apply(q));
+                    (a[0] - b[0]).hypot(a[1] - b[1])
+                })
+                .fold(0f32, f32::max)
+        };
+        assert!(error(&fitted) < 0.25, "{fitted:?}: {}", error(&fitted));
+        assert!(
+            error(&fitted) < error(&rough) / 2.0,
+            "{} vs {}",
+            error(&fitted),
+            error(&rough)
+        );
     }
 
     #[test]
