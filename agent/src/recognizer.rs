@@ -388,7 +388,8 @@ impl Recognizer {
                 bbox = ?v.bbox,
                 spread = v.spread,
                 agreement = v.agreement,
-                likeness = ?v.likeness,
+                likeness_pixels = v.likeness.map(|l| l.pixels),
+                likeness_edges = v.likeness.map(|l| l.edges),
                 "candidate verified"
             );
             if v.inliers < MIN_INLIERS {

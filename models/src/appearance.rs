@@ -223,34 +223,23 @@ impl Appearance {
         cell: f32,
         reach: f32,
     ) -> Option<Likeness> {
-        let [ar, ai] = [t.a[0] / scale, t.a[1] / scale];
-        let den = ar * ar + ai * ai;
-        if den < 1e-9 {
+        // reference pixels to frame pixels
+        let px = Similarity {
+            a: [t.a[0] / scale, t.a[1] / scale],
+            b: [cell * t.b[0], cell * t.b[1]],
+        };
+        let [ar, ai] = px.a;
+        if ar * ar + ai * ai < 1e-9 {
             return None;
         }
-        // frame pixel = a * reference pixel + cell * b
-        let (bx, by) = (cell * t.b[0], cell * t.b[1]);
-        let to_ref = |x: f32, y: f32| -> (f32, f32) {
-            let (dx, dy) = (x - bx, y - by);
-            ((dx * ar + dy * ai) / den, (dy * ar - dx * ai) / den)
-        };
         // the object's extent in the frame
-        let [ox0, oy0, ox1, oy1] = self.object;
-        if ox0 > ox1 {
+        if self.object[0] > self.object[2] {
             return None;
         }
-        let corners = [[ox0, oy0], [ox1, oy0], [ox0, oy1], [ox1, oy1]]
-            .map(|[x, y]| [ar * x - ai * y + bx, ai * x + ar * y + by]);
-        let lo = |k: usize| corners.iter().map(|c| c[k]).fold(f32::INFINITY, f32::min);
-        let hi = |k: usize| {
-            corners
-                .iter()
-                .map(|c| c[k])
-                .fold(f32::NEG_INFINITY, f32::max)
-        };
+        let [lo_x, lo_y, hi_x, hi_y] = px.carry_box(self.object);
         let (fw, fh) = frame.size();
-        let (x0, x1) = (lo(0).max(0.0), hi(0).min(fw as f32 - 1.0));
-        let (y0, y1) = (lo(1).max(0.0), hi(1).min(fh as f32 - 1.0));
+        let (x0, x1) = (lo_x.max(0.0), hi_x.min(fw as f32 - 1.0));
+        let (y0, y1) = (lo_y.max(0.0), hi_y.min(fh as f32 - 1.0));
         if x1 <= x0 || y1 <= y0 {
             return None;
         }
@@ -270,7 +259,7 @@ impl Appearance {
             let mut x = x0;
             while x <= x1 {
                 if let Some((v, j)) = frame.at(x, y) {
-                    samples.push((to_ref(x, y), v, j));
+                    samples.push((px.invert([x, y]), v, j));
                 }
                 x += step;
             }
@@ -280,8 +269,12 @@ impl Appearance {
         let angle = 2.0 * ai.atan2(ar);
         let turn = (angle.cos(), angle.sin());
         // a shift of the product by (dx, dy) frame pixels, judged by both measures together
+        let turned = Similarity {
+            a: px.a,
+            b: [0.0, 0.0],
+        };
         let at = |(dx, dy): (f32, f32)| {
-            let (rx, ry) = ((dx * ar + dy * ai) / den, (dy * ar - dx * ai) / den);
+            let [rx, ry] = turned.invert([dx, dy]);
             self.correlation(&samples, rx, ry, turn)
         };
         let score = |l: &Likeness| l.pixels + l.edges;
@@ -315,7 +308,7 @@ impl Appearance {
 
     fn correlation(
         &self,
-        samples: &[((f32, f32), f32, [f32; 2])],
+        samples: &[([f32; 2], f32, [f32; 2])],
         rx: f32,
         ry: f32,
         (c, s): (f32, f32),
@@ -323,7 +316,7 @@ impl Appearance {
         let (mut n, mut sa, mut sb, mut saa, mut sbb, mut sab) =
             (0f32, 0f32, 0f32, 0f32, 0f32, 0f32);
         let (mut dot, mut rr, mut ff) = (0f32, 0f32, 0f32);
-        for &((x, y), b, j) in samples {
+        for &([x, y], b, j) in samples {
             let Some((a, r, m)) = self.at(x - rx, y - ry) else {
                 continue;
             };

@@ -161,6 +161,28 @@ impl Similarity {
         ]
     }
 
+    /// Maps a frame point back onto the reference (`a` must not be zero).
+    pub fn invert(&self, p: [f32; 2]) -> [f32; 2] {
+        let [ar, ai] = self.a;
+        let den = ar * ar + ai * ai;
+        let (dx, dy) = (p[0] - self.b[0], p[1] - self.b[1]);
+        [(dx * ar + dy * ai) / den, (dy * ar - dx * ai) / den]
+    }
+
+    /// The box `[x0, y0, x1, y1]` around the four corners of the reference rectangle `r`
+    /// carried into the frame.
+    pub fn carry_box(&self, [x0, y0, x1, y1]: [f32; 4]) -> [f32; 4] {
+        let corners = [[x0, y0], [x1, y0], [x0, y1], [x1, y1]].map(|c| self.apply(c));
+        let lo = |k: usize| corners.iter().map(|c| c[k]).fold(f32::INFINITY, f32::min);
+        let hi = |k: usize| {
+            corners
+                .iter()
+                .map(|c| c[k])
+                .fold(f32::NEG_INFINITY, f32::max)
+        };
+        [lo(0), lo(1), hi(0), hi(1)]
+    }
+
     /// The scale factor.
     pub fn scale(&self) -> f32 {
         self.a[0].hypot(self.a[1])
@@ -689,15 +711,10 @@ impl ViewSet {
             if best.as_ref().is_some_and(|(_, b)| b.inliers >= inliers) {
                 continue;
             }
-            let [x0, y0, x1, y1] = view.object;
             let spread = inlier_spread(frame, &view.cells, &pairs, &t, p, view.object);
-            let corners = [[x0, y0], [x1, y0], [x0, y1], [x1, y1]].map(|c| t.apply(c));
-            let xs = corners.map(|c| c[0]);
-            let ys = corners.map(|c| c[1]);
-            let lo = |v: [f32; 4]| v.into_iter().fold(f32::INFINITY, f32::min);
-            let hi = |v: [f32; 4]| v.into_iter().fold(f32::NEG_INFINITY, f32::max);
-            let box_cells = (hi(xs).min(fw as f32) - lo(xs).max(0.0)).max(1.0)
-                * (hi(ys).min(fh as f32) - lo(ys).max(0.0)).max(1.0);
+            let [x0, y0, x1, y1] = t.carry_box(view.object);
+            let box_cells = (x1.min(fw as f32) - x0.max(0.0)).max(1.0)
+                * (y1.min(fh as f32) - y0.max(0.0)).max(1.0);
             let density = inliers as f32 / box_cells;
             if inliers < p.dense_exempt && density < p.min_density {
                 continue;
@@ -712,10 +729,10 @@ impl ViewSet {
             let agreement = agreement(frame, &view.cells, sims, cols.start, &t);
             let fitted = refit(frame, &view.cells, &pairs, &t, p);
             let bbox = [
-                (lo(xs) / fw as f32).clamp(0.0, 1.0),
-                (lo(ys) / fh as f32).clamp(0.0, 1.0),
-                (hi(xs) / fw as f32).clamp(0.0, 1.0),
-                (hi(ys) / fh as f32).clamp(0.0, 1.0),
+                (x0 / fw as f32).clamp(0.0, 1.0),
+                (y0 / fh as f32).clamp(0.0, 1.0),
+                (x1 / fw as f32).clamp(0.0, 1.0),
+                (y1 / fh as f32).clamp(0.0, 1.0),
             ];
             best = Some((
                 vi,
@@ -962,6 +979,26 @@ mod tests {
         assert_eq!(found, None, "drawn otherwise over the same cells");
         // without pixels there is nothing to judge by
         assert!(set.verify(&fc, &sims, None, &p, None).is_some());
+    }
+
+    #[test]
+    fn a_transform_maps_back_and_carries_a_box_to_its_corners_bounds() {
+        // scale 1, turned by atan2(0.8, 0.6)
+        let t = Similarity {
+            a: [0.6, 0.8],
+            b: [3.0, -1.0],
+        };
+        let back = t.invert(t.apply([2.5, 4.0]));
+        assert!(
+            (back[0] - 2.5).abs() < 1e-5 && (back[1] - 4.0).abs() < 1e-5,
+            "{back:?}"
+        );
+        // corners (0,0) (2,0) (0,1) (2,1) land at (3,-1) (4.2,0.6) (2.2,-0.4) (3.4,1.2)
+        let want = [2.2, -1.0, 4.2, 1.2];
+        let got = t.carry_box([0.0, 0.0, 2.0, 1.0]);
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "{got:?}");
+        }
     }
 
     #[test]
