@@ -375,6 +375,7 @@ fn main() {
         width,
         height,
         catalog_poll: Duration::from_secs(2),
+        zoom: true,
         slowdown: Duration::ZERO,
     };
     let (recognizer, _) =

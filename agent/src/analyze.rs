@@ -53,6 +53,7 @@ pub fn analyze(
         args.analysis.width as usize,
         args.analysis.height as usize,
     )?;
+    let recognizer = recognizer.with_zoom(args.analysis.zoom);
     let source = Source::Uri {
         uri,
         realtime: false,

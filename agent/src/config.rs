@@ -214,10 +214,21 @@ pub struct RawAnalysis {
     /// How often the catalog directory is checked for changes (new products, new photos).
     #[serde(default = "default_catalog_poll")]
     pub catalog_poll_secs: f64,
+    /// Look at one small region of each analysed frame again at twice the scale, where the
+    /// regional descriptors point to a product the whole frame did not verify: products a
+    /// sixth of the frame high or thin ones (scissors, a phone, a bag in a corner) are found
+    /// there. Turn off only on a machine that cannot keep up with `fps` otherwise.
+    #[serde(default = "default_zoom")]
+    pub zoom: bool,
     /// Extra time spent on every analysed frame, as a slower model or machine would: for
     /// checking that a slow analysis never costs the upload a frame. Leave at 0 on air.
     #[serde(default)]
     pub slowdown_ms: u64,
+}
+
+/// Whether small regions are looked at again by default.
+pub fn default_zoom() -> bool {
+    true
 }
 
 fn default_catalog_poll() -> f64 {
@@ -789,6 +800,8 @@ pub struct AnalysisConfig {
     pub height: u32,
     /// Catalog change polling interval.
     pub catalog_poll: Duration,
+    /// Look at one small region a frame again, enlarged.
+    pub zoom: bool,
     /// Deliberate extra time per analysed frame (testing only).
     pub slowdown: Duration,
 }
@@ -1129,6 +1142,7 @@ impl RawConfig {
                 width: a.width,
                 height: a.height,
                 catalog_poll: positive_secs("analysis.catalog_poll_secs", a.catalog_poll_secs)?,
+                zoom: a.zoom,
                 slowdown: Duration::from_millis(a.slowdown_ms),
             },
             studio: self.studio,

@@ -78,6 +78,9 @@ struct AnalyzeCmd {
     /// Analysis height (multiple of 32).
     #[arg(long, default_value_t = config::default_height())]
     height: u32,
+    /// Do not look at small regions again, enlarged (`analysis.zoom = false`).
+    #[arg(long)]
+    no_zoom: bool,
     /// The video file.
     video: PathBuf,
 }
@@ -216,6 +219,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     width: a.width,
                     height: a.height,
                     catalog_poll: std::time::Duration::from_secs(2),
+                    zoom: !a.no_zoom,
                     slowdown: std::time::Duration::ZERO,
                 },
                 // `--config` (global) brings the file's [tracker] thresholds to offline runs,

@@ -63,6 +63,8 @@ pub struct Recognizer {
     verify: VerifyParams,
     /// Products the regional descriptors shortlist for verification in each frame.
     shortlist: usize,
+    /// Whether one small region a frame is verified again, enlarged.
+    zoom: bool,
     device: Device,
     /// Input size frames are analysed at.
     pub width: usize,
@@ -299,6 +301,7 @@ impl Recognizer {
                 grid: RegionGrid::default(),
                 verify: VerifyParams::default(),
                 shortlist: DEFAULT_SHORTLIST,
+                zoom: true,
                 device,
                 width,
                 height,
@@ -311,6 +314,13 @@ impl Recognizer {
     /// [`DEFAULT_SHORTLIST`]).
     pub fn with_shortlist(mut self, n: usize) -> Self {
         self.shortlist = n;
+        self
+    }
+
+    /// Whether one small region of each frame is verified again, enlarged (default on: see
+    /// [`ProductIndex::candidates`]).
+    pub fn with_zoom(mut self, zoom: bool) -> Self {
+        self.zoom = zoom;
         self
     }
 
@@ -371,6 +381,7 @@ impl Recognizer {
             &self.grid,
             self.shortlist,
             &self.verify,
+            self.zoom.then_some(&self.model),
         )?;
         let mut detections = Vec::new();
         for Candidate {

@@ -232,7 +232,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .context("recognizer loader panicked")??
         .0;
-    let recognizer = Arc::new(recognizer);
+    let recognizer = Arc::new(recognizer.with_zoom(cfg.analysis.zoom));
     let watch_stop = shutdown.child_token();
     let watcher = crate::catalog_watch::spawn(
         recognizer.clone(),

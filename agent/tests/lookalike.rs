@@ -32,13 +32,18 @@ fn model() -> PathBuf {
 
 /// A real photograph (scikit-image's coffee cup, public domain) stretched over the frame.
 fn backdrop() -> image::RgbImage {
+    backdrop_of(W, H)
+}
+
+/// [`backdrop`] for a `w x h` frame.
+fn backdrop_of(w: usize, h: usize) -> image::RgbImage {
     let photo = image::open(repo().join("models/testdata/images/coffee.png"))
         .expect("the test photo is in the repo")
         .to_rgb8();
     image::imageops::resize(
         &photo,
-        W as u32,
-        H as u32,
+        w as u32,
+        h as u32,
         image::imageops::FilterType::Triangle,
     )
 }
@@ -46,8 +51,13 @@ fn backdrop() -> image::RgbImage {
 /// The frame with `art` pasted `side` pixels square at `(x, y)`; returns the frame and the
 /// normalised box of the pasted square.
 fn frame_with(art: &str, x: u32, y: u32, side: u32) -> (Vec<u8>, [f32; 4]) {
+    frame_of(art, x, y, side, (W, H))
+}
+
+/// [`frame_with`] for a `w x h` frame.
+fn frame_of(art: &str, x: u32, y: u32, side: u32, (w, h): (usize, usize)) -> (Vec<u8>, [f32; 4]) {
     let product = photo_to_rgb(Path::new(art), side).expect("clip art");
-    let mut frame = backdrop();
+    let mut frame = backdrop_of(w, h);
     // only the opaque part of the clip art is pasted: the backdrop shows around it
     for (px, py, p) in product.rgb.enumerate_pixels() {
         let a = product.coverage[(py * side + px) as usize];
@@ -57,10 +67,10 @@ fn frame_with(art: &str, x: u32, y: u32, side: u32) -> (Vec<u8>, [f32; 4]) {
     }
     let o = product.object;
     let bbox = [
-        (x as f32 + o[0]) / W as f32,
-        (y as f32 + o[1]) / H as f32,
-        (x as f32 + o[2]) / W as f32,
-        (y as f32 + o[3]) / H as f32,
+        (x as f32 + o[0]) / w as f32,
+        (y as f32 + o[1]) / h as f32,
+        (x as f32 + o[2]) / w as f32,
+        (y as f32 + o[3]) / h as f32,
     ];
     (frame.into_raw(), bbox)
 }
@@ -145,4 +155,54 @@ fn a_catalog_larger_than_the_shortlist_is_shortlisted_by_regional_descriptors() 
         .first()
         .unwrap_or_else(|| panic!("the mug is not shortlisted: {found:?}"));
     assert!(iou(mug.bbox, truth) >= 0.4, "{:?} vs {truth:?}", mug.bbox);
+}
+
+#[test]
+fn a_small_product_is_found_by_looking_closer() {
+    // the agent's analysis size, and the mug a sixth of the frame high: its 5 cells of the
+    // mid-level map are mostly its outline and the backdrop around it
+    let (w, h) = (768, 448);
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(MUG, dir.path().join("mug.png")).expect("openclipart-png is installed");
+    std::fs::write(
+        dir.path().join("catalog.toml"),
+        "[[product]]\nsku = \"MUG-001\"\nname = \"Mug\"\nprice = \"9.00\"\ncurrency = \"USD\"\n\
+         url = \"https://shop.example/mug\"\nimages = [\"mug.png\"]\n",
+    )
+    .expect("write");
+    let catalog = Catalog::load(dir.path()).expect("catalog");
+    let (closer, _) = Recognizer::load(&model(), &catalog, w, h).expect("recognizer");
+    let (whole_only, _) = Recognizer::load(&model(), &catalog, w, h).expect("recognizer");
+    let whole_only = whole_only.with_zoom(false);
+    let confirm = TrackerConfig::default().confirm_evidence;
+    // (the backdrop's own coffee cup draws the mug's best small region when the mug is in
+    // the bottom half: the zoom then looks there, and finds nothing)
+    for (x, y) in [(40, 40), (300, 180)] {
+        let (frame, truth) = frame_of(MUG, x, y, 80, (w, h));
+        let mug = |r: &Recognizer| {
+            r.recognise(&frame, w * 3)
+                .expect("recognise")
+                .detections
+                .into_iter()
+                .find(|d| d.sku == "MUG-001")
+        };
+        let seen = mug(&closer).unwrap_or_else(|| panic!("the mug at {x},{y} is not found"));
+        assert!(
+            2.0 * seen.evidence >= confirm,
+            "at {x},{y}: {} inliers, too few to confirm in two frames",
+            seen.evidence
+        );
+        assert!(
+            iou(seen.bbox, truth) >= 0.4,
+            "at {x},{y}: box {:?} is not where the mug is ({truth:?})",
+            seen.bbox
+        );
+        // the whole frame alone does not see it well enough to confirm it
+        let faint = mug(&whole_only).map_or(0.0, |d| d.evidence);
+        assert!(
+            2.0 * faint < confirm && faint < seen.evidence,
+            "at {x},{y}: {faint} inliers without the zoom against {} with it",
+            seen.evidence
+        );
+    }
 }

@@ -189,6 +189,7 @@ fn recognise(
             &RegionGrid::default(),
             SHORTLIST,
             &VerifyParams::default(),
+            Some(model),
         )
         .expect("match")
         .len()

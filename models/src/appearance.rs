@@ -19,9 +19,9 @@ use crate::verify::Similarity;
 /// A frame's pixels, as the likeness reads them.
 #[derive(Debug, Clone, Copy)]
 pub struct FramePixels<'a> {
-    rgb: &'a [u8],
-    size: (usize, usize),
-    stride: usize,
+    pub(crate) rgb: &'a [u8],
+    pub(crate) size: (usize, usize),
+    pub(crate) stride: usize,
 }
 
 impl<'a> FramePixels<'a> {

@@ -186,10 +186,9 @@ impl CatalogIndex {
     /// For every product, its best-scoring region among the regions where it beats every other
     /// product (so one look-alike region does not report two products); best first.
     pub fn best_per_product(&self, regions: &Regions) -> Result<Vec<Match>> {
-        let Some(refs) = &self.references_t else {
+        let Some(sims) = self.similarities(regions)? else {
             return Ok(Vec::new());
         };
-        let sims: Vec<Vec<f32>> = regions.descriptors.matmul(refs)?.to_vec2()?;
         let mut best: Vec<Option<Match>> = vec![None; self.products.len()];
         for (r, row) in sims.iter().enumerate() {
             let Some((m, &score)) = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) else {
@@ -207,6 +206,48 @@ impl CatalogIndex {
         let mut out: Vec<Match> = best.into_iter().flatten().collect();
         out.sort_by(|a, b| b.score.total_cmp(&a.score));
         Ok(out)
+    }
+
+    /// `product`'s best-scoring region among those `keep` accepts (by box), whichever product
+    /// wins it; `None` when there is no such region (or no reference).
+    pub fn best_region_for(
+        &self,
+        product: usize,
+        regions: &Regions,
+        keep: impl Fn(&[f32; 4]) -> bool,
+    ) -> Result<Option<Match>> {
+        let Some(sims) = self.similarities(regions)? else {
+            return Ok(None);
+        };
+        let mut best: Option<Match> = None;
+        for (row, bbox) in sims.iter().zip(&regions.boxes) {
+            if !keep(bbox) {
+                continue;
+            }
+            let score = row
+                .iter()
+                .zip(&self.owners)
+                .filter(|(_, &p)| p == product)
+                .map(|(&s, _)| s)
+                .fold(f32::NEG_INFINITY, f32::max);
+            if best.as_ref().is_none_or(|b| score > b.score) {
+                best = Some(Match {
+                    product,
+                    score,
+                    bbox: *bbox,
+                });
+            }
+        }
+        Ok(best)
+    }
+
+    /// Cosine similarity of every region (rows) to every reference photo (columns); `None`
+    /// for an empty index.
+    fn similarities(&self, regions: &Regions) -> Result<Option<Vec<Vec<f32>>>> {
+        let Some(refs) = &self.references_t else {
+            return Ok(None);
+        };
+        Ok(Some(regions.descriptors.matmul(refs)?.to_vec2()?))
     }
 }
 
@@ -250,5 +291,40 @@ mod tests {
         let b = best.iter().find(|m| m.product == 1).expect("b");
         assert_eq!(b.bbox, [0.5, 0.5, 1.0, 1.0]);
         assert!(a.score > 0.9 && b.score > 0.9);
+    }
+
+    #[test]
+    fn a_products_best_region_among_those_kept() {
+        // channel 0 strong top-left and channel 1 a little everywhere: the whole map scores
+        // best for product a, the top-left window best among the windows
+        let mut map = vec![0.1f32; 4 * 2 * 2];
+        map[0] = 5.0;
+        let f = Tensor::from_vec(map, (1, 4, 2, 2), &Device::Cpu).expect("tensor");
+        let regions = regional_descriptors(&f, &RegionGrid { levels: 2 }).expect("regions");
+        let index = CatalogIndex::new(
+            vec![
+                ("a".into(), vec![1.0, 0.0, 0.0, 0.0]),
+                ("b".into(), vec![0.0, 1.0, 0.0, 0.0]),
+            ],
+            &Device::Cpu,
+        )
+        .expect("index");
+        let small = |b: &[f32; 4]| (b[2] - b[0]) * (b[3] - b[1]) <= 0.25;
+        let best = index
+            .best_region_for(0, &regions, small)
+            .expect("match")
+            .expect("a region");
+        assert_eq!((best.product, best.bbox), (0, [0.0, 0.0, 0.5, 0.5]));
+        // product b's best window is one without channel 0's peak
+        let b = index
+            .best_region_for(1, &regions, small)
+            .expect("match")
+            .expect("a region");
+        assert_ne!(b.bbox, [0.0, 0.0, 0.5, 0.5]);
+        assert!(b.score < best.score);
+        let none = index
+            .best_region_for(0, &regions, |_| false)
+            .expect("match");
+        assert_eq!(none, None, "no region kept, none returned");
     }
 }

@@ -325,6 +325,23 @@ impl Default for VerifyParams {
     }
 }
 
+impl VerifyParams {
+    /// The rules for a region enlarged `zoom` times: an object there spans `zoom²` times the
+    /// cells, so inlier counts that exempt a match from the density, ratio, agreement and
+    /// likeness rules are `zoom` times higher. With the frame's exemptions, a look-alike bottle
+    /// zoomed into passed as the catalog hat, and look-alike scissors as the catalog ones, on
+    /// 16-18 inliers each (split B, clip 3).
+    pub fn zoomed(&self, zoom: usize) -> VerifyParams {
+        VerifyParams {
+            dense_exempt: self.dense_exempt * zoom,
+            ratio_exempt: self.ratio_exempt * zoom,
+            agreement_exempt: self.agreement_exempt * zoom,
+            likeness_exempt: self.likeness_exempt * zoom,
+            ..self.clone()
+        }
+    }
+}
+
 /// The outcome of verifying one reference view against a frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verified {
