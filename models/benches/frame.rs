@@ -4,7 +4,9 @@
 //!
 //! `cargo bench --profile dev -p spotter-models --bench frame -- --io-dir DIR [--sizes 768x448,512x288,384x224,224x224]
 //! [--warmup 5] [--runs 20] [--blocks]`: reads `DIR/input-WxH.f32` (raw little-endian `(1, 3, H, W)`) where
-//! present, writes `DIR/candle-WxH.f32` (the `(1, 1280, H/32, W/32)` feature map). Threads follow
+//! present, writes `DIR/candle-WxH.f32` (the `(1, 1280, H/32, W/32)` feature map). Also reports
+//! `likeness_ms` (the pixel likeness of one candidate) and `zoom_forward_ms` (the pass over a
+//! zoomed region, `zoom_side` pixels square). Threads follow
 //! `RAYON_NUM_THREADS` (candle's matrix products and the model's own kernels alike).
 
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use spotter_models::appearance::{Appearance, FramePixels};
+use spotter_models::matching::ZOOM;
 use spotter_models::verify::{cells, ReferenceView, Similarity, VerifyParams, ViewSet};
 use spotter_models::{
     preprocess, CatalogIndex, EfficientNetLite0, FrameFeatures, LiteConfig, ProductIndex,
@@ -320,6 +323,17 @@ fn main() {
             recognise(&model, &index, &rgb, (w, h));
         });
         let (likeness_ms, _) = likeness_ms(&rgb, (w, h), args.warmup, args.runs);
+        // the zoom's own pass (matching::ZOOM): R-MAC's finest window enlarged, up to the
+        // mid-level tap; a frame runs it at most once, when a shortlisted product is weak
+        let cells = 2 * (h / 32).min(w / 32) / (RegionGrid::default().levels + 1);
+        let zoomed_side = cells * 32 * ZOOM;
+        let zx = Tensor::randn(0f32, 1f32, (1, 3, zoomed_side, zoomed_side), &device)
+            .expect("zoomed input");
+        let (zoom_forward_ms, _) = time_ms(args.warmup, args.runs, || {
+            model
+                .mid_features(&zx, MID_TAP_BLOCK)
+                .expect("zoom forward");
+        });
         sizes.push(serde_json::json!({
             "size": name,
             "forward_ms": forward_ms,
@@ -329,6 +343,8 @@ fn main() {
             "verified": verified,
             "part_ms": part_ms,
             "likeness_ms": likeness_ms,
+            "zoom_side": zoomed_side,
+            "zoom_forward_ms": zoom_forward_ms,
         }));
     }
     let report = serde_json::json!({

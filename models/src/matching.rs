@@ -69,10 +69,11 @@ impl ProductIndex {
     /// half-hidden book).
     ///
     /// With `zoom`, the model the frame's maps came from, one small region is looked at again,
-    /// [`ZOOM`] times larger: the best-scoring shortlisted product that the whole frame did not
-    /// verify well (under [`ZOOM_BELOW`] inliers) and whose region is small. Every shortlisted
-    /// product is verified in it (with [`VerifyParams::zoomed`]), and a product keeps whichever
-    /// of its two matches has more inliers, with its box carried back to the frame.
+    /// [`ZOOM`] times larger: the best small region of the best-ranked shortlisted product that
+    /// the whole frame did not verify well (under 8 inliers). Every shortlisted product is
+    /// verified in it (with [`VerifyParams::zoomed`]); a product keeps whichever of its two
+    /// matches has more inliers, with its box carried back to the frame, and those found only
+    /// there come last.
     pub fn candidates(
         &self,
         frame: FrameFeatures<'_>,
