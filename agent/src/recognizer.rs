@@ -387,6 +387,7 @@ impl Recognizer {
         for Candidate {
             product,
             verified: v,
+            zoomed,
         } in candidates
         {
             let sku = &index.global.products()[product];
@@ -401,6 +402,7 @@ impl Recognizer {
                 agreement = v.agreement,
                 likeness_pixels = v.likeness.map(|l| l.pixels),
                 likeness_edges = v.likeness.map(|l| l.edges),
+                zoomed,
                 "candidate verified"
             );
             if v.inliers < MIN_INLIERS {

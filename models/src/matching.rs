@@ -14,7 +14,7 @@ use crate::verify::{cells, competition, Similarities, Verified, VerifyParams, Vi
 /// How much a zoomed region is enlarged: a product a fifth of the frame high (90 pixels at
 /// 768x448) spans 5-6 cells of the stride-16 map, most of them half background; twice as large,
 /// thin or small products (scissors, a phone, a bag in a corner) that had given 2-4 inliers gave
-/// 9-18.
+/// 9-22 (split B).
 pub const ZOOM: usize = 2;
 
 /// A shortlisted product's region is zoomed only when it covers at most this much of the frame
@@ -55,8 +55,11 @@ pub struct FrameFeatures<'a> {
 pub struct Candidate {
     /// Index into `global.products()`.
     pub product: usize,
-    /// Its best view's verification.
+    /// Its best view's verification (its box in the frame; its transform, in the zoomed region
+    /// when `zoomed`).
     pub verified: Verified,
+    /// Whether it was verified in the zoomed region, not the whole frame.
+    pub zoomed: bool,
 }
 
 impl ProductIndex {
@@ -114,6 +117,7 @@ impl ProductIndex {
         )?;
         for mut c in closer {
             c.verified.bbox = zoomed.to_frame(c.verified.bbox);
+            c.zoomed = true;
             match found.iter_mut().find(|f| f.product == c.product) {
                 Some(f) if f.verified.inliers >= c.verified.inliers => {}
                 Some(f) => *f = c,
@@ -178,7 +182,11 @@ impl ProductIndex {
             .filter_map(|((&product, sims), floor)| {
                 let (_, verified) =
                     self.views[product].verify(&cells, sims, Some(floor), params, Some(&pixels))?;
-                Some(Candidate { product, verified })
+                Some(Candidate {
+                    product,
+                    verified,
+                    zoomed: false,
+                })
             })
             .collect())
     }
