@@ -75,8 +75,8 @@ fn frame_of(art: &str, x: u32, y: u32, side: u32, (w, h): (usize, usize)) -> (Ve
     (frame.into_raw(), bbox)
 }
 
-#[test]
-fn the_catalog_mug_is_found_and_look_alikes_are_not() {
+/// A catalog of the mug alone, in a temporary directory that lives as long as the first value.
+fn mug_catalog() -> (tempfile::TempDir, Catalog) {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::copy(MUG, dir.path().join("mug.png")).expect("openclipart-png is installed");
     std::fs::write(
@@ -86,6 +86,12 @@ fn the_catalog_mug_is_found_and_look_alikes_are_not() {
     )
     .expect("write");
     let catalog = Catalog::load(dir.path()).expect("catalog");
+    (dir, catalog)
+}
+
+#[test]
+fn the_catalog_mug_is_found_and_look_alikes_are_not() {
+    let (_dir, catalog) = mug_catalog();
     let (r, _) = Recognizer::load(&model(), &catalog, W, H).expect("recognizer");
     // what the tracker takes as a sighting by default
     let sighting = TrackerConfig::default().min_score;
@@ -162,15 +168,7 @@ fn a_small_product_is_found_by_looking_closer() {
     // the agent's analysis size, and the mug a sixth of the frame high: its 5 cells of the
     // mid-level map are mostly its outline and the backdrop around it
     let (w, h) = (768, 448);
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(MUG, dir.path().join("mug.png")).expect("openclipart-png is installed");
-    std::fs::write(
-        dir.path().join("catalog.toml"),
-        "[[product]]\nsku = \"MUG-001\"\nname = \"Mug\"\nprice = \"9.00\"\ncurrency = \"USD\"\n\
-         url = \"https://shop.example/mug\"\nimages = [\"mug.png\"]\n",
-    )
-    .expect("write");
-    let catalog = Catalog::load(dir.path()).expect("catalog");
+    let (_dir, catalog) = mug_catalog();
     let (closer, _) = Recognizer::load(&model(), &catalog, w, h).expect("recognizer");
     let (whole_only, _) = Recognizer::load(&model(), &catalog, w, h).expect("recognizer");
     let whole_only = whole_only.with_zoom(false);
