@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use spotter_agent::config::TrackerConfig;
 use spotter_agent::recognizer::{photo_to_rgb, Recognizer};
-use spotter_agent::tracker::iou;
+use spotter_agent::tracker::{iou, Detection};
 use spotter_protocol::Catalog;
 
 const MUG: &str = "/usr/share/openclipart/png/food/beverages/mug.png";
@@ -89,6 +89,21 @@ fn mug_catalog() -> (tempfile::TempDir, Catalog) {
     (dir, catalog)
 }
 
+/// `found` has inliers enough to confirm in two frames, and its box overlaps `truth` (IoU at
+/// least 0.4); `at` starts the failure messages.
+fn assert_confirmable_where(found: &Detection, truth: [f32; 4], at: &str) {
+    assert!(
+        2.0 * found.evidence >= TrackerConfig::default().confirm_evidence,
+        "{at}{} inliers: too few to confirm in two frames",
+        found.evidence
+    );
+    assert!(
+        iou(found.bbox, truth) >= 0.4,
+        "{at}box {:?} is not where the mug is ({truth:?})",
+        found.bbox
+    );
+}
+
 #[test]
 fn the_catalog_mug_is_found_and_look_alikes_are_not() {
     let (_dir, catalog) = mug_catalog();
@@ -103,16 +118,7 @@ fn the_catalog_mug_is_found_and_look_alikes_are_not() {
         .iter()
         .find(|d| d.sku == "MUG-001")
         .unwrap_or_else(|| panic!("the catalog mug is not found: {found:?}"));
-    assert!(
-        2.0 * mug.evidence >= TrackerConfig::default().confirm_evidence,
-        "{} inliers: too few to confirm in two frames",
-        mug.evidence
-    );
-    assert!(
-        iou(mug.bbox, truth) >= 0.4,
-        "box {:?} is not where the mug is ({truth:?})",
-        mug.bbox
-    );
+    assert_confirmable_where(mug, truth, "");
 
     for (what, art) in [("another mug", OTHER_MUG), ("a guitar", OTHER_GUITAR)] {
         let (frame, _) = frame_with(art, 200, 70, 110);
@@ -185,16 +191,7 @@ fn a_small_product_is_found_by_looking_closer() {
                 .find(|d| d.sku == "MUG-001")
         };
         let seen = mug(&closer).unwrap_or_else(|| panic!("the mug at {x},{y} is not found"));
-        assert!(
-            2.0 * seen.evidence >= confirm,
-            "at {x},{y}: {} inliers, too few to confirm in two frames",
-            seen.evidence
-        );
-        assert!(
-            iou(seen.bbox, truth) >= 0.4,
-            "at {x},{y}: box {:?} is not where the mug is ({truth:?})",
-            seen.bbox
-        );
+        assert_confirmable_where(&seen, truth, &format!("at {x},{y}: "));
         // the whole frame alone does not see it well enough to confirm it
         let faint = mug(&whole_only).map_or(0.0, |d| d.evidence);
         assert!(

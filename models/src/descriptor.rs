@@ -268,6 +268,18 @@ mod tests {
         assert!(r.iter().skip(1).any(|&(_, x, _, w)| x + w == 12));
     }
 
+    /// An index of product a (channel 0) and product b (channel 1), one photo each.
+    fn two_products() -> CatalogIndex {
+        CatalogIndex::new(
+            vec![
+                ("a".into(), vec![1.0, 0.0, 0.0, 0.0]),
+                ("b".into(), vec![0.0, 1.0, 0.0, 0.0]),
+            ],
+            &Device::Cpu,
+        )
+        .expect("index")
+    }
+
     #[test]
     fn index_picks_the_region_that_holds_the_product() {
         // a 4-channel 2x2 map: channel 0 strong top-left, channel 1 strong bottom-right
@@ -276,14 +288,7 @@ mod tests {
         map[4 + 3] = 5.0; // ch 1, (1,1)
         let f = Tensor::from_vec(map, (1, 4, 2, 2), &Device::Cpu).expect("tensor");
         let regions = regional_descriptors(&f, &RegionGrid { levels: 2 }).expect("regions");
-        let index = CatalogIndex::new(
-            vec![
-                ("a".into(), vec![1.0, 0.0, 0.0, 0.0]),
-                ("b".into(), vec![0.0, 1.0, 0.0, 0.0]),
-            ],
-            &Device::Cpu,
-        )
-        .expect("index");
+        let index = two_products();
         let best = index.best_per_product(&regions).expect("match");
         assert_eq!(best.len(), 2);
         let a = best.iter().find(|m| m.product == 0).expect("a");
@@ -301,14 +306,7 @@ mod tests {
         map[0] = 5.0;
         let f = Tensor::from_vec(map, (1, 4, 2, 2), &Device::Cpu).expect("tensor");
         let regions = regional_descriptors(&f, &RegionGrid { levels: 2 }).expect("regions");
-        let index = CatalogIndex::new(
-            vec![
-                ("a".into(), vec![1.0, 0.0, 0.0, 0.0]),
-                ("b".into(), vec![0.0, 1.0, 0.0, 0.0]),
-            ],
-            &Device::Cpu,
-        )
-        .expect("index");
+        let index = two_products();
         let small = |b: &[f32; 4]| (b[2] - b[0]) * (b[3] - b[1]) <= 0.25;
         let best = index
             .best_region_for(0, &regions, small)
