@@ -74,9 +74,10 @@ impl ProductIndex {
     /// With `zoom`, the model the frame's maps came from, one small region is looked at again,
     /// [`ZOOM`] times larger: the best small region of the best-ranked shortlisted product that
     /// the whole frame did not verify well (under 8 inliers). Every shortlisted product is
-    /// verified in it (with [`VerifyParams::zoomed`]), for the competition between them, but
-    /// only that product's match is kept, if it has more inliers than the frame's; its box is
-    /// carried back to the frame, and it comes last when the frame had not found it.
+    /// compared with its cells, for the competition between them, but only that product is
+    /// verified there (with [`VerifyParams::zoomed`]) and kept if it has more inliers than the
+    /// frame's match; its box is carried back to the frame, and it comes last when the frame
+    /// had not found it.
     pub fn candidates(
         &self,
         frame: FrameFeatures<'_>,
@@ -98,6 +99,7 @@ impl ProductIndex {
             frame.mid,
             FramePixels::new(frame.rgb, frame.size, frame.stride),
             params,
+            |_| true,
         )?;
         let Some(model) = zoom else {
             return Ok(found);
@@ -114,10 +116,11 @@ impl ProductIndex {
             &mid,
             FramePixels::new(&zoomed.rgb, zoomed.size, zw * 3),
             &params.zoomed(ZOOM),
+            // only the product the region was chosen for: a look-alike wall clock beside the
+            // scissors a zoom was aimed at passed there as the catalog clock (test split, clip 2)
+            |p| p == target,
         )?;
-        // only the product the region was chosen for: a look-alike wall clock beside the
-        // scissors a zoom was aimed at passed there as the catalog clock (test split, clip 2)
-        let Some(mut c) = closer.into_iter().find(|c| c.product == target) else {
+        let Some(mut c) = closer.into_iter().next() else {
             return Ok(found);
         };
         c.verified.bbox = zoomed.to_frame(c.verified.bbox);
@@ -157,14 +160,17 @@ impl ProductIndex {
             .map(|m| (weak.product, m.bbox)))
     }
 
-    /// Verifies `products` against the frame (or zoomed region) whose mid-level map is `mid`
-    /// and whose pixels are `pixels`; returns those that pass, in `products`' order.
+    /// Verifies those of `products` that `verify` picks against the frame (or zoomed region)
+    /// whose mid-level map is `mid` and whose pixels are `pixels`; returns those that pass, in
+    /// `products`' order. Every one of `products` is compared with the cells all the same: the
+    /// competition floors come from all of them.
     fn verify_shortlist(
         &self,
         products: &[usize],
         mid: &Tensor,
         pixels: FramePixels<'_>,
         params: &VerifyParams,
+        verify: impl Fn(usize) -> bool + Sync,
     ) -> Result<Vec<Candidate>> {
         let cells = cells(mid, |_, _| true)?.with_colours(
             pixels.rgb,
@@ -183,6 +189,7 @@ impl ProductIndex {
             .par_iter()
             .zip(&sims)
             .zip(&floors)
+            .filter(|((&product, _), _)| verify(product))
             .filter_map(|((&product, sims), floor)| {
                 let (_, verified) =
                     self.views[product].verify(&cells, sims, Some(floor), params, Some(&pixels))?;
