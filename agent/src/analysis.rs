@@ -78,7 +78,9 @@ pub fn run_loop(
             if shutdown.is_cancelled() {
                 break;
             }
-            let result = backbone.and_then(|b| recognizer.identify(&b, &frame.data, frame.stride));
+            let expected = tracker.expected();
+            let result = backbone
+                .and_then(|b| recognizer.identify(&b, &frame.data, frame.stride, &expected));
             match result {
                 Ok(r) => {
                     stats.frames += 1;

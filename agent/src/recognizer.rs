@@ -13,8 +13,8 @@ use spotter_models::appearance::{Appearance, ViewAppearance};
 use spotter_models::descriptor::global_descriptor;
 use spotter_models::verify::{cells, ReferenceView, VerifyParams, ViewSet};
 use spotter_models::{
-    preprocess, Candidate, CatalogIndex, EfficientNetLite0, FrameFeatures, LiteConfig,
-    ProductIndex, RegionGrid, MID_TAP_BLOCK,
+    preprocess, Candidate, CatalogIndex, EfficientNetLite0, Expected, FrameFeatures, LiteConfig,
+    ProductIndex, RegionGrid, Zoom, MID_TAP_BLOCK,
 };
 use spotter_protocol::Catalog;
 
@@ -339,10 +339,10 @@ impl Recognizer {
     }
 
     /// Recognises products in one packed-RGB frame of `width x height` (rows `stride` bytes apart):
-    /// [`Self::backbone`], then [`Self::identify`].
+    /// [`Self::backbone`], then [`Self::identify`], expecting nothing.
     pub fn recognise(&self, rgb: &[u8], stride: usize) -> Result<Recognition, RecognizerError> {
         let backbone = self.backbone(rgb, stride)?;
-        self.identify(&backbone, rgb, stride)
+        self.identify(&backbone, rgb, stride, &[])
     }
 
     /// The first stage of [`Self::recognise`]: the network's pass over the frame. The analysis
@@ -362,14 +362,28 @@ impl Recognizer {
     /// The second stage of [`Self::recognise`]: shortlist and verify the catalog's products
     /// against the frame `backbone` was computed from (the same `rgb` and `stride`), with the
     /// catalog index current now.
+    ///
+    /// `expected` are products on screen a moment ago, with their last boxes, most recently seen
+    /// first ([`crate::tracker::Tracker::expected`]): with the zoom on, the first of them the
+    /// frame misses is looked for again where it was, enlarged.
     pub fn identify(
         &self,
         backbone: &Backbone,
         rgb: &[u8],
         stride: usize,
+        expected: &[(&str, [f32; 4])],
     ) -> Result<Recognition, RecognizerError> {
         let started = Instant::now();
         let index = self.current_index();
+        let products = index.global.products();
+        let expected: Vec<Expected> = expected
+            .iter()
+            .filter_map(|&(sku, bbox)| {
+                // a product the catalog no longer has is not looked for
+                let product = products.iter().position(|p| p == sku)?;
+                Some(Expected { product, bbox })
+            })
+            .collect();
         let candidates = index.candidates(
             FrameFeatures {
                 features: &backbone.features,
@@ -381,7 +395,10 @@ impl Recognizer {
             &self.grid,
             self.shortlist,
             &self.verify,
-            self.zoom.then_some(&self.model),
+            self.zoom.then_some(Zoom {
+                model: &self.model,
+                expected: &expected,
+            }),
         )?;
         let mut detections = Vec::new();
         for Candidate {
@@ -390,7 +407,7 @@ impl Recognizer {
             zoomed,
         } in candidates
         {
-            let sku = &index.global.products()[product];
+            let sku = &products[product];
             tracing::trace!(
                 sku = %sku,
                 inliers = v.inliers,

@@ -201,3 +201,45 @@ fn a_small_product_is_found_by_looking_closer() {
         );
     }
 }
+
+#[test]
+fn a_product_on_screen_a_moment_ago_is_looked_for_where_it_was() {
+    // the mug small, in the bottom half, where the regional descriptors point the zoom at the
+    // backdrop's own coffee cup: the whole frame and that zoom give it 0-3 inliers
+    let (w, h) = (768, 448);
+    let (_dir, catalog) = mug_catalog();
+    let (r, _) = Recognizer::load(&model(), &catalog, w, h).expect("recognizer");
+    let confirm = TrackerConfig::default().confirm_evidence;
+    let sighting = TrackerConfig::default().min_score;
+    let empty = backdrop_of(w, h).into_raw();
+    for (x, y) in [(40, 300), (400, 320)] {
+        let (frame, truth) = frame_of(MUG, x, y, 80, (w, h));
+        let at = format!("at {x},{y}: ");
+        let mug = |frame: &[u8], expected: &[(&str, [f32; 4])]| {
+            let backbone = r.backbone(frame, w * 3).expect("backbone");
+            r.identify(&backbone, frame, w * 3, expected)
+                .expect("identify")
+                .detections
+                .into_iter()
+                .find(|d| d.sku == "MUG-001")
+        };
+        let faint = mug(&frame, &[]).map_or(0.0, |d| d.evidence);
+        assert!(2.0 * faint < confirm, "{at}{faint} inliers unexpected");
+        // the tracker's last box of it, from a frame before, when it was a little elsewhere
+        let last = [
+            truth[0] + 0.02,
+            truth[1] - 0.03,
+            truth[2] + 0.02,
+            truth[3] - 0.03,
+        ];
+        let seen = mug(&frame, &[("MUG-001", last)])
+            .unwrap_or_else(|| panic!("{at}not found where it was expected"));
+        assert_confirmable_where(&seen, truth, &at);
+        // gone from there, it is not seen there
+        let ghost = mug(&empty, &[("MUG-001", last)]);
+        assert!(
+            ghost.as_ref().is_none_or(|d| d.score < sighting),
+            "{at}the mug is reported where it was, after it left: {ghost:?}"
+        );
+    }
+}

@@ -15,7 +15,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use spotter_models::appearance::{Appearance, FramePixels};
-use spotter_models::matching::ZOOM;
+use spotter_models::matching::{Zoom, ZOOM};
 use spotter_models::verify::{cells, ReferenceView, Similarity, VerifyParams, ViewSet};
 use spotter_models::{
     preprocess, CatalogIndex, EfficientNetLite0, FrameFeatures, LiteConfig, ProductIndex,
@@ -192,7 +192,10 @@ fn recognise(
             &RegionGrid::default(),
             SHORTLIST,
             &VerifyParams::default(),
-            Some(model),
+            Some(Zoom {
+                model,
+                expected: &[],
+            }),
         )
         .expect("match")
         .len()

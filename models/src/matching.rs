@@ -25,6 +25,42 @@ const ZOOM_MAX_AREA: f32 = 0.16;
 /// A product verified with fewer inliers than this in the whole frame may be zoomed into.
 const ZOOM_BELOW: usize = 8;
 
+/// How much an expected product's last box is grown on each side, in box widths and heights,
+/// to make the region zoomed into: room for it to have moved a little since (a quarter: a box
+/// of a product a fifth of the frame high was often a third wider and higher than the product).
+const EXPECTED_MARGIN: f32 = 0.25;
+
+/// `[x0, y0, x1, y1]` grown by `margin` of its width and height on each side, inside the frame.
+fn grown([x0, y0, x1, y1]: [f32; 4], margin: f32) -> [f32; 4] {
+    let (dx, dy) = ((x1 - x0) * margin, (y1 - y0) * margin);
+    [
+        (x0 - dx).max(0.0),
+        (y0 - dy).max(0.0),
+        (x1 + dx).min(1.0),
+        (y1 + dy).min(1.0),
+    ]
+}
+
+/// A product expected in the frame: one the caller holds an appearance of open, at its last
+/// box.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Expected {
+    /// Index into `global.products()`.
+    pub product: usize,
+    /// Where it was last seen, normalised `[x0, y0, x1, y1]`.
+    pub bbox: [f32; 4],
+}
+
+/// What [`ProductIndex::candidates`] needs to look at one region again, enlarged.
+#[derive(Debug, Clone, Copy)]
+pub struct Zoom<'a> {
+    /// The model the frame's maps came from.
+    pub model: &'a EfficientNetLite0,
+    /// Products expected in the frame, first first: the first one the frame misses is looked
+    /// for where it was.
+    pub expected: &'a [Expected],
+}
+
 /// What a frame is matched against: global descriptors shortlist candidates, reference views
 /// verify them.
 #[derive(Debug)]
@@ -71,9 +107,9 @@ impl ProductIndex {
     /// those floors and lost 2 of 34 appearances on the tune split (a large suitcase, a
     /// half-hidden book).
     ///
-    /// With `zoom`, the model the frame's maps came from, one small region is looked at again,
-    /// [`ZOOM`] times larger: the best small region of the best-ranked shortlisted product that
-    /// the whole frame did not verify well (under 8 inliers). Every shortlisted product is
+    /// With `zoom`, one small region is looked at again, [`ZOOM`] times larger: around the first
+    /// expected product the whole frame did not verify well (under 8 inliers), or else the best
+    /// small region of the best-ranked such shortlisted product. Every shortlisted product is
     /// compared with its cells, for the competition between them, but only that product is
     /// verified there (with [`VerifyParams::zoomed`]) and kept if it has more inliers than the
     /// frame's match; its box is carried back to the frame, and it comes last when the frame
@@ -84,7 +120,7 @@ impl ProductIndex {
         grid: &RegionGrid,
         shortlist: usize,
         params: &VerifyParams,
-        zoom: Option<&EfficientNetLite0>,
+        zoom: Option<Zoom<'_>>,
     ) -> Result<Vec<Candidate>> {
         let regions = regional_descriptors(frame.features, grid)?;
         let shortlisted: Vec<Match> = self
@@ -101,12 +137,18 @@ impl ProductIndex {
             params,
             |_| true,
         )?;
-        let Some(model) = zoom else {
+        let Some(Zoom { model, expected }) = zoom else {
             return Ok(found);
         };
-        let Some((target, region)) = self.zoom_target(&shortlisted, &found, &regions)? else {
+        let Some((target, region)) = self.zoom_target(&shortlisted, &found, &regions, expected)?
+        else {
             return Ok(found);
         };
+        let mut products = products;
+        if !products.contains(&target) {
+            // an expected product the regional descriptors did not shortlist (a hand over it)
+            products.push(target);
+        }
         let zoomed = Zoomed::new(frame.rgb, frame.size, frame.stride, region);
         let (zw, zh) = zoomed.size;
         let x = rgb_to_tensor(&zoomed.rgb, zw, zh, zw * 3, frame.mid.device())?;
@@ -133,27 +175,42 @@ impl ProductIndex {
         Ok(found)
     }
 
-    /// The product to zoom in on and the region to enlarge, if any: the best-scoring
-    /// shortlisted product that `found` lacks or holds with under [`ZOOM_BELOW`] inliers, and
-    /// its best small region (at most [`ZOOM_MAX_AREA`] of the frame). Its own best region may
-    /// be the whole frame: a small product's descriptor scores highest where the region holds
-    /// all of it, whatever else it holds.
+    /// The product to zoom in on and the region to enlarge, if any.
+    ///
+    /// First the first of `expected` that `found` lacks or holds weakly (under [`ZOOM_BELOW`]
+    /// inliers) and whose box, grown by [`EXPECTED_MARGIN`], is small: a product confirmed a
+    /// moment ago is most likely still there, under a hand or blurred.
+    ///
+    /// Otherwise the best-scoring shortlisted product that `found` lacks or holds weakly, and its
+    /// best small region. Its own best region may be the whole frame: a small product's
+    /// descriptor scores highest where the region holds all of it, whatever else it holds.
+    ///
+    /// "Small" is at most [`ZOOM_MAX_AREA`] of the frame.
     fn zoom_target(
         &self,
         shortlisted: &[Match],
         found: &[Candidate],
         regions: &Regions,
+        expected: &[Expected],
     ) -> Result<Option<(usize, [f32; 4])>> {
-        let weak = shortlisted.iter().find(|m| {
+        let weak = |product: usize| {
             found
                 .iter()
-                .find(|c| c.product == m.product)
+                .find(|c| c.product == product)
                 .is_none_or(|c| c.verified.inliers < ZOOM_BELOW)
-        });
-        let Some(weak) = weak else {
-            return Ok(None);
         };
         let small = |&[x0, y0, x1, y1]: &[f32; 4]| (x1 - x0) * (y1 - y0) <= ZOOM_MAX_AREA;
+        let around = expected
+            .iter()
+            .filter(|e| weak(e.product))
+            .map(|e| (e.product, grown(e.bbox, EXPECTED_MARGIN)))
+            .find(|(_, region)| small(region));
+        if around.is_some() {
+            return Ok(around);
+        }
+        let Some(weak) = shortlisted.iter().find(|m| weak(m.product)) else {
+            return Ok(None);
+        };
         Ok(self
             .global
             .best_region_for(weak.product, regions, small)?
