@@ -183,29 +183,53 @@ impl CatalogIndex {
         self.owners.is_empty()
     }
 
+    /// Cosine similarity of every region of `regions` to every reference photo, for the
+    /// questions [`RegionScores`] answers.
+    pub fn score<'a>(&'a self, regions: &'a Regions) -> Result<RegionScores<'a>> {
+        let sims = match &self.references_t {
+            Some(refs) => regions.descriptors.matmul(refs)?.to_vec2()?,
+            None => Vec::new(),
+        };
+        Ok(RegionScores {
+            index: self,
+            boxes: &regions.boxes,
+            sims,
+        })
+    }
+}
+
+/// Every region of a frame against every reference photo of a [`CatalogIndex`], computed once
+/// for the shortlist and the zoom.
+#[derive(Debug)]
+pub struct RegionScores<'a> {
+    index: &'a CatalogIndex,
+    boxes: &'a [[f32; 4]],
+    /// rows: regions; columns: reference photos (none for an empty index)
+    sims: Vec<Vec<f32>>,
+}
+
+impl RegionScores<'_> {
     /// For every product, its best-scoring region among the regions where it beats every other
     /// product (so one look-alike region does not report two products); best first.
-    pub fn best_per_product(&self, regions: &Regions) -> Result<Vec<Match>> {
-        let Some(sims) = self.similarities(regions)? else {
-            return Ok(Vec::new());
-        };
-        let mut best: Vec<Option<Match>> = vec![None; self.products.len()];
-        for (r, row) in sims.iter().enumerate() {
+    pub fn best_per_product(&self) -> Vec<Match> {
+        let owners = &self.index.owners;
+        let mut best: Vec<Option<Match>> = vec![None; self.index.products.len()];
+        for (row, bbox) in self.sims.iter().zip(self.boxes) {
             let Some((m, &score)) = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) else {
                 continue;
             };
-            let p = self.owners[m];
+            let p = owners[m];
             if best[p].as_ref().is_none_or(|b| score > b.score) {
                 best[p] = Some(Match {
                     product: p,
                     score,
-                    bbox: regions.boxes[r],
+                    bbox: *bbox,
                 });
             }
         }
         let mut out: Vec<Match> = best.into_iter().flatten().collect();
         out.sort_by(|a, b| b.score.total_cmp(&a.score));
-        Ok(out)
+        out
     }
 
     /// `product`'s best-scoring region among those `keep` accepts (by box), whichever product
@@ -213,20 +237,16 @@ impl CatalogIndex {
     pub fn best_region_for(
         &self,
         product: usize,
-        regions: &Regions,
         keep: impl Fn(&[f32; 4]) -> bool,
-    ) -> Result<Option<Match>> {
-        let Some(sims) = self.similarities(regions)? else {
-            return Ok(None);
-        };
+    ) -> Option<Match> {
         let mut best: Option<Match> = None;
-        for (row, bbox) in sims.iter().zip(&regions.boxes) {
+        for (row, bbox) in self.sims.iter().zip(self.boxes) {
             if !keep(bbox) {
                 continue;
             }
             let score = row
                 .iter()
-                .zip(&self.owners)
+                .zip(&self.index.owners)
                 .filter(|(_, &p)| p == product)
                 .map(|(&s, _)| s)
                 .fold(f32::NEG_INFINITY, f32::max);
@@ -238,16 +258,7 @@ impl CatalogIndex {
                 });
             }
         }
-        Ok(best)
-    }
-
-    /// Cosine similarity of every region (rows) to every reference photo (columns); `None`
-    /// for an empty index.
-    fn similarities(&self, regions: &Regions) -> Result<Option<Vec<Vec<f32>>>> {
-        let Some(refs) = &self.references_t else {
-            return Ok(None);
-        };
-        Ok(Some(regions.descriptors.matmul(refs)?.to_vec2()?))
+        best
     }
 }
 
@@ -289,7 +300,7 @@ mod tests {
         let f = Tensor::from_vec(map, (1, 4, 2, 2), &Device::Cpu).expect("tensor");
         let regions = regional_descriptors(&f, &RegionGrid { levels: 2 }).expect("regions");
         let index = two_products();
-        let best = index.best_per_product(&regions).expect("match");
+        let best = index.score(&regions).expect("scores").best_per_product();
         assert_eq!(best.len(), 2);
         let a = best.iter().find(|m| m.product == 0).expect("a");
         assert_eq!(a.bbox, [0.0, 0.0, 0.5, 0.5]);
@@ -307,22 +318,15 @@ mod tests {
         let f = Tensor::from_vec(map, (1, 4, 2, 2), &Device::Cpu).expect("tensor");
         let regions = regional_descriptors(&f, &RegionGrid { levels: 2 }).expect("regions");
         let index = two_products();
+        let scores = index.score(&regions).expect("scores");
         let small = |b: &[f32; 4]| (b[2] - b[0]) * (b[3] - b[1]) <= 0.25;
-        let best = index
-            .best_region_for(0, &regions, small)
-            .expect("match")
-            .expect("a region");
+        let best = scores.best_region_for(0, small).expect("a region");
         assert_eq!((best.product, best.bbox), (0, [0.0, 0.0, 0.5, 0.5]));
         // product b's best window is one without channel 0's peak
-        let b = index
-            .best_region_for(1, &regions, small)
-            .expect("match")
-            .expect("a region");
+        let b = scores.best_region_for(1, small).expect("a region");
         assert_ne!(b.bbox, [0.0, 0.0, 0.5, 0.5]);
         assert!(b.score < best.score);
-        let none = index
-            .best_region_for(0, &regions, |_| false)
-            .expect("match");
+        let none = scores.best_region_for(0, |_| false);
         assert_eq!(none, None, "no region kept, none returned");
     }
 }

@@ -6,7 +6,7 @@ use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
 use crate::appearance::FramePixels;
-use crate::descriptor::{regional_descriptors, CatalogIndex, Match, RegionGrid, Regions};
+use crate::descriptor::{regional_descriptors, CatalogIndex, Match, RegionGrid, RegionScores};
 use crate::efficientnet::{EfficientNetLite0, MID_TAP_BLOCK};
 use crate::preprocess::rgb_to_tensor;
 use crate::verify::{cells, competition, Similarities, Verified, VerifyParams, ViewSet};
@@ -123,9 +123,9 @@ impl ProductIndex {
         zoom: Option<Zoom<'_>>,
     ) -> Result<Vec<Candidate>> {
         let regions = regional_descriptors(frame.features, grid)?;
-        let shortlisted: Vec<Match> = self
-            .global
-            .best_per_product(&regions)?
+        let scores = self.global.score(&regions)?;
+        let shortlisted: Vec<Match> = scores
+            .best_per_product()
             .into_iter()
             .take(shortlist)
             .collect();
@@ -140,7 +140,7 @@ impl ProductIndex {
         let Some(Zoom { model, expected }) = zoom else {
             return Ok(found);
         };
-        let Some((target, region)) = self.zoom_target(&shortlisted, &found, &regions, expected)?
+        let Some((target, region)) = self.zoom_target(&shortlisted, &found, &scores, expected)
         else {
             return Ok(found);
         };
@@ -190,9 +190,9 @@ impl ProductIndex {
         &self,
         shortlisted: &[Match],
         found: &[Candidate],
-        regions: &Regions,
+        scores: &RegionScores<'_>,
         expected: &[Expected],
-    ) -> Result<Option<(usize, [f32; 4])>> {
+    ) -> Option<(usize, [f32; 4])> {
         let weak = |product: usize| {
             found
                 .iter()
@@ -206,15 +206,12 @@ impl ProductIndex {
             .map(|e| (e.product, grown(e.bbox, EXPECTED_MARGIN)))
             .find(|(_, region)| small(region));
         if around.is_some() {
-            return Ok(around);
+            return around;
         }
-        let Some(weak) = shortlisted.iter().find(|m| weak(m.product)) else {
-            return Ok(None);
-        };
-        Ok(self
-            .global
-            .best_region_for(weak.product, regions, small)?
-            .map(|m| (weak.product, m.bbox)))
+        let weak = shortlisted.iter().find(|m| weak(m.product))?;
+        scores
+            .best_region_for(weak.product, small)
+            .map(|m| (weak.product, m.bbox))
     }
 
     /// Verifies those of `products` that `verify` picks against the frame (or zoomed region)
