@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use spotter_models::appearance::{Appearance, ViewAppearance};
+use spotter_models::appearance::{Appearance, FramePixels, ViewAppearance};
 use spotter_models::descriptor::global_descriptor;
 use spotter_models::verify::{cells, ReferenceView, VerifyParams, ViewSet};
 use spotter_models::{
@@ -388,9 +388,7 @@ impl Recognizer {
             FrameFeatures {
                 features: &backbone.features,
                 mid: &backbone.mid,
-                rgb,
-                size: (self.width, self.height),
-                stride,
+                pixels: FramePixels::new(rgb, (self.width, self.height), stride),
             },
             &self.grid,
             self.shortlist,

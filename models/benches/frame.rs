@@ -182,9 +182,7 @@ fn recognise(
     let frame = FrameFeatures {
         features: &features,
         mid: &mid,
-        rgb,
-        size: (w, h),
-        stride: w * 3,
+        pixels: FramePixels::new(rgb, (w, h), w * 3),
     };
     index
         .candidates(

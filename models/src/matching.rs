@@ -78,12 +78,8 @@ pub struct FrameFeatures<'a> {
     pub features: &'a Tensor,
     /// The mid-level tap's `(1, C, h/16, w/16)` map.
     pub mid: &'a Tensor,
-    /// Packed RGB rows of the frame (for the cells' colours).
-    pub rgb: &'a [u8],
-    /// `(width, height)` in pixels.
-    pub size: (usize, usize),
-    /// Bytes from one row of `rgb` to the next.
-    pub stride: usize,
+    /// The frame's pixels (for the cells' colours, the likeness and the zoom).
+    pub pixels: FramePixels<'a>,
 }
 
 /// A shortlisted product that passed verification.
@@ -130,13 +126,8 @@ impl ProductIndex {
             .take(shortlist)
             .collect();
         let products: Vec<usize> = shortlisted.iter().map(|m| m.product).collect();
-        let mut found = self.verify_shortlist(
-            &products,
-            frame.mid,
-            FramePixels::new(frame.rgb, frame.size, frame.stride),
-            params,
-            |_| true,
-        )?;
+        let mut found =
+            self.verify_shortlist(&products, frame.mid, frame.pixels, params, |_| true)?;
         let Some(Zoom { model, expected }) = zoom else {
             return Ok(found);
         };
@@ -149,7 +140,7 @@ impl ProductIndex {
             // an expected product the regional descriptors did not shortlist (a hand over it)
             products.push(target);
         }
-        let zoomed = Zoomed::new(frame.rgb, frame.size, frame.stride, region);
+        let zoomed = Zoomed::new(&frame.pixels, region);
         let (zw, zh) = zoomed.size;
         let x = rgb_to_tensor(&zoomed.rgb, zw, zh, zw * 3, frame.mid.device())?;
         let mid = model.mid_features(&x, MID_TAP_BLOCK)?;
@@ -270,8 +261,9 @@ struct Zoomed {
 }
 
 impl Zoomed {
-    /// `region` (normalised) of a `(w, h)` frame, snapped to whole [`CELL`]s.
-    fn new(rgb: &[u8], (w, h): (usize, usize), stride: usize, region: [f32; 4]) -> Self {
+    /// `region` (normalised) of `frame`, snapped to whole [`CELL`]s.
+    fn new(frame: &FramePixels<'_>, region: [f32; 4]) -> Self {
+        let (rgb, (w, h), stride) = (frame.rgb, frame.size, frame.stride);
         // whole cells, at least one, inside the frame
         let span = |lo: f32, hi: f32, len: usize| {
             let snap = |v: f32| ((v * len as f32 / CELL as f32).round() as usize * CELL).min(len);
@@ -332,7 +324,10 @@ mod tests {
             }
         }
         // a region a little off the cell grid snaps to it
-        let z = Zoomed::new(&rgb, (w, h), stride, [0.27, 0.3, 0.74, 0.7]);
+        let z = Zoomed::new(
+            &FramePixels::new(&rgb, (w, h), stride),
+            [0.27, 0.3, 0.74, 0.7],
+        );
         assert_eq!(z.window, [16, 16, 32, 16]);
         assert_eq!(z.size, (32 * ZOOM, 16 * ZOOM));
         assert_eq!(z.rgb.len(), z.size.0 * z.size.1 * 3);
@@ -347,7 +342,10 @@ mod tests {
             assert!((b - e).abs() < 1e-6, "{back:?} vs {want:?}");
         }
         // a region off the frame's edge keeps at least a cell inside it
-        let edge = Zoomed::new(&rgb, (w, h), stride, [0.99, 0.99, 1.0, 1.0]);
+        let edge = Zoomed::new(
+            &FramePixels::new(&rgb, (w, h), stride),
+            [0.99, 0.99, 1.0, 1.0],
+        );
         let [x, y, cw, ch] = edge.window;
         assert!(
             cw >= 16 && ch >= 16 && x + cw <= w && y + ch <= h,
