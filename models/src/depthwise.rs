@@ -29,6 +29,53 @@ pub struct Pad2 {
     pub right: usize,
 }
 
+/// The input rows a call of [`DepthwiseNhwc::forward_rows`] reads, each `w C` floats: a run of
+/// consecutive image rows, or a ring of row slots (image row `iy` in slot `iy % slots`) that a
+/// fused block fills band by band, so that the rows one band shares with the next stay where they
+/// are (moving them to the front of a buffer copied 2-4 rows of 92-147 KB per output row in blocks
+/// 1-4 at 768x448, about 100 MB a frame).
+#[derive(Debug, Clone, Copy)]
+pub struct Band<'a> {
+    x: &'a [f32],
+    /// The image row in the first row of `x` (consecutive rows).
+    row0: usize,
+    /// Row slots of the ring, 0 for consecutive rows.
+    slots: usize,
+}
+
+impl<'a> Band<'a> {
+    /// Image rows from `row0` on, one after another.
+    pub fn rows(x: &'a [f32], row0: usize) -> Self {
+        Band { x, row0, slots: 0 }
+    }
+
+    /// A ring of `slots` rows: image row `iy` in row `iy % slots` of `x`.
+    pub fn ring(x: &'a [f32], slots: usize) -> Self {
+        assert!(slots > 0, "a ring has slots");
+        Band { x, row0: 0, slots }
+    }
+
+    /// The row of `x` that holds image row `iy`.
+    #[inline(always)]
+    fn slot(&self, iy: usize) -> usize {
+        if self.slots == 0 {
+            iy - self.row0
+        } else {
+            iy % self.slots
+        }
+    }
+
+    /// Whether it holds image rows `rows` of `row_len` floats each.
+    fn holds(&self, rows: Range<usize>, row_len: usize) -> bool {
+        let held = self.x.len() / row_len.max(1);
+        if self.slots == 0 {
+            self.row0 <= rows.start && self.row0 + held >= rows.end
+        } else {
+            held >= self.slots && rows.len() <= self.slots
+        }
+    }
+}
+
 /// A depthwise `k x k` convolution with bias and ReLU6 on channels-last activations: each
 /// SIMD vector holds neighbouring channels of one pixel, so every tap is one vector load and one
 /// FMA whatever the width of the image, and the 1x1 layers on either side read and write the
@@ -108,17 +155,17 @@ impl DepthwiseNhwc {
         let rows_per_task = ho.div_ceil(16 * rayon::current_num_threads()).max(1);
         out.par_chunks_mut(rows_per_task * wo * c)
             .enumerate()
-            .for_each(|(task, out)| self.rows(&g, x, 0, task * rows_per_task, out, wo));
+            .for_each(|(task, out)| {
+                self.rows(&g, Band::rows(x, 0), task * rows_per_task, out, wo);
+            });
     }
 
     /// Output rows from `oy0` (as many as `out` holds) on the calling thread, from a band of the
-    /// input: `x` holds input rows `x_row0..` of the `(h, w, C)` image, at least every row
-    /// inside the image that those outputs read (a fused block expands only those rows).
-    #[allow(clippy::too_many_arguments)] // the band's place in the image takes four numbers
+    /// input: `band` holds at least every row of the `(h, w, C)` image that those outputs read
+    /// (a fused block expands only those rows).
     pub fn forward_rows(
         &self,
-        x: &[f32],
-        x_row0: usize,
+        band: Band,
         (h, w): (usize, usize),
         pad: Pad2,
         oy0: usize,
@@ -135,13 +182,10 @@ impl DepthwiseNhwc {
         if rows == 0 {
             return;
         }
-        let Range {
-            start: first,
-            end: last,
-        } = self.input_rows(oy0, rows, h, pad);
+        let needed = self.input_rows(oy0, rows, h, pad);
         assert!(
-            x_row0 <= first && (x_row0 * w + x.len() / c) >= last * w,
-            "the band lacks input rows {first}..{last}"
+            band.holds(needed.clone(), w * c),
+            "the band lacks input rows {needed:?}"
         );
         let g = NhwcGeometry {
             h,
@@ -150,25 +194,16 @@ impl DepthwiseNhwc {
             s: self.stride,
             pad,
         };
-        self.rows(&g, x, x_row0, oy0, out, wo);
+        self.rows(&g, band, oy0, out, wo);
     }
 
     /// Output rows from `oy0` on the calling thread, compiled for the widest SIMD the CPU has
     /// (AVX-512, AVX2), chosen at run time.
-    fn rows(
-        &self,
-        g: &NhwcGeometry,
-        x: &[f32],
-        x_row0: usize,
-        oy0: usize,
-        out: &mut [f32],
-        wo: usize,
-    ) {
+    fn rows(&self, g: &NhwcGeometry, band: Band, oy0: usize, out: &mut [f32], wo: usize) {
         let rows = NhwcRows {
             layer: self,
             g,
-            x,
-            x_row0,
+            band,
             oy0,
             out,
             wo,
@@ -196,9 +231,8 @@ struct NhwcGeometry {
 struct NhwcRows<'a> {
     layer: &'a DepthwiseNhwc,
     g: &'a NhwcGeometry,
-    /// Input rows from `x_row0` on.
-    x: &'a [f32],
-    x_row0: usize,
+    /// The input rows.
+    band: Band<'a>,
     oy0: usize,
     out: &'a mut [f32],
     wo: usize,
@@ -222,8 +256,7 @@ impl<const K: usize, const STRIDE: usize> WithSimd for NhwcRowsK<'_, K, STRIDE> 
         let NhwcRows {
             layer,
             g,
-            x,
-            x_row0,
+            band,
             oy0,
             out,
             wo,
@@ -232,12 +265,12 @@ impl<const K: usize, const STRIDE: usize> WithSimd for NhwcRowsK<'_, K, STRIDE> 
         let (c, s, p) = (g.c, g.s, g.pad);
         if c % lanes != 0 {
             // never so in Lite0, whose widths are multiples of 16
-            scalar_rows::<K>(layer, g, (x, x_row0), oy0, out, wo);
+            scalar_rows::<K>(layer, g, band, oy0, out, wo);
             return;
         }
         // the activations as whole vectors, `cv` to a pixel
         let cv = c / lanes;
-        let xv = S::as_simd_f32s(x).0;
+        let xv = S::as_simd_f32s(band.x).0;
         let wv = S::as_simd_f32s(&layer.weight).0;
         let bv = S::as_simd_f32s(&layer.bias).0;
         let outv = S::as_mut_simd_f32s(out).0;
@@ -262,7 +295,7 @@ impl<const K: usize, const STRIDE: usize> WithSimd for NhwcRowsK<'_, K, STRIDE> 
             for (ky, row) in rows.iter_mut().enumerate() {
                 let iy = iy0 + ky as isize;
                 if iy >= 0 && (iy as usize) < g.h {
-                    let i = iy as usize - x_row0;
+                    let i = band.slot(iy as usize);
                     *row = Some(&xv[i * g.w * cv..(i + 1) * g.w * cv]);
                 }
             }
@@ -391,7 +424,7 @@ fn pixel<'a, T>(row: Option<&'a [T]>, ix: isize, w: usize, zero: &'a [T]) -> &'a
 fn scalar_rows<const K: usize>(
     layer: &DepthwiseNhwc,
     g: &NhwcGeometry,
-    (x, x_row0): (&[f32], usize),
+    band: Band,
     oy0: usize,
     out: &mut [f32],
     wo: usize,
@@ -413,7 +446,7 @@ fn scalar_rows<const K: usize>(
                             continue;
                         }
                         acc += layer.weight[(ky * K + kx) * c + ch]
-                            * x[((iy as usize - x_row0) * g.w + ix as usize) * c + ch];
+                            * band.x[(band.slot(iy as usize) * g.w + ix as usize) * c + ch];
                     }
                 }
                 *o = acc.clamp(0.0, 6.0);

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use crate::depthwise::{DepthwiseNhwc, Pad2};
+use crate::depthwise::{Band, DepthwiseNhwc, Pad2};
 use crate::pointwise::{self, Activation, Conv1x1};
 use crate::stem::StemConv;
 
@@ -273,11 +273,38 @@ const FUSE_FROM_BYTES: usize = 4 << 20;
 const BAND_BYTES: usize = 512 << 10;
 
 thread_local! {
-    /// A fused block's band buffers on each thread: the expanded input rows, the depthwise rows,
-    /// the stem's unfolded windows.
-    static BAND: std::cell::RefCell<[Vec<f32>; 3]> = const {
-        std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()])
+    /// A fused block's band buffers on each thread, and the expanded rows the thread's last task
+    /// left in its ring.
+    static BAND: std::cell::RefCell<BandBuffers> = const {
+        std::cell::RefCell::new(BandBuffers {
+            expanded: Vec::new(),
+            depthwise: Vec::new(),
+            windows: Vec::new(),
+            call: 0,
+            held: 0..0,
+        })
     };
+}
+
+/// Numbers each fused block run, so that a thread knows whether the rows in its ring are this
+/// run's.
+static FUSED_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// One thread's buffers for fused bands.
+struct BandBuffers {
+    /// The depthwise layer's input rows, a ring of row slots ([`Band::ring`]).
+    expanded: Vec<f32>,
+    /// The depthwise rows of a band.
+    depthwise: Vec<f32>,
+    /// The stem's unfolded windows.
+    windows: Vec<f32>,
+    /// The fused run (from [`FUSED_CALLS`]) whose rows `held` the ring holds.
+    call: u64,
+    /// Image rows made in the ring when the thread's last task ended: a task that carries on
+    /// where it stopped (rayon hands a thread neighbouring tasks in order unless another steals
+    /// them) keeps the rows they share instead of making them again, which was up to half of
+    /// block 4's expand work with 8 tasks of 7 rows at 768x448 (5x5: 11 input rows for 7).
+    held: std::ops::Range<usize>,
 }
 
 /// Where a fused block's depthwise layer reads its input rows from.
@@ -375,53 +402,64 @@ impl MbConv {
         // a few tasks a thread, as in the kernels: a preempted thread holds up one task
         let task_rows = ho.div_ceil(4 * rayon::current_num_threads()).max(1);
         let band = ((BAND_BYTES / (w * cexp * 4)).saturating_sub(k) / s).clamp(1, task_rows);
+        // input rows a band reads, at most: the ring's slots
+        let slots = ((band - 1) * s + k).min(h);
+        let call = FUSED_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         out.par_chunks_mut(task_rows * wo * cout)
             .enumerate()
             .for_each(|(task, out_task)| {
                 BAND.with(|bufs| {
                     let mut bufs = bufs.borrow_mut();
-                    let [expanded, depthwise, windows] = &mut *bufs;
+                    let BandBuffers {
+                        expanded,
+                        depthwise,
+                        windows,
+                        call: last_call,
+                        held: last_held,
+                    } = &mut *bufs;
                     let first = task * task_rows;
                     let end = first + out_task.len() / (wo * cout);
-                    // input rows `held` are expanded in `expanded`, from its start
-                    let mut held = 0..0;
+                    // input rows `held` are made, each in its slot of the ring `expanded`: those
+                    // of this run's last task on this thread, or none
+                    let mut held = if *last_call == call {
+                        last_held.clone()
+                    } else {
+                        0..0
+                    };
                     let mut oy = first;
                     while oy < end {
                         let n = band.min(end - oy);
                         let std::ops::Range { start: lo, end: hi } = dw.input_rows(oy, n, h, pad);
-                        // the depthwise layer's input rows lo..hi, from `band_row0`
-                        let (band_in, band_row0): (&[f32], usize) = match rows {
-                            Rows::Input(x) => (&x[lo * w * cin..hi * w * cin], lo),
+                        let band_in = match rows {
+                            Rows::Input(x) => Band::rows(&x[lo * w * cin..hi * w * cin], lo),
                             Rows::Made(maker) => {
-                                // rows this band shares with the last move to the front
-                                if held.start <= lo && lo < held.end {
-                                    let shared = held.end - held.start;
-                                    expanded.copy_within(
-                                        (lo - held.start) * w * cexp..shared * w * cexp,
-                                        0,
+                                // rows this band shares with the last stay in their slots; the
+                                // others are made into theirs, in at most two runs of slots
+                                let mut iy = if held.contains(&lo) { held.end } else { lo };
+                                let buf = slot(expanded, slots * w * cexp);
+                                while iy < hi {
+                                    let at = iy % slots;
+                                    let m = (hi - iy).min(slots - at);
+                                    maker.make(
+                                        iy..iy + m,
+                                        (w, cexp),
+                                        windows,
+                                        &mut buf[at * w * cexp..(at + m) * w * cexp],
                                     );
-                                    held = lo..held.end;
-                                } else {
-                                    held = lo..lo;
+                                    iy += m;
                                 }
-                                let buf = slot(expanded, (hi - held.start) * w * cexp);
-                                maker.make(
-                                    held.end..hi,
-                                    (w, cexp),
-                                    windows,
-                                    &mut buf[(held.end - held.start) * w * cexp..],
-                                );
-                                held.end = hi;
-                                (buf, held.start)
+                                held = lo..hi;
+                                Band::ring(buf, slots)
                             }
                         };
                         let dwo = slot(depthwise, n * wo * cexp);
-                        dw.forward_rows(band_in, band_row0, (h, w), pad, oy, dwo);
+                        dw.forward_rows(band_in, (h, w), pad, oy, dwo);
                         let at = (oy - first) * wo * cout;
                         let res = residual.map(|x| &x[oy * wo * cin..(oy + n) * wo * cin]);
                         project.forward_serial(dwo, res, &mut out_task[at..at + n * wo * cout]);
                         oy += n;
                     }
+                    (*last_call, *last_held) = (call, held);
                 });
             });
         (ho, wo)
