@@ -65,18 +65,24 @@ fn main() {
         let dw = DepthwiseNhwc::new(&vec![0.1; c * k * k], &vec![0.1; c], k, s);
         let x: Vec<f32> = (0..h * w * c).map(|i| (i % 7) as f32 * 0.1).collect();
         let wo = dw.out_dim(w, pad.left, pad.right);
-        let mut out = vec![0f32; wo * c];
-        // an output row inside the map, from only the input rows it reads
-        let oy = 4;
-        let rows = dw.input_rows(oy, 1, h, pad);
-        let band = &x[rows.start * w * c..rows.end * w * c];
-        let secs = kernel_timing::best(reps, || {
-            for _ in 0..CALLS {
-                dw.forward_rows(Band::rows(band, rows.start), (h, w), pad, oy, &mut out);
-            }
-        }) / CALLS as f64;
-        let gf = 2.0 * (wo * c * k * k) as f64 / secs / 1e9;
-        let shape = format!("{w} px x {c}, {k}x{k} stride {s}");
-        println!("{name:>18} {shape:>28} {gf:>8.1} {:>8.2}", secs * 1e6);
+        // output rows inside the map, from only the input rows they read: one, and at stride 2
+        // also two (a fused band's, which the kernel takes together); time a row
+        for n in 1..=s {
+            let mut out = vec![0f32; n * wo * c];
+            let oy = 4;
+            let rows = dw.input_rows(oy, n, h, pad);
+            let band = &x[rows.start * w * c..rows.end * w * c];
+            let secs = kernel_timing::best(reps, || {
+                for _ in 0..CALLS {
+                    dw.forward_rows(Band::rows(band, rows.start), (h, w), pad, oy, &mut out);
+                }
+            }) / (CALLS * n) as f64;
+            let gf = 2.0 * (wo * c * k * k) as f64 / secs / 1e9;
+            let shape = format!(
+                "{w} px x {c}, {k}x{k} stride {s}, {n} row{}",
+                ["", "s"][n - 1]
+            );
+            println!("{name:>18} {shape:>28} {gf:>8.1} {:>8.2}", secs * 1e6);
+        }
     }
 }

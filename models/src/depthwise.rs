@@ -289,16 +289,78 @@ impl<const K: usize, const STRIDE: usize> WithSimd for NhwcRowsK<'_, K, STRIDE> 
         // before the next four. For each kernel row the `3 STRIDE + K` input vectors under the
         // four are loaded once and stay in registers for all taps
         let n = 3 * STRIDE + K;
-        for (r, out_row) in outv.chunks_exact_mut(wo * cv).enumerate() {
+        let rows_out = outv.len() / (wo * cv);
+        // `count` input rows from output row `r`'s first on (`None` in the padding, and past
+        // `count`)
+        let input_rows = |r: usize, count: usize| -> [Option<&[S::f32s]>; MAX_ROWS] {
             let iy0 = ((oy0 + r) * s) as isize - p.top as isize;
-            let mut rows: [Option<&[S::f32s]>; K] = [None; K];
-            for (ky, row) in rows.iter_mut().enumerate() {
+            let mut rows = [None; MAX_ROWS];
+            for (ky, row) in rows.iter_mut().enumerate().take(count) {
                 let iy = iy0 + ky as isize;
                 if iy >= 0 && (iy as usize) < g.h {
                     let i = band.slot(iy as usize);
                     *row = Some(&xv[i * g.w * cv..(i + 1) * g.w * cv]);
                 }
             }
+            rows
+        };
+        // the outputs past the last whole group of four, one at a time
+        let tail = |rows: &[Option<&[S::f32s]>; MAX_ROWS], out_row: &mut [S::f32s]| {
+            let mut ox = wo / 4 * 4;
+            while ox < wo {
+                let ix0 = (ox * STRIDE) as isize - p.left as isize;
+                let mut win: [[&[S::f32s]; 5]; K] = [[&[]; 5]; K];
+                for (&row, w) in rows.iter().zip(win.iter_mut()) {
+                    for (kx, px) in w.iter_mut().enumerate().take(K) {
+                        *px = pixel(row, ix0 + kx as isize, g.w, zero_px);
+                    }
+                }
+                let o = &mut out_row[ox * cv..][..cv];
+                for cb in 0..cv {
+                    let mut acc = bv[cb];
+                    for (ky, row) in win.iter().enumerate() {
+                        for (kx, px) in row.iter().enumerate().take(K) {
+                            acc = simd.mul_add_e_f32s(taps[ky * K + kx][cb], px[cb], acc);
+                        }
+                    }
+                    o[cb] = simd.min_f32s(simd.max_f32s(acc, zero), six);
+                }
+                ox += 1;
+            }
+        };
+        let kernel = Taps {
+            taps: &taps,
+            bias: bv,
+            zero_px,
+            w: g.w,
+        };
+        let mut r = 0;
+        while r < rows_out {
+            if STRIDE == 2 && K == 5 && r + 1 < rows_out {
+                // two output rows at a time: their 7 input rows are read once for both (10 one
+                // row at a time), block 3's 5x5 layer 19 % faster in `--bench inband` (41 GF/s
+                // for 35); block 1's 3x3 (5 rows for 6) was 23 % slower
+                let rows = input_rows(r, STRIDE + K);
+                let (out0, out1) = outv[r * wo * cv..(r + 2) * wo * cv].split_at_mut(wo * cv);
+                for gi in 0..wo / 4 {
+                    let ox = gi * 4;
+                    let ix0 = (ox * STRIDE) as isize - p.left as isize;
+                    kernel.group::<S, K, STRIDE, 2>(
+                        simd,
+                        &rows,
+                        ix0,
+                        [&mut out0[ox * cv..], &mut out1[ox * cv..]],
+                    );
+                }
+                tail(&rows, out0);
+                let mut next = [None; MAX_ROWS];
+                next[..MAX_ROWS - STRIDE].copy_from_slice(&rows[STRIDE..]);
+                tail(&next, out1);
+                r += 2;
+                continue;
+            }
+            let out_row = &mut outv[r * wo * cv..(r + 1) * wo * cv];
+            let rows = input_rows(r, K);
             // groups of four outputs whose input columns all lie inside the image, from `inside`
             // on and below `inside_end`, take the run path below at stride 1; the others (and
             // every group at stride 2, where the run path was slower: `--bench depthwise`) load
@@ -313,39 +375,10 @@ impl<const K: usize, const STRIDE: usize> WithSimd for NhwcRowsK<'_, K, STRIDE> 
             } else {
                 (groups, groups)
             };
-            let window_group = |ox: usize, out_row: &mut [S::f32s]| {
-                let ix0 = (ox * STRIDE) as isize - p.left as isize;
-                let mut win: [[&[S::f32s]; WINDOW]; K] = [[&[]; WINDOW]; K];
-                for (&row, w) in rows.iter().zip(win.iter_mut()) {
-                    for (i, px) in w.iter_mut().enumerate().take(n) {
-                        *px = pixel(row, ix0 + i as isize, g.w, zero_px);
-                    }
-                }
-                let (o0, rest) = out_row[ox * cv..].split_at_mut(cv);
-                let (o1, rest) = rest.split_at_mut(cv);
-                let (o2, rest) = rest.split_at_mut(cv);
-                let mut outs = [o0, o1, o2, &mut rest[..cv]];
-                for cb in 0..cv {
-                    let mut acc = [bv[cb]; 4];
-                    for (ky, row) in win.iter().enumerate() {
-                        let mut v = [zero; WINDOW];
-                        for (v, px) in v.iter_mut().zip(row).take(n) {
-                            *v = px[cb];
-                        }
-                        for kx in 0..K {
-                            let w = taps[ky * K + kx][cb];
-                            for (j, a) in acc.iter_mut().enumerate() {
-                                *a = simd.mul_add_e_f32s(w, v[j * STRIDE + kx], *a);
-                            }
-                        }
-                    }
-                    for (o, a) in outs.iter_mut().zip(acc) {
-                        o[cb] = simd.min_f32s(simd.max_f32s(a, zero), six);
-                    }
-                }
-            };
             for gi in (0..inside).chain(inside_end..groups) {
-                window_group(gi * 4, out_row);
+                let ox = gi * 4;
+                let ix0 = (ox * STRIDE) as isize - p.left as isize;
+                kernel.group::<S, K, STRIDE, 1>(simd, &rows, ix0, [&mut out_row[ox * cv..]]);
             }
             if inside < inside_end {
                 // runs of groups, channel block by channel block: the block's K x K weights are
@@ -354,9 +387,15 @@ impl<const K: usize, const STRIDE: usize> WithSimd for NhwcRowsK<'_, K, STRIDE> 
                 // group, through a table of pixel slices: 5x5 layers ran 20-30 % slower)
                 for run in (inside..inside_end).step_by(RUN) {
                     for cb in 0..cv {
-                        let wk: [[S::f32s; K]; K] = std::array::from_fn(|ky| {
-                            std::array::from_fn(|kx| taps[ky * K + kx][cb])
-                        });
+                        // filled in a loop: `array::from_fn` here was sometimes left out of
+                        // line, without the SIMD target features (its arrays then went through
+                        // memmove, the stride-1 layers 3x slower in `--bench inband`)
+                        let mut wk = [[zero; K]; K];
+                        for (ky, wk) in wk.iter_mut().enumerate() {
+                            for (kx, w) in wk.iter_mut().enumerate() {
+                                *w = taps[ky * K + kx][cb];
+                            }
+                        }
                         for gi in run..(run + RUN).min(inside_end) {
                             let ox = gi * 4;
                             let ix0 = ox * STRIDE - p.left;
@@ -384,26 +423,83 @@ impl<const K: usize, const STRIDE: usize> WithSimd for NhwcRowsK<'_, K, STRIDE> 
                     }
                 }
             }
-            let mut ox = groups * 4;
-            while ox < wo {
-                let ix0 = (ox * STRIDE) as isize - p.left as isize;
-                let mut win: [[&[S::f32s]; 5]; K] = [[&[]; 5]; K];
-                for (&row, w) in rows.iter().zip(win.iter_mut()) {
-                    for (kx, px) in w.iter_mut().enumerate().take(K) {
-                        *px = pixel(row, ix0 + kx as isize, g.w, zero_px);
-                    }
+            tail(&rows, out_row);
+            r += 1;
+        }
+    }
+}
+
+/// Input rows one call of [`Taps::group`] reads, at most: two output rows of a 5x5 kernel at
+/// stride 2.
+const MAX_ROWS: usize = 7;
+
+/// A layer's weights and bias as vectors, for the window path.
+struct Taps<'a, T> {
+    /// Each tap's weights, `cv` vectors (the first `K * K` used).
+    taps: &'a [&'a [T]; 25],
+    bias: &'a [T],
+    /// A pixel of zeros, `cv` vectors: what taps in the padding read.
+    zero_px: &'a [T],
+    /// The input's width in pixels.
+    w: usize,
+}
+
+impl<T: Copy> Taps<'_, T> {
+    /// Four neighbouring outputs in each of `R` output rows (`STRIDE` input rows apart), every
+    /// channel block: the window of `3 STRIDE + K` pixels of each input row under them is looked
+    /// up once (pixels in the padding read zeros), then for each channel block its vectors are
+    /// loaded once and serve every output row and tap that reads them. Each output still adds its
+    /// taps in the same order (kernel row by row, column by column). `rows` are the input rows
+    /// from the first output row's first on, `ix0` the input column of the first output's first
+    /// tap, and each of `outs` starts at the first output's pixel.
+    #[inline(always)]
+    fn group<S: Simd<f32s = T>, const K: usize, const STRIDE: usize, const R: usize>(
+        &self,
+        simd: S,
+        rows: &[Option<&[T]>; MAX_ROWS],
+        ix0: isize,
+        outs: [&mut [T]; R],
+    ) {
+        let cv = self.zero_px.len();
+        let n = 3 * STRIDE + K;
+        let nrows = (R - 1) * STRIDE + K;
+        let (zero, six) = (simd.splat_f32s(0.0), simd.splat_f32s(6.0));
+        let mut win: [[&[T]; WINDOW]; MAX_ROWS] = [[&[]; WINDOW]; MAX_ROWS];
+        for (&row, w) in rows.iter().zip(win.iter_mut()).take(nrows) {
+            for (i, px) in w.iter_mut().enumerate().take(n) {
+                *px = pixel(row, ix0 + i as isize, self.w, self.zero_px);
+            }
+        }
+        let mut outs = outs.map(|o| {
+            let (o0, rest) = o.split_at_mut(cv);
+            let (o1, rest) = rest.split_at_mut(cv);
+            let (o2, rest) = rest.split_at_mut(cv);
+            [o0, o1, o2, &mut rest[..cv]]
+        });
+        for cb in 0..cv {
+            let mut acc = [[self.bias[cb]; 4]; R];
+            for (i, row) in win.iter().enumerate().take(nrows) {
+                let mut v = [zero; WINDOW];
+                for (v, px) in v.iter_mut().zip(row).take(n) {
+                    *v = px[cb];
                 }
-                let o = &mut out_row[ox * cv..][..cv];
-                for cb in 0..cv {
-                    let mut acc = bv[cb];
-                    for (ky, row) in win.iter().enumerate() {
-                        for (kx, px) in row.iter().enumerate().take(K) {
-                            acc = simd.mul_add_e_f32s(taps[ky * K + kx][cb], px[cb], acc);
+                for (q, acc) in acc.iter_mut().enumerate() {
+                    // the kernel row that input row `i` is for output row `q`
+                    let Some(ky) = i.checked_sub(q * STRIDE).filter(|&ky| ky < K) else {
+                        continue;
+                    };
+                    for kx in 0..K {
+                        let w = self.taps[ky * K + kx][cb];
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            *a = simd.mul_add_e_f32s(w, v[j * STRIDE + kx], *a);
                         }
                     }
-                    o[cb] = simd.min_f32s(simd.max_f32s(acc, zero), six);
                 }
-                ox += 1;
+            }
+            for (outs, acc) in outs.iter_mut().zip(acc) {
+                for (o, a) in outs.iter_mut().zip(acc) {
+                    o[cb] = simd.min_f32s(simd.max_f32s(a, zero), six);
+                }
             }
         }
     }
@@ -534,6 +630,27 @@ mod tests {
                             .map(|i| (got[i] - want[(i % c) * ho * wo + i / c]).abs())
                             .fold(0f32, f32::max);
                         assert!(worst < 1e-4, "c{c} {h}x{w} k{k} s{s} {p:?}: {worst}");
+                        // the same rows from one call, as a fused band makes them (several
+                        // output rows a call: stride 2 takes them two at a time), from the
+                        // first output row and from the second, and bit for bit
+                        for oy0 in 0..ho.min(2) {
+                            let rows = layer.input_rows(oy0, ho - oy0, h, p);
+                            let band = &x_nhwc[rows.start * w * c..rows.end * w * c];
+                            let mut one = vec![f32::NAN; (ho - oy0) * wo * c];
+                            layer.forward_rows(
+                                Band::rows(band, rows.start),
+                                (h, w),
+                                p,
+                                oy0,
+                                &mut one,
+                            );
+                            assert!(
+                                one.iter()
+                                    .zip(&got[oy0 * wo * c..])
+                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "c{c} {h}x{w} k{k} s{s} {p:?} from row {oy0}"
+                            );
+                        }
                     }
                 }
             }

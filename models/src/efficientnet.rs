@@ -401,7 +401,11 @@ impl MbConv {
         let out = slot(out, ho * wo * cout);
         // a few tasks a thread, as in the kernels: a preempted thread holds up one task
         let task_rows = ho.div_ceil(4 * rayon::current_num_threads()).max(1);
-        let band = ((BAND_BYTES / (w * cexp * 4)).saturating_sub(k) / s).clamp(1, task_rows);
+        // at least two output rows for a 5x5 kernel at stride 2, which the depthwise kernel
+        // takes together
+        let least = if (k, s) == (5, 2) { 2 } else { 1 };
+        let band = ((BAND_BYTES / (w * cexp * 4)).saturating_sub(k) / s)
+            .clamp(least, task_rows.max(least));
         // input rows a band reads, at most: the ring's slots
         let slots = ((band - 1) * s + k).min(h);
         let call = FUSED_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
