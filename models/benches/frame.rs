@@ -194,9 +194,11 @@ fn recognise(
             Some(Zoom {
                 model,
                 expected: &[],
+                passed_over: &[],
             }),
         )
         .expect("match")
+        .candidates
         .len()
 }
 
