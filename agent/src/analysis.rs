@@ -9,7 +9,7 @@ use spotter_protocol::{OnScreen, ProductEvent};
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::{Frame, Pipeline};
-use crate::recognizer::{Backbone, Recognizer, ZoomMemory};
+use crate::recognizer::{Backbone, Recognizer};
 use crate::tracker::{FrameTime, Tracker};
 
 /// What the loop reports besides events.
@@ -50,7 +50,6 @@ pub fn run_loop(
     mut emit: impl FnMut(Output),
 ) -> LoopStats {
     let mut stats = LoopStats::default();
-    let mut zooms = ZoomMemory::default();
     // no slack: the backbone stage waits with its result until this stage takes it, so at most
     // two frames are in hand and the appsink keeps dropping the stale ones
     let (ready, backbones) = std::sync::mpsc::sync_channel::<(Frame, Result<Backbone, _>)>(0);
@@ -80,18 +79,10 @@ pub fn run_loop(
                 break;
             }
             let expected = tracker.expected();
-            let result = backbone.and_then(|b| {
-                recognizer.identify(
-                    &b,
-                    &frame.data,
-                    frame.stride,
-                    &expected,
-                    &zooms.passed_over(),
-                )
-            });
+            let result = backbone
+                .and_then(|b| recognizer.identify(&b, &frame.data, frame.stride, &expected));
             match result {
                 Ok(r) => {
-                    zooms.after(&r);
                     stats.frames += 1;
                     stats.inference_ms_total += f64::from(r.inference_ms);
                     if !slowdown.is_zero() {

@@ -90,35 +90,6 @@ pub struct Recognition {
     pub inference_ms: f32,
     /// Of which in the backbone (the rest is shortlisting and verification).
     pub forward_ms: f32,
-    /// The product a zoom chosen by the regional descriptors looked for and did not find
-    /// (for [`ZoomMemory`]).
-    pub zoom_missed: Option<String>,
-}
-
-/// Frames for which a product a zoom missed is passed over by the next zooms.
-pub const PASS_OVER_FRAMES: u32 = 3;
-
-/// The products the zoom looked for lately and did not find, for [`Recognizer::identify`] to
-/// pass over for [`PASS_OVER_FRAMES`] frames (see `spotter_models::Matched::zoom_missed`).
-#[derive(Debug, Default)]
-pub struct ZoomMemory {
-    missed: Vec<(String, u32)>,
-}
-
-impl ZoomMemory {
-    /// The products to pass over in the next frame.
-    pub fn passed_over(&self) -> Vec<&str> {
-        self.missed.iter().map(|(sku, _)| sku.as_str()).collect()
-    }
-
-    /// After each frame: one frame less for those remembered, and the product its zoom missed.
-    pub fn after(&mut self, r: &Recognition) {
-        self.missed.iter_mut().for_each(|(_, left)| *left -= 1);
-        self.missed.retain(|(_, left)| *left > 0);
-        if let Some(sku) = &r.zoom_missed {
-            self.missed.push((sku.clone(), PASS_OVER_FRAMES));
-        }
-    }
 }
 
 /// Chooses the device: CUDA when built with the `cuda` feature and a GPU is present.
@@ -371,7 +342,7 @@ impl Recognizer {
     /// [`Self::backbone`], then [`Self::identify`], expecting nothing.
     pub fn recognise(&self, rgb: &[u8], stride: usize) -> Result<Recognition, RecognizerError> {
         let backbone = self.backbone(rgb, stride)?;
-        self.identify(&backbone, rgb, stride, &[], &[])
+        self.identify(&backbone, rgb, stride, &[])
     }
 
     /// The first stage of [`Self::recognise`]: the network's pass over the frame. The analysis
@@ -394,15 +365,13 @@ impl Recognizer {
     ///
     /// `expected` are products on screen a moment ago, with their last boxes, most recently seen
     /// first ([`crate::tracker::Tracker::expected`]): with the zoom on, the first of them the
-    /// frame misses is looked for again where it was, enlarged. `passed_over` are products the
-    /// regional descriptors are not to aim the zoom at ([`ZoomMemory::passed_over`]).
+    /// frame misses is looked for again where it was, enlarged.
     pub fn identify(
         &self,
         backbone: &Backbone,
         rgb: &[u8],
         stride: usize,
         expected: &[(&str, [f32; 4])],
-        passed_over: &[&str],
     ) -> Result<Recognition, RecognizerError> {
         let started = Instant::now();
         let index = self.current_index();
@@ -415,11 +384,7 @@ impl Recognizer {
                 Some(Expected { product, bbox })
             })
             .collect();
-        let passed_over: Vec<usize> = passed_over
-            .iter()
-            .filter_map(|&sku| products.iter().position(|p| p == sku))
-            .collect();
-        let matched = index.candidates(
+        let candidates = index.candidates(
             FrameFeatures {
                 features: &backbone.features,
                 mid: &backbone.mid,
@@ -431,7 +396,6 @@ impl Recognizer {
             self.zoom.then_some(Zoom {
                 model: &self.model,
                 expected: &expected,
-                passed_over: &passed_over,
             }),
         )?;
         let mut detections = Vec::new();
@@ -439,7 +403,7 @@ impl Recognizer {
             product,
             verified: v,
             zoomed,
-        } in matched.candidates
+        } in candidates
         {
             let sku = &products[product];
             tracing::trace!(
@@ -471,7 +435,6 @@ impl Recognizer {
             detections,
             inference_ms: backbone.forward_ms + started.elapsed().as_secs_f32() * 1000.0,
             forward_ms: backbone.forward_ms,
-            zoom_missed: matched.zoom_missed.map(|p| products[p].clone()),
         })
     }
 }
@@ -631,32 +594,4 @@ pub fn classify(
         writeln!(out, "{}\t{}", path.display(), top.join(" "))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_product_a_zoom_missed_is_passed_over_for_a_few_frames() {
-        let frame = |missed: Option<&str>| Recognition {
-            detections: vec![],
-            inference_ms: 0.0,
-            forward_ms: 0.0,
-            zoom_missed: missed.map(str::to_owned),
-        };
-        let mut m = ZoomMemory::default();
-        m.after(&frame(Some("GTR-1")));
-        for _ in 1..PASS_OVER_FRAMES {
-            assert_eq!(m.passed_over(), vec!["GTR-1"]);
-            m.after(&frame(None));
-        }
-        assert_eq!(m.passed_over(), vec!["GTR-1"]);
-        m.after(&frame(Some("BOOK-1")));
-        assert_eq!(
-            m.passed_over(),
-            vec!["BOOK-1"],
-            "GTR-1 may be zoomed into again"
-        );
-    }
 }

@@ -217,7 +217,7 @@ fn a_product_on_screen_a_moment_ago_is_looked_for_where_it_was() {
         let at = format!("at {x},{y}: ");
         let mug = |frame: &[u8], expected: &[(&str, [f32; 4])]| {
             let backbone = r.backbone(frame, w * 3).expect("backbone");
-            r.identify(&backbone, frame, w * 3, expected, &[])
+            r.identify(&backbone, frame, w * 3, expected)
                 .expect("identify")
                 .detections
                 .into_iter()

@@ -194,11 +194,9 @@ fn recognise(
             Some(Zoom {
                 model,
                 expected: &[],
-                passed_over: &[],
             }),
         )
         .expect("match")
-        .candidates
         .len()
 }
 

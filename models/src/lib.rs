@@ -24,7 +24,7 @@ pub mod verify;
 
 pub use descriptor::{CatalogIndex, Match, RegionGrid};
 pub use efficientnet::{EfficientNetLite0, LiteConfig, Padding, MID_TAP_BLOCK};
-pub use matching::{Candidate, Expected, FrameFeatures, Matched, ProductIndex, Zoom};
+pub use matching::{Candidate, Expected, FrameFeatures, ProductIndex, Zoom};
 
 /// The largest absolute difference between two equally long slices (kernel tests).
 #[cfg(test)]

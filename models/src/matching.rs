@@ -60,21 +60,6 @@ pub struct Zoom<'a> {
     /// Products expected in the frame, in order of priority: the first one the frame misses is
     /// looked for where it was.
     pub expected: &'a [Expected],
-    /// Products the regional descriptors are not to aim the zoom at: zoomed into lately and not
-    /// found ([`Matched::zoom_missed`]).
-    pub passed_over: &'a [usize],
-}
-
-/// What [`ProductIndex::candidates`] found in a frame.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Matched {
-    /// The products that passed verification.
-    pub candidates: Vec<Candidate>,
-    /// The product a zoom chosen by the regional descriptors looked for and did not find. A
-    /// product that resembles many regions (a guitar, a book) ranked first and was not there
-    /// held the zoom for whole appearances of others (4 missed appearances over 5 splits):
-    /// callers pass it over for a few frames ([`Zoom::passed_over`]).
-    pub zoom_missed: Option<usize>,
 }
 
 /// What a frame is matched against: global descriptors shortlist candidates, reference views
@@ -133,7 +118,7 @@ impl ProductIndex {
         shortlist: usize,
         params: &VerifyParams,
         zoom: Option<Zoom<'_>>,
-    ) -> Result<Matched> {
+    ) -> Result<Vec<Candidate>> {
         let regions = regional_descriptors(frame.features, grid)?;
         let scores = self.global.score(&regions)?;
         let shortlisted: Vec<Match> = scores
@@ -144,24 +129,12 @@ impl ProductIndex {
         let products: Vec<usize> = shortlisted.iter().map(|m| m.product).collect();
         let mut found =
             self.verify_shortlist(&products, frame.mid, frame.pixels, params, |_| true)?;
-        let done = |candidates, zoom_missed| {
-            Ok(Matched {
-                candidates,
-                zoom_missed,
-            })
+        let Some(Zoom { model, expected }) = zoom else {
+            return Ok(found);
         };
-        let Some(Zoom {
-            model,
-            expected,
-            passed_over,
-        }) = zoom
+        let Some((target, region)) = self.zoom_target(&shortlisted, &found, &scores, expected)
         else {
-            return done(found, None);
-        };
-        let Some((target, region)) =
-            self.zoom_target(&shortlisted, &found, &scores, expected, passed_over)
-        else {
-            return done(found, None);
+            return Ok(found);
         };
         let mut products = products;
         if !products.contains(&target) {
@@ -182,8 +155,7 @@ impl ProductIndex {
             |p| p == target,
         )?;
         let Some(mut c) = closer.into_iter().next() else {
-            let chosen_by_descriptors = !expected.iter().any(|e| e.product == target);
-            return done(found, chosen_by_descriptors.then_some(target));
+            return Ok(found);
         };
         c.verified.bbox = zoomed.to_frame(c.verified.bbox);
         c.zoomed = true;
@@ -192,7 +164,7 @@ impl ProductIndex {
             Some(f) => *f = c,
             None => found.push(c),
         }
-        done(found, None)
+        Ok(found)
     }
 
     /// The product to zoom in on and the region to enlarge, if any.
@@ -201,8 +173,8 @@ impl ProductIndex {
     /// inliers) and whose box, grown by [`EXPECTED_MARGIN`], is small: a product confirmed a
     /// moment ago is most likely still there, under a hand or blurred.
     ///
-    /// Otherwise the best-scoring shortlisted product that `found` lacks or holds weakly, not
-    /// one of `passed_over`, and its best small region. Its own best region may be the whole frame: a small product's
+    /// Otherwise the best-scoring shortlisted product that `found` lacks or holds weakly, and its
+    /// best small region. Its own best region may be the whole frame: a small product's
     /// descriptor scores highest where the region holds all of it, whatever else it holds.
     ///
     /// "Small" is at most [`ZOOM_MAX_AREA`] of the frame.
@@ -212,7 +184,6 @@ impl ProductIndex {
         found: &[Candidate],
         scores: &RegionScores<'_>,
         expected: &[Expected],
-        passed_over: &[usize],
     ) -> Option<(usize, [f32; 4])> {
         let weak = |product: usize| {
             found
@@ -227,9 +198,7 @@ impl ProductIndex {
             .map(|e| (e.product, grown(e.bbox, EXPECTED_MARGIN)))
             .find(|(_, region)| small(region))
             .or_else(|| {
-                let m = shortlisted
-                    .iter()
-                    .find(|m| weak(m.product) && !passed_over.contains(&m.product))?;
+                let m = shortlisted.iter().find(|m| weak(m.product))?;
                 scores
                     .best_region_for(m.product, small)
                     .map(|r| (m.product, r.bbox))
