@@ -1,5 +1,6 @@
 //! The catalog's mug is found where it is, over a real photograph; another mug that only looks
-//! like it, and the photograph alone, are not reported at all.
+//! like it, and the photograph alone, are not reported at all. A wall clock drawn like the
+//! catalog's alarm clock is refused on a second, closer look.
 //!
 //! Needs the converted weights (`make setup`) and Debian's openclipart-png.
 
@@ -13,6 +14,11 @@ use spotter_protocol::Catalog;
 const MUG: &str = "/usr/share/openclipart/png/food/beverages/mug.png";
 const OTHER_MUG: &str = "/usr/share/openclipart/png/food/beverages/mug_toh_yen_cheng_01.png";
 const OTHER_GUITAR: &str = "/usr/share/openclipart/png/recreation/music/guitar_jarno_vasamaa1.png";
+const ALARM_CLOCK: &str =
+    "/usr/share/openclipart/png/signs_and_symbols/clocks/alarm_clock_mike_powers_.png";
+/// A wall clock whose face is drawn like [`ALARM_CLOCK`]'s.
+const WALL_CLOCK: &str =
+    "/usr/share/openclipart/png/signs_and_symbols/clocks/orologio_da_parete_archi_01.png";
 const W: usize = 384;
 const H: usize = 224;
 
@@ -77,12 +83,19 @@ fn frame_of(art: &str, x: u32, y: u32, side: u32, (w, h): (usize, usize)) -> (Ve
 
 /// A catalog of the mug alone, in a temporary directory that lives as long as the first value.
 fn mug_catalog() -> (tempfile::TempDir, Catalog) {
+    catalog_of("MUG-001", MUG)
+}
+
+/// A catalog of one product, `sku`, with one photo, `art`.
+fn catalog_of(sku: &str, art: &str) -> (tempfile::TempDir, Catalog) {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(MUG, dir.path().join("mug.png")).expect("openclipart-png is installed");
+    std::fs::copy(art, dir.path().join("photo.png")).expect("openclipart-png is installed");
     std::fs::write(
         dir.path().join("catalog.toml"),
-        "[[product]]\nsku = \"MUG-001\"\nname = \"Mug\"\nprice = \"9.00\"\ncurrency = \"USD\"\n\
-         url = \"https://shop.example/mug\"\nimages = [\"mug.png\"]\n",
+        format!(
+            "[[product]]\nsku = \"{sku}\"\nname = \"{sku}\"\nprice = \"9.00\"\n\
+             currency = \"USD\"\nurl = \"https://shop.example/{sku}\"\nimages = [\"photo.png\"]\n"
+        ),
     )
     .expect("write");
     let catalog = Catalog::load(dir.path()).expect("catalog");
@@ -205,14 +218,16 @@ fn a_small_product_is_found_by_looking_closer() {
 #[test]
 fn a_product_on_screen_a_moment_ago_is_looked_for_where_it_was() {
     // the mug small, in the bottom half, where the regional descriptors point the zoom at the
-    // backdrop's own coffee cup: the whole frame and that zoom give it 0-3 inliers
+    // backdrop's own coffee cup: the whole frame and that zoom do not find it
     let (w, h) = (768, 448);
     let (_dir, catalog) = mug_catalog();
     let (r, _) = Recognizer::load(&model(), &catalog, w, h).expect("recognizer");
     let confirm = TrackerConfig::default().confirm_evidence;
     let sighting = TrackerConfig::default().min_score;
     let empty = backdrop_of(w, h).into_raw();
-    for (x, y) in [(40, 300), (400, 320)] {
+    // (where the whole frame finds a few inliers of it, a second look finds the mug without
+    // being told: at 40,300, 3 inliers in the frame, 36 enlarged)
+    for (x, y) in [(400, 320), (560, 300)] {
         let (frame, truth) = frame_of(MUG, x, y, 80, (w, h));
         let at = format!("at {x},{y}: ");
         let mug = |frame: &[u8], expected: &[(&str, [f32; 4])]| {
@@ -241,5 +256,50 @@ fn a_product_on_screen_a_moment_ago_is_looked_for_where_it_was() {
             ghost.as_ref().is_none_or(|d| d.score < sighting),
             "{at}the mug is reported where it was, after it left: {ghost:?}"
         );
+    }
+}
+
+#[test]
+fn a_look_alike_that_passes_in_the_whole_frame_fails_a_second_look() {
+    // the wall clock, 100 and 160 pixels high at the agent's analysis size, passes as the
+    // catalog's alarm clock in the whole frame on 4-12 inliers and a likeness of its face;
+    // enlarged twice, its outline does not line up
+    let (w, h) = (768, 448);
+    let (_dir, catalog) = catalog_of("CLK-001", ALARM_CLOCK);
+    let (r, _) = Recognizer::load(&model(), &catalog, w, h).expect("recognizer");
+    let (whole_only, _) = Recognizer::load(&model(), &catalog, w, h).expect("recognizer");
+    let whole_only = whole_only.with_zoom(false);
+    let sighting = TrackerConfig::default().min_score;
+    for (side, x, y) in [
+        (100, 60, 60),
+        (100, 400, 200),
+        (160, 400, 200),
+        (160, 250, 100),
+    ] {
+        let at = format!("{side} px at {x},{y}: ");
+        let clock = |r: &Recognizer, art: &str| {
+            let (frame, _) = frame_of(art, x, y, side, (w, h));
+            r.recognise(&frame, w * 3)
+                .expect("recognise")
+                .detections
+                .into_iter()
+                .find(|d| d.sku == "CLK-001")
+        };
+        let passed = clock(&whole_only, WALL_CLOCK);
+        assert!(
+            passed.as_ref().is_some_and(|d| d.score >= sighting),
+            "{at}the whole frame alone no longer takes the wall clock for the alarm clock, so \
+             this test shows nothing: {passed:?}"
+        );
+        let second = clock(&r, WALL_CLOCK);
+        assert!(
+            second.as_ref().is_none_or(|d| d.score < sighting),
+            "{at}the wall clock passes a second look as the alarm clock: {second:?}"
+        );
+        // and the alarm clock itself passes it, with inliers enough to confirm
+        let (_, truth) = frame_of(ALARM_CLOCK, x, y, side, (w, h));
+        let real = clock(&r, ALARM_CLOCK)
+            .unwrap_or_else(|| panic!("{at}the alarm clock fails a second look"));
+        assert_confirmable_where(&real, truth, &at);
     }
 }

@@ -298,7 +298,8 @@ impl Default for VerifyParams {
     /// under 0.25 and edges under 0.4, against 6 of 451 right ones (a phone, scissors half
     /// covered by a hand, a book). Either measure alone cost more: thin or covered products
     /// (scissors) keep their edges but not their pixels, and flat ones the reverse. The wall
-    /// clock taken for the alarm clock passes: its face is drawn alike (pixels 0.50-0.67).
+    /// clock taken for the alarm clock passes: its face is drawn alike (pixels 0.50-0.67); the
+    /// zoom's second look at a product verified on its likeness refuses it (`matching.rs`).
     fn default() -> Self {
         VerifyParams {
             min_similarity: 0.6,
@@ -351,6 +352,16 @@ impl VerifyParams {
             agreement_exempt: self.agreement_exempt * zoom,
             likeness_exempt: self.likeness_exempt * zoom,
             min_likeness_pixels: f32::INFINITY,
+            ..self.clone()
+        }
+    }
+
+    /// These rules with the likeness measured (below [`Self::likeness_exempt`] inliers) but
+    /// passing whatever it is, for the caller to judge with [`Self::alike`].
+    pub fn likeness_measured_only(&self) -> VerifyParams {
+        VerifyParams {
+            min_likeness_pixels: f32::NEG_INFINITY,
+            min_likeness_edges: f32::NEG_INFINITY,
             ..self.clone()
         }
     }
