@@ -71,8 +71,8 @@ pub struct Zoom<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Why {
     /// A product the frame verified only on its likeness and the caller does not expect yet:
-    /// enlarged, the product passes with many inliers, and a look-alike drawn like it fails
-    /// ([`passes_second_look`]), and its sighting in the frame is dropped.
+    /// enlarged, the product passes with many inliers, while a look-alike drawn like it fails
+    /// ([`passes_second_look`]) and its sighting in the frame is dropped.
     SecondLook,
     /// An expected product the frame missed or verified weakly: it is likely still there.
     Expected,
