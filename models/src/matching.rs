@@ -68,12 +68,15 @@ pub struct Zoom<'a> {
 }
 
 /// Why a region is zoomed into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Why {
-    /// A product the frame verified only on its likeness and the caller does not expect yet:
-    /// enlarged, the product passes with many inliers, while a look-alike drawn like it fails
-    /// ([`passes_second_look`]) and its sighting in the frame is dropped.
-    SecondLook,
+    /// A product the frame verified only on its likeness, at `seen_at`, and the caller does not
+    /// expect yet: enlarged, the product passes with many inliers, while a look-alike drawn like
+    /// it fails ([`passes_second_look`]) and its sighting in the frame is dropped.
+    SecondLook {
+        /// The frame's box of it.
+        seen_at: [f32; 4],
+    },
     /// An expected product the frame missed or verified weakly: it is likely still there.
     Expected,
     /// The best-ranked shortlisted product the frame missed or verified weakly.
@@ -182,7 +185,7 @@ impl ProductIndex {
         // a second look measures the likeness without holding the product to it, to tell a
         // look-alike (it lines up and does not look alike) from what the zoom cannot judge
         let look = match why {
-            Why::SecondLook => rules.likeness_measured_only(),
+            Why::SecondLook { .. } => rules.likeness_measured_only(),
             Why::Expected | Why::Shortlisted => rules.clone(),
         };
         let closer = self.verify_shortlist(
@@ -195,9 +198,11 @@ impl ProductIndex {
             |p| p == target,
         )?;
         let closer = closer.into_iter().next();
-        if why == Why::SecondLook && !passes_second_look(closer.as_ref(), &found, target, &rules) {
-            found.retain(|f| f.product != target);
-            return Ok(found);
+        if let Why::SecondLook { seen_at } = why {
+            if !passes_second_look(closer.as_ref(), seen_at, &rules) {
+                found.retain(|f| f.product != target);
+                return Ok(found);
+            }
         }
         let Some(mut c) = closer else {
             return Ok(found);
@@ -256,8 +261,9 @@ impl ProductIndex {
             .iter()
             .filter(|c| c.verified.inliers < params.likeness_exempt && !is_expected(c.product))
             .find_map(|c| {
-                let region = grown(c.verified.bbox, SECOND_LOOK_MARGIN);
-                target(c.product, region, Why::SecondLook)
+                let seen_at = c.verified.bbox;
+                let region = grown(seen_at, SECOND_LOOK_MARGIN);
+                target(c.product, region, Why::SecondLook { seen_at })
             })
             .or_else(|| {
                 expected
@@ -320,8 +326,8 @@ impl ProductIndex {
     }
 }
 
-/// Whether the frame's sighting of `product` (in `found`) stands after a second look whose best
-/// match, verified with the likeness measured only, is `closer`.
+/// Whether the frame's sighting of a product, at `seen_at`, stands after a second look whose
+/// best match, verified with the likeness measured only, is `closer`.
 ///
 /// It falls if the zoom lines the product up and the likeness fails `rules` (a look-alike: the
 /// wall clock drawn like the alarm clock lined up with 14-17 inliers and edges of 0.18-0.27,
@@ -331,19 +337,12 @@ impl ProductIndex {
 /// and dropping those sightings delayed their `new` by a frame.
 fn passes_second_look(
     closer: Option<&Candidate>,
-    found: &[Candidate],
-    product: usize,
+    [x0, y0, x1, y1]: [f32; 4],
     rules: &VerifyParams,
 ) -> bool {
     match closer {
         Some(c) => c.verified.likeness.is_none_or(|l| rules.alike(&l)),
-        None => found
-            .iter()
-            .find(|f| f.product == product)
-            .is_some_and(|f| {
-                let [x0, y0, x1, y1] = f.verified.bbox;
-                x0 <= 0.0 || y0 <= 0.0 || x1 >= 1.0 || y1 >= 1.0
-            }),
+        None => x0 <= 0.0 || y0 <= 0.0 || x1 >= 1.0 || y1 >= 1.0,
     }
 }
 
@@ -492,36 +491,17 @@ mod tests {
         let rules = VerifyParams::default().zoomed(ZOOM);
         let inside = [0.6, 0.45, 0.8, 0.85];
         let at_edge = [0.6, 0.0, 0.8, 0.35];
-        let frame = |bbox| vec![candidate(bbox, None)];
         let zoomed = |pixels, edges| candidate(inside, Some(Likeness { pixels, edges }));
         // lined up, with its face's pixels alike and its outline not: a look-alike
-        assert!(!passes_second_look(
-            Some(&zoomed(0.45, 0.23)),
-            &frame(inside),
-            3,
-            &rules
-        ));
-        assert!(!passes_second_look(
-            Some(&zoomed(0.45, 0.23)),
-            &frame(at_edge),
-            3,
-            &rules
-        ));
+        let look_alike = zoomed(0.45, 0.23);
+        assert!(!passes_second_look(Some(&look_alike), inside, &rules));
+        assert!(!passes_second_look(Some(&look_alike), at_edge, &rules));
         // lined up and alike, or with inliers enough to be exempt from the likeness
-        assert!(passes_second_look(
-            Some(&zoomed(0.45, 0.6)),
-            &frame(inside),
-            3,
-            &rules
-        ));
-        assert!(passes_second_look(
-            Some(&candidate(inside, None)),
-            &frame(inside),
-            3,
-            &rules
-        ));
+        assert!(passes_second_look(Some(&zoomed(0.45, 0.6)), inside, &rules));
+        let exempt = candidate(inside, None);
+        assert!(passes_second_look(Some(&exempt), inside, &rules));
         // nothing found: inside the frame the sighting falls, cut by its edge it stands
-        assert!(!passes_second_look(None, &frame(inside), 3, &rules));
-        assert!(passes_second_look(None, &frame(at_edge), 3, &rules));
+        assert!(!passes_second_look(None, inside, &rules));
+        assert!(passes_second_look(None, at_edge, &rules));
     }
 }
