@@ -83,21 +83,22 @@ fn frame_of(art: &str, x: u32, y: u32, side: u32, (w, h): (usize, usize)) -> (Ve
 
 /// A catalog of the mug alone, in a temporary directory that lives as long as the first value.
 fn mug_catalog() -> (tempfile::TempDir, Catalog) {
-    catalog_of("MUG-001", MUG)
+    catalog_of(&[("MUG-001", MUG)])
 }
 
-/// A catalog of one product, `sku`, with one photo, `art`.
-fn catalog_of(sku: &str, art: &str) -> (tempfile::TempDir, Catalog) {
+/// A catalog of `products`, `(sku, photo)` each, in this order.
+fn catalog_of(products: &[(&str, &str)]) -> (tempfile::TempDir, Catalog) {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(art, dir.path().join("photo.png")).expect("openclipart-png is installed");
-    std::fs::write(
-        dir.path().join("catalog.toml"),
-        format!(
+    let mut toml = String::new();
+    for (sku, art) in products {
+        std::fs::copy(art, dir.path().join(format!("{sku}.png")))
+            .expect("openclipart-png is installed");
+        toml += &format!(
             "[[product]]\nsku = \"{sku}\"\nname = \"{sku}\"\nprice = \"9.00\"\n\
-             currency = \"USD\"\nurl = \"https://shop.example/{sku}\"\nimages = [\"photo.png\"]\n"
-        ),
-    )
-    .expect("write");
+             currency = \"USD\"\nurl = \"https://shop.example/{sku}\"\nimages = [\"{sku}.png\"]\n"
+        );
+    }
+    std::fs::write(dir.path().join("catalog.toml"), toml).expect("write");
     let catalog = Catalog::load(dir.path()).expect("catalog");
     (dir, catalog)
 }
@@ -153,21 +154,7 @@ fn the_catalog_mug_is_found_and_look_alikes_are_not() {
 fn a_catalog_larger_than_the_shortlist_is_shortlisted_by_regional_descriptors() {
     // two products and a shortlist of one: the regional descriptors must put the mug first
     // for verification to find it
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(MUG, dir.path().join("mug.png")).expect("openclipart-png is installed");
-    std::fs::copy(OTHER_GUITAR, dir.path().join("guitar.png")).expect("openclipart-png");
-    let entry = |sku: &str, photo: &str| {
-        format!(
-            "[[product]]\nsku = \"{sku}\"\nname = \"{sku}\"\nprice = \"9.00\"\n\
-             currency = \"USD\"\nurl = \"https://shop.example/{sku}\"\nimages = [\"{photo}\"]\n"
-        )
-    };
-    std::fs::write(
-        dir.path().join("catalog.toml"),
-        entry("GTR-001", "guitar.png") + &entry("MUG-001", "mug.png"),
-    )
-    .expect("write");
-    let catalog = Catalog::load(dir.path()).expect("catalog");
+    let (_dir, catalog) = catalog_of(&[("GTR-001", OTHER_GUITAR), ("MUG-001", MUG)]);
     let (r, _) = Recognizer::load(&model(), &catalog, W, H).expect("recognizer");
     let r = r.with_shortlist(1);
     let (frame, truth) = frame_with(MUG, 200, 70, 110);
@@ -265,7 +252,7 @@ fn a_look_alike_that_passes_in_the_whole_frame_fails_a_second_look() {
     // catalog's alarm clock in the whole frame on 4-12 inliers and a likeness of its face;
     // enlarged twice, its outline does not line up
     let (w, h) = (768, 448);
-    let (_dir, catalog) = catalog_of("CLK-001", ALARM_CLOCK);
+    let (_dir, catalog) = catalog_of(&[("CLK-001", ALARM_CLOCK)]);
     let (r, _) = Recognizer::load(&model(), &catalog, w, h).expect("recognizer");
     let (whole_only, _) = Recognizer::load(&model(), &catalog, w, h).expect("recognizer");
     let whole_only = whole_only.with_zoom(false);
