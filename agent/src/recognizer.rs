@@ -244,7 +244,7 @@ const EXTRA_VIEW_SIDES: &[u32] = &[128, 320];
 const REFERENCE_SIDE: u32 = 224;
 
 /// Side of the square a reference photo's pixels are kept at for the likeness
-/// ([`Appearance`], about 300 KB a photo): its indexed canvas.
+/// ([`Appearance`], about 400 KB a photo): its indexed canvas.
 const APPEARANCE_SIDE: u32 = REFERENCE_SIDE;
 
 /// A reference photo left out of the index, and why.
@@ -321,6 +321,12 @@ impl Recognizer {
     /// [`ProductIndex::candidates`]).
     pub fn with_zoom(mut self, zoom: bool) -> Self {
         self.zoom = zoom;
+        self
+    }
+
+    /// Verifies with these rules instead of [`VerifyParams::default`].
+    pub fn with_verify(mut self, rules: VerifyParams) -> Self {
+        self.verify = rules;
         self
     }
 
@@ -417,6 +423,7 @@ impl Recognizer {
                 agreement = v.agreement,
                 likeness_pixels = v.likeness.map(|l| l.pixels),
                 likeness_edges = v.likeness.map(|l| l.edges),
+                likeness_tone = v.likeness.and_then(|l| l.tone),
                 zoomed,
                 "candidate verified"
             );

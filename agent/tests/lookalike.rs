@@ -1,6 +1,7 @@
 //! The catalog's mug is found where it is, over a real photograph; another mug that only looks
 //! like it, and the photograph alone, are not reported at all. A wall clock drawn like the
-//! catalog's alarm clock is refused on a second, closer look.
+//! catalog's alarm clock is refused on a second, closer look, and a chrome wall clock is not the
+//! catalog's black one.
 //!
 //! Needs the converted weights (`make setup`) and Debian's openclipart-png.
 
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use spotter_agent::config::TrackerConfig;
 use spotter_agent::recognizer::{photo_to_rgb, Recognizer};
 use spotter_agent::tracker::{iou, Detection};
+use spotter_models::verify::VerifyParams;
 use spotter_protocol::Catalog;
 
 const MUG: &str = "/usr/share/openclipart/png/food/beverages/mug.png";
@@ -19,6 +21,9 @@ const ALARM_CLOCK: &str =
 /// A wall clock whose face is drawn like [`ALARM_CLOCK`]'s.
 const WALL_CLOCK: &str =
     "/usr/share/openclipart/png/signs_and_symbols/clocks/orologio_da_parete_archi_01.png";
+/// A wall clock with a black rim and [`WALL_CLOCK`]'s white face, ticks and hands.
+const BLACK_CLOCK: &str =
+    "/usr/share/openclipart/png/signs_and_symbols/clocks/modern_clock_chris_kemps_01.png";
 const W: usize = 384;
 const H: usize = 224;
 
@@ -289,4 +294,48 @@ fn a_look_alike_that_passes_in_the_whole_frame_fails_a_second_look() {
             .unwrap_or_else(|| panic!("{at}the alarm clock fails a second look"));
         assert_confirmable_where(&real, truth, &at);
     }
+}
+
+#[test]
+fn the_same_clock_in_another_colour_is_not_the_catalogs() {
+    // the chrome wall clock has the black one's white face, ticks and hands: it lines up with the
+    // black clock's photo on enough inliers to be exempt from the likeness (split C's clip 2),
+    // and only its rim's tone tells them apart
+    let (w, h) = (768, 448);
+    let (_dir, catalog) = catalog_of(&[("CLK-201", BLACK_CLOCK)]);
+    let (r, _) = Recognizer::load(&model(), &catalog, w, h).expect("recognizer");
+    let (blind, _) = Recognizer::load(&model(), &catalog, w, h).expect("recognizer");
+    let blind = blind.with_verify(VerifyParams {
+        max_tone: f32::INFINITY,
+        ..VerifyParams::default()
+    });
+    let sighting = TrackerConfig::default().min_score;
+    let mut passed_blind = 0;
+    for (side, x, y) in [(120, 80, 60), (160, 500, 200), (200, 300, 120)] {
+        let at = format!("{side} px at {x},{y}: ");
+        let clock = |r: &Recognizer, art: &str| {
+            let (frame, _) = frame_of(art, x, y, side, (w, h));
+            r.recognise(&frame, w * 3)
+                .expect("recognise")
+                .detections
+                .into_iter()
+                .find(|d| d.sku == "CLK-201")
+        };
+        let blind_sees = clock(&blind, WALL_CLOCK);
+        passed_blind += usize::from(blind_sees.as_ref().is_some_and(|d| d.score >= sighting));
+        let chrome = clock(&r, WALL_CLOCK);
+        assert!(
+            chrome.as_ref().is_none_or(|d| d.score < sighting),
+            "{at}the chrome clock passes as the black one: {chrome:?}"
+        );
+        let (_, truth) = frame_of(BLACK_CLOCK, x, y, side, (w, h));
+        let black = clock(&r, BLACK_CLOCK)
+            .unwrap_or_else(|| panic!("{at}the black clock itself is refused"));
+        assert_confirmable_where(&black, truth, &at);
+    }
+    assert!(
+        passed_blind >= 2,
+        "blind to the tone, the chrome clock passes as the black one in only {passed_blind} of 3 \
+         frames, so this test shows little"
+    );
 }

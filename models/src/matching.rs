@@ -341,7 +341,10 @@ fn passes_second_look(
     rules: &VerifyParams,
 ) -> bool {
     match closer {
-        Some(c) => c.verified.likeness.is_none_or(|l| rules.alike(&l)),
+        Some(c) => c
+            .verified
+            .likeness
+            .is_none_or(|l| !rules.refuses(c.verified.inliers, &l)),
         None => x0 <= 0.0 || y0 <= 0.0 || x1 >= 1.0 || y1 >= 1.0,
     }
 }
@@ -468,7 +471,7 @@ mod tests {
     fn a_second_look_drops_a_look_alike_and_what_it_cannot_see_inside_the_frame() {
         use crate::appearance::Likeness;
         use crate::verify::Similarity;
-        let candidate = |bbox: [f32; 4], likeness: Option<Likeness>| {
+        let candidate = |bbox: [f32; 4], inliers: usize, likeness: Option<Likeness>| {
             let t = Similarity {
                 a: [1.0, 0.0],
                 b: [0.0, 0.0],
@@ -476,8 +479,8 @@ mod tests {
             Candidate {
                 product: 3,
                 verified: Verified {
-                    inliers: 10,
-                    pairs: 12,
+                    inliers,
+                    pairs: inliers + 2,
                     transform: t,
                     bbox,
                     spread: 0.5,
@@ -491,15 +494,38 @@ mod tests {
         let rules = VerifyParams::default().zoomed(ZOOM);
         let inside = [0.6, 0.45, 0.8, 0.85];
         let at_edge = [0.6, 0.0, 0.8, 0.35];
-        let zoomed = |pixels, edges| candidate(inside, Some(Likeness { pixels, edges }));
+        let likeness = |pixels, edges, tone| Likeness {
+            pixels,
+            edges,
+            tone,
+        };
+        let zoomed = |pixels, edges| candidate(inside, 10, Some(likeness(pixels, edges, None)));
         // lined up, with its face's pixels alike and its outline not: a look-alike
         let look_alike = zoomed(0.45, 0.23);
         assert!(!passes_second_look(Some(&look_alike), inside, &rules));
         assert!(!passes_second_look(Some(&look_alike), at_edge, &rules));
         // lined up and alike, or with inliers enough to be exempt from the likeness
         assert!(passes_second_look(Some(&zoomed(0.45, 0.6)), inside, &rules));
-        let exempt = candidate(inside, None);
-        assert!(passes_second_look(Some(&exempt), inside, &rules));
+        let exempt = rules.likeness_exempt;
+        let unlike = Some(likeness(0.1, 0.1, None));
+        assert!(passes_second_look(
+            Some(&candidate(inside, exempt, unlike)),
+            inside,
+            &rules
+        ));
+        // but never in another tone
+        let light = Some(likeness(0.9, 0.9, Some(rules.max_tone + 0.1)));
+        assert!(!passes_second_look(
+            Some(&candidate(inside, exempt, light)),
+            inside,
+            &rules
+        ));
+        // not measured (too little of it in the zoom) is not held against it
+        assert!(passes_second_look(
+            Some(&candidate(inside, 10, None)),
+            inside,
+            &rules
+        ));
         // nothing found: inside the frame the sighting falls, cut by its edge it stands
         assert!(!passes_second_look(None, inside, &rules));
         assert!(passes_second_look(None, at_edge, &rules));
