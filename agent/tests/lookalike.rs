@@ -118,7 +118,7 @@ fn assert_confirmable_where(found: &Detection, truth: [f32; 4], at: &str) {
     );
     assert!(
         iou(found.bbox, truth) >= 0.4,
-        "{at}box {:?} is not where the mug is ({truth:?})",
+        "{at}box {:?} is not where the product is ({truth:?})",
         found.bbox
     );
 }

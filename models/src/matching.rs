@@ -329,7 +329,7 @@ impl ProductIndex {
 /// Whether the frame's sighting of a product, at `seen_at`, stands after a second look whose
 /// best match, verified with the likeness measured only, is `closer`.
 ///
-/// It falls if the zoom lines the product up and the likeness fails `rules` (a look-alike: the
+/// It falls if the zoom lines the product up and `rules` refuse its likeness (a look-alike: the
 /// wall clock drawn like the alarm clock lined up with 14-17 inliers and edges of 0.18-0.27,
 /// tune split of seed 777, clip 3), or if the zoom finds nothing of a product whose box lies
 /// inside the frame. A box cut by the frame's edge may be a product coming in, half outside: the

@@ -308,7 +308,8 @@ impl Default for VerifyParams {
     /// the catalog's black one on 14-30 inliers (seed 20261202, clip 2, and seed 20261201,
     /// clip 8) had tones of 0.64-0.82 in 30 of its 31 sightings; 1 of the 1027 right sightings
     /// with a tone measured went over 0.6 (a phone, 0.65), the next ones 0.59 and 0.56
-    /// (scissors and a guitar in a hand).
+    /// (scissors and a guitar in a hand). On the fresh seed (20261203) the rules without the
+    /// tone announced a chrome clock as the black one (clip 6); these do not.
     fn default() -> Self {
         VerifyParams {
             min_similarity: 0.6,
