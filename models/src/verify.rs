@@ -305,7 +305,7 @@ impl Default for VerifyParams {
     /// zoom's second look at a product verified on its likeness refuses it (`matching.rs`). The
     /// tone was set on all six splits at once (the three tune ones, test and the held-out seeds
     /// 20261201 and 20261202), so a fresh seed was scored after: a chrome wall clock taken for
-    /// the catalog's black one on 14-30 inliers (seed 20261202, clip 2, and seed 20261201,
+    /// the catalog's black one on 14-42 inliers (seed 20261202, clip 2, and seed 20261201,
     /// clip 8) had tones of 0.64-0.82 in 30 of its 31 sightings; 1 of the 1027 right sightings
     /// with a tone measured went over 0.6 (a phone, 0.65), the next ones 0.59 and 0.56
     /// (scissors and a guitar in a hand). On the fresh seed (20261203) the rules without the
