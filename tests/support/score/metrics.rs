@@ -199,6 +199,11 @@ pub struct Report {
     pub lookalike_appearances: usize,
     /// Look-alike appearances during which at least one wrong event came.
     pub lookalikes_that_drew_events: usize,
+    /// Look-alike appearances during which a catalog product off screen had its event
+    /// `update`d: taken for that product while its event was still open, which no `new` shows
+    /// (a chrome clock shown seconds after the catalog's black one, split of seed 20261201,
+    /// clip 8, kept the black one's event going).
+    pub lookalikes_that_held_events: usize,
     /// Per clip.
     pub clips: Vec<ClipReport>,
     /// Per product, by SKU.
@@ -299,6 +304,7 @@ pub fn score(clips: &[ClipInput], scoring: Scoring) -> Report {
     let mut wrong_by_reason: BTreeMap<&'static str, usize> = BTreeMap::new();
     let (mut new_events, mut right_events) = (0, 0);
     let (mut lookalike_appearances, mut lookalikes_that_drew) = (0, 0);
+    let mut lookalikes_that_held = 0;
 
     for clip in clips {
         let truth = &clip.truth;
@@ -323,6 +329,8 @@ pub fn score(clips: &[ClipInput], scoring: Scoring) -> Report {
         let mut matched: Vec<Option<u64>> = vec![None; truth.len()];
         let mut lookalike_drew = vec![false; truth.len()];
         let mut false_events = Vec::new();
+        // the events whose `new` was right: their appearances' own
+        let mut right_ids: Vec<&str> = Vec::new();
         let on_screen = |i: usize, pts: u64| {
             let t = &truth[i];
             t.start_ms <= pts && pts < t.end_ms + scoring.slack_ms
@@ -336,6 +344,7 @@ pub fn score(clips: &[ClipInput], scoring: Scoring) -> Report {
                 let lat = e.pts_ms - truth[i].start_ms;
                 matched[i] = Some(lat);
                 right_events += 1;
+                right_ids.push(&e.event_id);
                 continue;
             }
             let wrong = if !candidates.is_empty() {
@@ -402,12 +411,28 @@ pub fn score(clips: &[ClipInput], scoring: Scoring) -> Report {
                 wrong,
             });
         }
+        // an `update` of a right event while none of its product's appearances is on screen
+        let stray_updates: Vec<u64> = clip
+            .events
+            .iter()
+            .filter(|e| e.kind == EventType::Update && right_ids.contains(&e.event_id.as_str()))
+            .filter(|e| {
+                !(0..truth.len())
+                    .any(|i| truth[i].in_catalog && truth[i].sku == e.sku && on_screen(i, e.pts_ms))
+            })
+            .map(|e| e.pts_ms)
+            .collect();
         let mut hits = Vec::new();
         let mut misses = Vec::new();
         for (i, t) in truth.iter().enumerate() {
             if !t.in_catalog {
                 lookalike_appearances += 1;
                 lookalikes_that_drew += usize::from(lookalike_drew[i]);
+                lookalikes_that_held += usize::from(
+                    stray_updates
+                        .iter()
+                        .any(|&pts| t.start_ms <= pts && pts < t.end_ms),
+                );
                 continue;
             }
             for key in buckets(t, clip.backdrop.as_deref()) {
@@ -463,6 +488,7 @@ pub fn score(clips: &[ClipInput], scoring: Scoring) -> Report {
         wrong_by_reason,
         lookalike_appearances,
         lookalikes_that_drew_events: lookalikes_that_drew,
+        lookalikes_that_held_events: lookalikes_that_held,
         clips: clip_reports,
         skus: skus.into_values().collect(),
         conditions: cond
@@ -529,6 +555,57 @@ mod tests {
 
     fn new(sku: &str, id: &str, pts_ms: u64) -> ProductEvent {
         event(EventType::New, sku, id, pts_ms)
+    }
+
+    #[test]
+    fn a_lookalike_that_keeps_a_gone_products_event_going_is_counted() {
+        // the clock leaves at 5 s; its look-alike comes at 6 s and the clock's event goes on
+        let c = clip(
+            vec![
+                truth("CLK-1", 1000, 5000, true),
+                truth("CLK-9", 6000, 9000, false),
+            ],
+            vec![
+                new("CLK-1", "a", 1400),
+                event(EventType::Update, "CLK-1", "a", 3000),
+                event(EventType::Update, "CLK-1", "a", 7000),
+            ],
+        );
+        let r = score(&[c], Scoring::default());
+        assert_eq!((r.recall, r.precision), (Some(1.0), Some(1.0)));
+        assert_eq!(
+            (r.lookalikes_that_drew_events, r.lookalikes_that_held_events),
+            (0, 1)
+        );
+        // an update while the clock itself is on screen (or just gone, within the slack) is its own
+        let c = clip(
+            vec![
+                truth("CLK-1", 1000, 5000, true),
+                truth("CLK-9", 4000, 9000, false),
+            ],
+            vec![
+                new("CLK-1", "a", 1400),
+                event(EventType::Update, "CLK-1", "a", 4500),
+                event(EventType::Update, "CLK-1", "a", 5800),
+            ],
+        );
+        assert_eq!(
+            score(&[c], Scoring::default()).lookalikes_that_held_events,
+            0
+        );
+        // a look-alike's own wrong event is a wrong `new`, not a held one
+        let c = clip(
+            vec![truth("CLK-9", 6000, 9000, false)],
+            vec![
+                new("CLK-1", "b", 6400),
+                event(EventType::Update, "CLK-1", "b", 7000),
+            ],
+        );
+        let r = score(&[c], Scoring::default());
+        assert_eq!(
+            (r.lookalikes_that_drew_events, r.lookalikes_that_held_events),
+            (1, 0)
+        );
     }
 
     fn clip(truth: Vec<EvalTruth>, events: Vec<ProductEvent>) -> ClipInput {

@@ -75,8 +75,9 @@ fn write_report(s: &mut String, r: &Report, title: &str) -> std::fmt::Result {
     }
     writeln!(
         s,
-        "  look-alikes  {}/{} appearances drew a wrong `new`",
-        r.lookalikes_that_drew_events, r.lookalike_appearances
+        "  look-alikes  {}/{} appearances drew a wrong `new`; {} kept a gone product's event \
+         going (its `update`s)",
+        r.lookalikes_that_drew_events, r.lookalike_appearances, r.lookalikes_that_held_events
     )?;
     writeln!(
         s,
