@@ -199,8 +199,9 @@ pub struct Report {
     pub lookalike_appearances: usize,
     /// Look-alike appearances during which at least one wrong event came.
     pub lookalikes_that_drew_events: usize,
-    /// Look-alike appearances during which a catalog product off screen had its event
-    /// `update`d: taken for that product while its event was still open, which no `new` shows
+    /// Look-alike appearances during which a right event was `update`d while its product was
+    /// off screen (past the slack): the look-alike taken for that product while its event was
+    /// still open, which no `new` shows
     /// (a chrome clock shown seconds after the catalog's black one, split of seed 20261201,
     /// clip 8, kept the black one's event going).
     pub lookalikes_that_held_events: usize,
