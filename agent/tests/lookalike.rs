@@ -108,6 +108,15 @@ fn catalog_of(products: &[(&str, &str)]) -> (tempfile::TempDir, Catalog) {
     (dir, catalog)
 }
 
+/// What `r` reports as `sku` in `frame`, `w` pixels wide, if anything.
+fn detection(r: &Recognizer, frame: &[u8], w: usize, sku: &str) -> Option<Detection> {
+    r.recognise(frame, w * 3)
+        .expect("recognise")
+        .detections
+        .into_iter()
+        .find(|d| d.sku == sku)
+}
+
 /// `found` has inliers enough to confirm in two frames, and its box overlaps `truth` (IoU at
 /// least 0.4); `at` starts the failure messages.
 fn assert_confirmable_where(found: &Detection, truth: [f32; 4], at: &str) {
@@ -188,13 +197,7 @@ fn a_small_product_is_found_by_looking_closer() {
     // the bottom half: the zoom then looks there, and finds nothing)
     for (x, y) in [(40, 40), (300, 180)] {
         let (frame, truth) = frame_of(MUG, x, y, 80, (w, h));
-        let mug = |r: &Recognizer| {
-            r.recognise(&frame, w * 3)
-                .expect("recognise")
-                .detections
-                .into_iter()
-                .find(|d| d.sku == "MUG-001")
-        };
+        let mug = |r: &Recognizer| detection(r, &frame, w, "MUG-001");
         let seen = mug(&closer).unwrap_or_else(|| panic!("the mug at {x},{y} is not found"));
         assert_confirmable_where(&seen, truth, &format!("at {x},{y}: "));
         // the whole frame alone does not see it well enough to confirm it
@@ -270,12 +273,7 @@ fn a_look_alike_that_passes_in_the_whole_frame_fails_a_second_look() {
     ] {
         let at = format!("{side} px at {x},{y}: ");
         let clock = |r: &Recognizer, art: &str| {
-            let (frame, _) = frame_of(art, x, y, side, (w, h));
-            r.recognise(&frame, w * 3)
-                .expect("recognise")
-                .detections
-                .into_iter()
-                .find(|d| d.sku == "CLK-001")
+            detection(r, &frame_of(art, x, y, side, (w, h)).0, w, "CLK-001")
         };
         let passed = clock(&whole_only, WALL_CLOCK);
         assert!(
@@ -314,12 +312,7 @@ fn the_same_clock_in_another_colour_is_not_the_catalogs() {
     for (side, x, y) in [(120, 80, 60), (160, 500, 200), (200, 300, 120)] {
         let at = format!("{side} px at {x},{y}: ");
         let clock = |r: &Recognizer, art: &str| {
-            let (frame, _) = frame_of(art, x, y, side, (w, h));
-            r.recognise(&frame, w * 3)
-                .expect("recognise")
-                .detections
-                .into_iter()
-                .find(|d| d.sku == "CLK-201")
+            detection(r, &frame_of(art, x, y, side, (w, h)).0, w, "CLK-201")
         };
         let blind_sees = clock(&blind, WALL_CLOCK);
         passed_blind += usize::from(blind_sees.as_ref().is_some_and(|d| d.score >= sighting));

@@ -785,6 +785,26 @@ mod tests {
         frame
     }
 
+    /// `view`'s likeness under `t` to `drawn` (a `side` canvas, opaque where `opacity` is)
+    /// pasted at (40, 24) by [`frame_with`]: the photo's own canvas is the view, 16-pixel
+    /// cells, 6 pixels of search.
+    fn pasted_likeness(
+        view: &Appearance,
+        drawn: &[u8],
+        opacity: &[f32],
+        side: usize,
+        t: &Similarity,
+    ) -> Option<Likeness> {
+        let pixels = frame_with(drawn, opacity, side, (40, 24));
+        view.likeness(
+            &FramePixels::new(&pixels, (320, 192), 320 * 3),
+            t,
+            1.0,
+            16.0,
+            6.0,
+        )
+    }
+
     #[test]
     fn the_product_where_the_transform_puts_it_is_alike_a_look_alike_is_not() {
         let side = 64;
@@ -797,17 +817,7 @@ mod tests {
             b: [(40.0 + 3.0) / 16.0, 24.0 / 16.0],
         };
         let view = Appearance::new(&product, side, &opacity);
-        // the photo's own canvas is the view, 16-pixel cells, 6 pixels of search
-        let judge = |drawn: &[u8], t: &Similarity| {
-            let pixels = frame_with(drawn, &opacity, side, (40, 24));
-            view.likeness(
-                &FramePixels::new(&pixels, (320, 192), 320 * 3),
-                t,
-                1.0,
-                16.0,
-                6.0,
-            )
-        };
+        let judge = |drawn: &[u8], t: &Similarity| pasted_likeness(&view, drawn, &opacity, side, t);
         let same = judge(&product, &t).expect("in the frame");
         let other = judge(&look_alike, &t).expect("in the frame");
         assert!(same.pixels > 0.9 && same.edges > 0.6, "{same:?}");
@@ -856,18 +866,9 @@ mod tests {
             a: [1.0, 0.0],
             b: [40.0 / 16.0, 24.0 / 16.0],
         };
-        let tone = |drawn: &[u8]| {
-            // dimmed to 0.7 with an offset of 30: gain and offset both
-            let pixels = frame_with(drawn, &opacity, side, (40, 24));
-            let l = view.likeness(
-                &FramePixels::new(&pixels, (320, 192), 320 * 3),
-                &t,
-                1.0,
-                16.0,
-                6.0,
-            );
-            l.expect("in the frame")
-        };
+        // dimmed to 0.7 with an offset of 30: gain and offset both
+        let tone =
+            |drawn: &[u8]| pasted_likeness(&view, drawn, &opacity, side, &t).expect("in the frame");
         let (same, other) = (tone(&product), tone(&chrome));
         assert!(same.tone.is_some_and(|t| t < 0.25), "{same:?}");
         assert!(other.tone.is_some_and(|t| t > 0.7), "{other:?}");
@@ -876,44 +877,37 @@ mod tests {
         // a photo without thick dark parts has no tone to measure
         let (grey, _) = clock(side, 127);
         let plain = Appearance::new(&grey, side, &opacity);
-        let pixels = frame_with(&grey, &opacity, side, (40, 24));
-        let l = plain.likeness(
-            &FramePixels::new(&pixels, (320, 192), 320 * 3),
-            &t,
-            1.0,
-            16.0,
-            6.0,
-        );
+        let l = pasted_likeness(&plain, &grey, &opacity, side, &t);
         assert_eq!(l.expect("in the frame").tone, None);
     }
 
     #[test]
     fn a_product_shot_on_white_is_cut_out_of_its_backdrop() {
         let side = 32;
+        // `colour` over rows `ys` and columns `xs` of a `side`-pixel canvas
+        let paint = |rgb: &mut [u8],
+                     ys: std::ops::Range<usize>,
+                     xs: std::ops::Range<usize>,
+                     colour: [u8; 3]| {
+            for y in ys {
+                for x in xs.clone() {
+                    rgb[(y * side + x) * 3..(y * side + x) * 3 + 3].copy_from_slice(&colour);
+                }
+            }
+        };
+        let object = |view: &Appearance| view.mask.iter().filter(|&&m| m == OBJECT).count();
+        let opaque = vec![1.0; side * side];
         let mut rgb = vec![250u8; side * side * 3];
-        for y in 10..20 {
-            for x in 8..24 {
-                rgb[(y * side + x) * 3..(y * side + x) * 3 + 3].copy_from_slice(&[200, 30, 30]);
-            }
-        }
-        let view = Appearance::new(&rgb, side, &vec![1.0; side * side]);
-        let object: usize = view.mask.iter().filter(|&&m| m == OBJECT).count();
-        assert_eq!(object, 10 * 16);
+        paint(&mut rgb, 10..20, 8..24, [200, 30, 30]);
+        assert_eq!(object(&Appearance::new(&rgb, side, &opaque)), 10 * 16);
         // white inside the product (a label, a clock's face) is the product's
-        for y in 13..17 {
-            for x in 12..20 {
-                rgb[(y * side + x) * 3..(y * side + x) * 3 + 3].copy_from_slice(&[250, 250, 250]);
-            }
-        }
-        let view = Appearance::new(&rgb, side, &vec![1.0; side * side]);
-        let object: usize = view.mask.iter().filter(|&&m| m == OBJECT).count();
-        assert_eq!(object, 10 * 16);
+        paint(&mut rgb, 13..17, 12..20, [250, 250, 250]);
+        assert_eq!(object(&Appearance::new(&rgb, side, &opaque)), 10 * 16);
         // with transparency, the opacity alone is the object
-        let mut opacity = vec![1.0; side * side];
+        let mut opacity = opaque.clone();
         opacity[0] = 0.0;
-        let view = Appearance::new(&rgb, side, &opacity);
         assert_eq!(
-            view.mask.iter().filter(|&&m| m == OBJECT).count(),
+            object(&Appearance::new(&rgb, side, &opacity)),
             side * side - 1
         );
     }
