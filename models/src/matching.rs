@@ -84,11 +84,14 @@ enum Why {
 }
 
 /// The product a zoom is for, the region it enlarges and why.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ZoomTarget {
     product: usize,
     region: [f32; 4],
     why: Why,
+    /// Other products verified in the region too: for [`Why::Shortlisted`], the weak
+    /// shortlisted products whose own best small region it is.
+    also: Vec<usize>,
 }
 
 /// What a frame is matched against: global descriptors shortlist candidates, reference views
@@ -138,9 +141,10 @@ impl ProductIndex {
     /// the first expected product the whole frame did not verify well (under 8 inliers), or else
     /// the best small region of the best-ranked shortlisted product not verified well. Every
     /// shortlisted product is compared with its cells, for the competition between them, but
-    /// only that product is verified there (with [`VerifyParams::zoomed`]) and kept if it has
-    /// more inliers than the frame's match; its box is carried back to the frame, and it comes
-    /// last when the frame had not found it. A product that fails its second look (lined up
+    /// only that product is verified there (with [`VerifyParams::zoomed`]), with, in a
+    /// shortlisted product's region, the other weak shortlisted products whose own best small
+    /// region it is; each is kept if it has more inliers than the frame's match, its box carried
+    /// back to the frame, and comes last when the frame had not found it. A product that fails its second look (lined up
     /// but not alike, or not found while inside the frame) is dropped from the frame's
     /// candidates.
     pub fn candidates(
@@ -168,6 +172,7 @@ impl ProductIndex {
             product: target,
             region,
             why,
+            also,
         }) = self.zoom_target(&shortlisted, &found, &scores, expected, params)
         else {
             return Ok(found);
@@ -193,26 +198,25 @@ impl ProductIndex {
             &mid,
             FramePixels::new(&zoomed.rgb, zoomed.size, zw * 3),
             &look,
-            // only the product the region was chosen for: a look-alike wall clock beside the
+            // only the products the region was chosen for: a look-alike wall clock beside the
             // scissors a zoom was aimed at passed there as the catalog clock (test split, clip 2)
-            |p| p == target,
+            |p| p == target || also.contains(&p),
         )?;
-        let closer = closer.into_iter().next();
         if let Why::SecondLook { seen_at } = why {
-            if !passes_second_look(closer.as_ref(), seen_at, &rules) {
+            let looked = closer.iter().find(|c| c.product == target);
+            if !passes_second_look(looked, seen_at, &rules) {
                 found.retain(|f| f.product != target);
                 return Ok(found);
             }
         }
-        let Some(mut c) = closer else {
-            return Ok(found);
-        };
-        c.verified.bbox = zoomed.to_frame(c.verified.bbox);
-        c.zoomed = true;
-        match found.iter_mut().find(|f| f.product == target) {
-            Some(f) if f.verified.inliers >= c.verified.inliers => {}
-            Some(f) => *f = c,
-            None => found.push(c),
+        for mut c in closer {
+            c.verified.bbox = zoomed.to_frame(c.verified.bbox);
+            c.zoomed = true;
+            match found.iter_mut().find(|f| f.product == c.product) {
+                Some(f) if f.verified.inliers >= c.verified.inliers => {}
+                Some(f) => *f = c,
+                None => found.push(c),
+            }
         }
         Ok(found)
     }
@@ -231,7 +235,14 @@ impl ProductIndex {
     ///
     /// Otherwise the best-scoring shortlisted product that `found` lacks or holds weakly, and its
     /// best small region. Its own best region may be the whole frame: a small product's
-    /// descriptor scores highest where the region holds all of it, whatever else it holds.
+    /// descriptor scores highest where the region holds all of it, whatever else it holds. The
+    /// other weak shortlisted products whose best small region is the same one are verified
+    /// there too ([`ZoomTarget::also`]): a white bag 0.09 x 0.16 of the frame, a hand over a
+    /// quarter of it, ranked 3rd-6th, under a mug that was not on screen, whose best small
+    /// region was the bag's (seed 20261202, clip 6): the zoom looked at the bag for 5 s and
+    /// verified only the mug there; the bag, verified too, passes on 5-10 inliers.
+    /// Only those: a region another product's descriptor does not point to is where look-alikes
+    /// of it pass (a wall clock beside the scissors a zoom was aimed at, test split, clip 2).
     ///
     /// "Small" is at most [`ZOOM_MAX_AREA`] of the frame.
     fn zoom_target(
@@ -254,6 +265,7 @@ impl ProductIndex {
                 product,
                 region,
                 why,
+                also: Vec::new(),
             })
         };
         let is_expected = |product: usize| expected.iter().any(|e| e.product == product);
@@ -272,14 +284,23 @@ impl ProductIndex {
                     .find_map(|e| target(e.product, grown(e.bbox, EXPECTED_MARGIN), Why::Expected))
             })
             .or_else(|| {
-                let m = shortlisted.iter().find(|m| weak(m.product))?;
-                scores
-                    .best_region_for(m.product, small)
-                    .map(|r| ZoomTarget {
-                        product: m.product,
-                        region: r.bbox,
-                        why: Why::Shortlisted,
+                let mut weak_ones = shortlisted.iter().filter(|m| weak(m.product));
+                let m = weak_ones.next()?;
+                let region = scores.best_region_for(m.product, small)?.bbox;
+                let also = weak_ones
+                    .filter(|o| {
+                        scores
+                            .best_region_for(o.product, small)
+                            .is_some_and(|r| r.bbox == region)
                     })
+                    .map(|o| o.product)
+                    .collect();
+                Some(ZoomTarget {
+                    product: m.product,
+                    region,
+                    why: Why::Shortlisted,
+                    also,
+                })
             })
     }
 
@@ -453,6 +474,59 @@ mod tests {
             "{:?}",
             edge.window
         );
+    }
+
+    #[test]
+    fn a_zoom_at_a_shortlisted_products_region_also_verifies_the_others_it_is_best_for() {
+        use crate::descriptor::Regions;
+        use candle_core::Device;
+        // products a, b, c, d, one photo each, on channels 0-3
+        let one_hot = |i: usize| (0..4).map(|c| if c == i { 1.0 } else { 0.0 }).collect();
+        let index = CatalogIndex::new(
+            ["a", "b", "c", "d"]
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.to_string(), one_hot(i)))
+                .collect(),
+            &Device::Cpu,
+        )
+        .expect("index");
+        let left = [0.0, 0.0, 0.25, 0.5];
+        let (right, corner) = ([0.5, 0.5, 0.75, 1.0], [0.75, 0.0, 1.0, 0.5]);
+        let unit = |v: [f32; 4]| {
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.map(|x| x / n)
+        };
+        // the whole frame and the left window are a's; b wins only the corner, but scores
+        // higher in the left window (0.60 against 0.54); c wins the right window, d no region
+        let rows = [
+            ([0.0, 0.0, 1.0, 1.0], unit([0.9, 0.1, 0.1, 0.0])),
+            (left, unit([0.8, 0.6, 0.0, 0.0])),
+            (right, unit([0.3, 0.0, 0.7, 0.0])),
+            (corner, unit([0.45, 0.5, 0.45, 0.45])),
+        ];
+        let descriptors: Vec<f32> = rows.iter().flat_map(|(_, d)| *d).collect();
+        let regions = Regions {
+            descriptors: Tensor::from_vec(descriptors, (rows.len(), 4), &Device::Cpu)
+                .expect("tensor"),
+            boxes: rows.iter().map(|(b, _)| *b).collect(),
+        };
+        let scores = index.score(&regions).expect("scores");
+        let shortlisted = scores.best_per_product();
+        let names: Vec<usize> = shortlisted.iter().map(|m| m.product).collect();
+        assert_eq!(names, [0, 2, 1], "a, c, b; d wins no region");
+        let products = ProductIndex {
+            global: index.clone(),
+            views: Vec::new(),
+        };
+        let params = VerifyParams::default();
+        let t = products
+            .zoom_target(&shortlisted, &[], &scores, &[], &params)
+            .expect("a zoom");
+        // a's best small window, where b is verified too: its own best small window, though
+        // it is ranked after a there; not c, whose best window is elsewhere
+        assert_eq!((t.product, t.region, t.why), (0, left, Why::Shortlisted));
+        assert_eq!(t.also, [1]);
     }
 
     #[test]
