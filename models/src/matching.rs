@@ -144,9 +144,9 @@ impl ProductIndex {
     /// only that product is verified there (with [`VerifyParams::zoomed`]), with, in a
     /// shortlisted product's region, the other weak shortlisted products whose own best small
     /// region it is; each is kept if it has more inliers than the frame's match, its box carried
-    /// back to the frame, and comes last when the frame had not found it. A product that fails its second look (lined up
-    /// but not alike, or not found while inside the frame) is dropped from the frame's
-    /// candidates.
+    /// back to the frame, and comes last when the frame had not found it. A product that fails
+    /// its second look (lined up but not alike, or not found while inside the frame) is dropped
+    /// from the frame's candidates.
     pub fn candidates(
         &self,
         frame: FrameFeatures<'_>,
@@ -513,8 +513,8 @@ mod tests {
         };
         let scores = index.score(&regions).expect("scores");
         let shortlisted = scores.best_per_product();
-        let names: Vec<usize> = shortlisted.iter().map(|m| m.product).collect();
-        assert_eq!(names, [0, 2, 1], "a, c, b; d wins no region");
+        let ranked: Vec<usize> = shortlisted.iter().map(|m| m.product).collect();
+        assert_eq!(ranked, [0, 2, 1], "a, c, b; d wins no region");
         let products = ProductIndex {
             global: index.clone(),
             views: Vec::new(),
