@@ -14,10 +14,23 @@ use crate::shelf::{image_content_type, sha256_hex};
 
 /// The viewer page, embedded at build time.
 pub const INDEX_HTML: &str = include_str!("../../web/index.html");
-/// The page's script.
+/// The page's entry script.
 pub const APP_JS: &str = include_str!("../../web/app.js");
 /// The page's style sheet.
 pub const STYLE_CSS: &str = include_str!("../../web/style.css");
+
+/// The page's own files under `/static/`, embedded at build time: name, content type, body. The
+/// page is plain ES modules, so each module the entry script imports is listed here.
+pub const STATIC_FILES: &[(&str, &str, &str)] = &[
+    ("app.js", JS, APP_JS),
+    ("cards.js", JS, include_str!("../../web/cards.js")),
+    ("chat.js", JS, include_str!("../../web/chat.js")),
+    ("player.js", JS, include_str!("../../web/player.js")),
+    ("sync.js", JS, include_str!("../../web/sync.js")),
+    ("style.css", "text/css; charset=utf-8", STYLE_CSS),
+];
+
+const JS: &str = "text/javascript; charset=utf-8";
 
 const NO_CACHE: &str = "no-cache";
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -90,20 +103,11 @@ pub async fn watch(
 
 /// `GET /static/{file}`: the page's own files.
 pub async fn static_file(Path(file): Path<String>) -> Response {
-    match file.as_str() {
-        "app.js" => with_headers(
-            StatusCode::OK,
-            "text/javascript; charset=utf-8",
-            NO_CACHE,
-            APP_JS,
-        ),
-        "style.css" => with_headers(
-            StatusCode::OK,
-            "text/css; charset=utf-8",
-            NO_CACHE,
-            STYLE_CSS,
-        ),
-        _ => (StatusCode::NOT_FOUND, "not found").into_response(),
+    match STATIC_FILES.iter().find(|(name, _, _)| *name == file) {
+        Some((_, content_type, body)) => {
+            with_headers(StatusCode::OK, content_type, NO_CACHE, *body)
+        }
+        None => (StatusCode::NOT_FOUND, "not found").into_response(),
     }
 }
 
@@ -122,6 +126,8 @@ fn vendor_content_type(file: &str) -> &'static str {
         Some("js" | "mjs") => "text/javascript; charset=utf-8",
         Some("css") => "text/css; charset=utf-8",
         Some("map" | "json") => "application/json",
+        // WebAssembly.instantiateStreaming refuses any other type (the IVS player's worker)
+        Some("wasm") => "application/wasm",
         _ => "application/octet-stream",
     }
 }

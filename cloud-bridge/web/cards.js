@@ -1,0 +1,2 @@
+// Spotter viewer page: cards (being written).
+export {};

@@ -1,0 +1,2 @@
+// Spotter viewer page: chat (being written).
+export {};

@@ -1,0 +1,2 @@
+// Spotter viewer page: player (being written).
+export {};

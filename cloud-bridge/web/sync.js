@@ -1,0 +1,2 @@
+// Spotter viewer page: sync (being written).
+export {};
