@@ -23,7 +23,7 @@ embedded_listen = "127.0.0.1:$MQTT_PORT"
 [catalog]
 dir = "$OUT/catalog"
 [web]
-vendor_dir = "$PWD/cloud-bridge/web/node_modules/hls.js/dist"
+vendor_dir = "$PWD/cloud-bridge/web/vendor"
 hls_dir = "$OUT/hls"
 [[stream]]
 studio = "demo"

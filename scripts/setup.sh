@@ -64,11 +64,21 @@ if [ ! -s "$WEIGHTS" ]; then
   target/debug/spotter-agent model import --from "$PTH" --to "$WEIGHTS"
 fi
 
-# --- npm packages (viewer page's hls.js, browser tests) --------------------------------------
+# --- npm packages (the viewer page's players, browser tests) ----------------------------------
+# Installed again when the lockfile is newer than what node_modules holds.
 for dir in cloud-bridge/web tests/browser; do
-  if [ -f "$dir/package-lock.json" ] && [ ! -d "$dir/node_modules" ]; then
+  if [ -f "$dir/package-lock.json" ] && { [ ! -d "$dir/node_modules" ] \
+      || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; }; then
     log "installing npm packages in $dir"
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 done
+# The IVS player bundled for the browser, its wasm, and hls.js: what the bridge serves at
+# /static/vendor/ (web.vendor_dir), rebuilt from the lockfile when it or the build script changes.
+web=cloud-bridge/web
+if [ ! -s "$web/vendor/amazon-ivs-player.js" ] || [ "$web/package-lock.json" -nt "$web/vendor/amazon-ivs-player.js" ] \
+    || [ "$web/build.mjs" -nt "$web/vendor/amazon-ivs-player.js" ]; then
+  log "building the viewer page's vendored players in $web/vendor"
+  (cd "$web" && npm run --silent build)
+fi
 log "ready"
