@@ -1,9 +1,13 @@
-// Spotter viewer page: plays the stream's video and keeps the product cards in step with the bridge's WebSocket.
+// Spotter viewer page: plays the stream's video, keeps the product cards in step with the bridge's WebSocket, and runs the chat on it.
 //
-// The top half is pure logic (parsing, card bookkeeping, recovery cursor, backoff) with no DOM or
-// sockets, exported so it can be tested under Node; the bottom half wires it to the page. Nothing
-// received from the network is ever parsed as HTML: text goes in through textContent, and links
-// and image sources go through safeUrl so a catalog entry cannot smuggle in a javascript: URL.
+// The top half is pure logic (parsing, recovery cursor, backoff) with no DOM or sockets, exported
+// so it can be tested under Node; the bottom half wires it to the page. The cards live in
+// cards.js, the chat in chat.js. Nothing received from the network is ever parsed as HTML: text
+// goes in through textContent, and links and image sources go through safeUrl so a catalog entry
+// cannot smuggle in a javascript: URL.
+
+import { CardBook, CardList, el, safeUrl } from "./cards.js";
+import { CHAT_KINDS, parseChatMessage, startChat, takeFragmentToken } from "./chat.js";
 
 /** Wire version of the viewer socket this page speaks (protocol/src/viewer.rs). */
 export const PROTOCOL = 1;
@@ -85,6 +89,8 @@ export function parseServerMessage(text) {
         offset: msg.offset,
         resync: msg.resync === true,
         onscreen: msg.onscreen.map(parseCard).filter((c) => c !== null && c.type !== "end"),
+        viewers: isCount(msg.viewers) ? msg.viewers : null,
+        chat: { guests: isObject(msg.chat) && msg.chat.guests === true },
       };
     case "event": {
       const card = parseCard(msg.card);
@@ -92,8 +98,10 @@ export function parseServerMessage(text) {
     }
     case "error":
       return { kind: "error", message: String(msg.message ?? "") };
+    case "viewers":
+      return isCount(msg.count) ? { kind: "viewers", count: msg.count } : null;
     default:
-      return null;
+      return CHAT_KINDS.has(msg.kind) ? parseChatMessage(msg) : null;
   }
 }
 
@@ -121,104 +129,6 @@ export class Cursor {
   }
 }
 
-/**
- * The cards on screen, keyed by event id, and the highest seq seen per event id. An event whose
- * seq is not above the highest seen for its id is a redelivery (or older than what is shown) and
- * changes nothing; that also keeps a late `new` from resurrecting an ended card.
- */
-export class CardBook {
-  #cards = new Map();
-  #lastSeq = new Map();
-  #memory;
-
-  constructor(memory = 4096) {
-    this.#memory = memory;
-  }
-
-  get size() {
-    return this.#cards.size;
-  }
-
-  has(eventId) {
-    return this.#cards.has(eventId);
-  }
-
-  /** Current cards, newest capture first. */
-  cards() {
-    return [...this.#cards.values()].sort((a, b) => b.captured_at_ms - a.captured_at_ms);
-  }
-
-  /** Replaces everything with a snapshot (first hello, or resync). Returns the ids dropped. */
-  reset(onscreen) {
-    const before = new Set(this.#cards.keys());
-    this.#cards.clear();
-    for (const card of onscreen) {
-      this.#cards.set(card.event_id, card);
-      this.#remember(card.event_id, Math.max(card.seq, this.#lastSeq.get(card.event_id) ?? 0));
-      before.delete(card.event_id);
-    }
-    return [...before];
-  }
-
-  /**
-   * Applies one card. Returns `{op: "upsert", card, added}`, `{op: "remove", eventId}`, or null
-   * when nothing changes.
-   */
-  apply(card) {
-    const last = this.#lastSeq.get(card.event_id);
-    if (last !== undefined && card.seq <= last) return null;
-    this.#remember(card.event_id, card.seq);
-    if (card.type === "end") {
-      return this.#cards.delete(card.event_id) ? { op: "remove", eventId: card.event_id } : null;
-    }
-    const added = !this.#cards.has(card.event_id);
-    this.#cards.set(card.event_id, card);
-    return { op: "upsert", card, added };
-  }
-
-  #remember(eventId, seq) {
-    this.#lastSeq.delete(eventId); // re-insert to keep the map in least-recently-seen order
-    this.#lastSeq.set(eventId, seq);
-    if (this.#lastSeq.size <= this.#memory) return;
-    for (const id of this.#lastSeq.keys()) {
-      if (!this.#cards.has(id)) {
-        this.#lastSeq.delete(id);
-        break;
-      }
-    }
-  }
-}
-
-const DECIMAL = /^-?\d+(\.\d+)?$/;
-const formatters = new Map();
-
-/** Formats a catalog price (a decimal string, never a float) in the viewer's locale. */
-export function formatPrice(price, currency, locales = undefined) {
-  if (!DECIMAL.test(price)) return currency ? `${price} ${currency}` : price;
-  const key = `${locales ?? ""}|${currency}`;
-  try {
-    let fmt = formatters.get(key);
-    if (!fmt) {
-      fmt = new Intl.NumberFormat(locales, { style: "currency", currency });
-      formatters.set(key, fmt);
-    }
-    // A string argument is formatted as an exact decimal (Intl.NumberFormat v3), no float rounding.
-    return fmt.format(price);
-  } catch {
-    return `${price} ${currency}`; // unknown currency code
-  }
-}
-
-/** Resolves `raw` against `base` and returns it only if it is an http(s) URL. */
-export function safeUrl(raw, base) {
-  try {
-    const url = new URL(raw, base);
-    return url.protocol === "https:" || url.protocol === "http:" ? url.href : null;
-  } catch {
-    return null;
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The page.
 
@@ -228,110 +138,17 @@ const PING_EVERY_MS = 25_000;
 const STABLE_AFTER_MS = 10_000;
 const VIDEO_POLL_MS = 15_000;
 
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-/** What each card element shows now, to skip rebuilding it when an update changes nothing visible. */
-const shownProduct = new WeakMap();
-
-/** Builds the card's contents (the `<li>` itself is kept across updates). */
-function fillCard(li, card) {
-  const { product } = card;
-  li.dataset.sku = product.sku;
-  li.dataset.eventId = card.event_id;
-  const key = JSON.stringify(product);
-  if (shownProduct.get(li) === key) return; // unchanged: keep the image and do not re-announce
-  shownProduct.set(li, key);
-
-  const image = product.image ? safeUrl(product.image, document.baseURI) : null;
-  let media;
-  if (image) {
-    media = el("img", "card-image");
-    media.src = image;
-    media.alt = ""; // the name is right beside it
-    media.width = 72;
-    media.height = 72;
-    media.decoding = "async";
-  } else {
-    media = el("div", "card-image card-image--none", product.name.trim().charAt(0).toUpperCase());
-    media.setAttribute("aria-hidden", "true");
-  }
-
-  const body = el("div", "card-body");
-  body.append(
-    el("h3", "card-name", product.name || product.sku),
-    el("p", "card-price", formatPrice(product.price, product.currency)),
-  );
-
-  const href = safeUrl(product.url, document.baseURI);
-  let shop;
-  if (href) {
-    shop = el("a", "card-shop", "Shop");
-    shop.href = href;
-    shop.target = "_blank";
-    shop.rel = "noopener";
-    shop.append(el("span", "visually-hidden", ` ${product.name} (opens in a new tab)`));
-  } else {
-    shop = el("span", "card-shop card-shop--disabled", "Shop");
-    shop.setAttribute("aria-disabled", "true");
-  }
-
-  li.replaceChildren(media, body, shop);
-}
-
-class CardList {
-  constructor(root) {
-    this.root = root;
-    this.items = new Map();
-  }
-
-  upsert(card, added) {
-    let li = this.items.get(card.event_id);
-    if (!li) {
-      li = el("li", "card");
-      this.items.set(card.event_id, li);
-      fillCard(li, card);
-      if (added) this.root.prepend(li);
-      else this.root.append(li);
-      return;
-    }
-    fillCard(li, card);
-  }
-
-  remove(eventId) {
-    this.items.get(eventId)?.remove();
-    this.items.delete(eventId);
-  }
-
-  /** Shows exactly `cards`, in order, reusing elements that stay. */
-  replace(cards) {
-    const keep = new Set(cards.map((c) => c.event_id));
-    for (const id of [...this.items.keys()]) if (!keep.has(id)) this.remove(id);
-    cards.forEach((card, i) => {
-      let li = this.items.get(card.event_id);
-      if (!li) {
-        li = el("li", "card");
-        this.items.set(card.event_id, li);
-      }
-      fillCard(li, card);
-      // Move only what is out of place: a moved element replays its entrance and is re-announced.
-      const at = this.root.children[i] ?? null;
-      if (at !== li) this.root.insertBefore(li, at);
-    });
-  }
-}
-
 function showConn(node, state, text) {
   node.dataset.state = state;
   node.textContent = text;
 }
 
-/** Keeps one WebSocket to the stream's hub open, recovering from where it left off. */
-function connectCards(url, list, conn) {
+/**
+ * Keeps one WebSocket to the stream's hub open, recovering from where it left off. `hooks` hear
+ * what is not a card: `open()`, `close(code, reason)`, `hello(msg)`, `viewers(count)`,
+ * `chat(msg)` (the chat kinds) and `error(message)`. Returns `send(frame)` for the chat and `stop`.
+ */
+function connectCards(url, list, conn, hooks = {}) {
   const book = new CardBook();
   const cursor = new Cursor();
   let attempt = 0;
@@ -363,11 +180,18 @@ function connectCards(url, list, conn) {
       everLive = true;
       liveSince = Date.now();
       showConn(conn, "live", "live");
+      if (msg.viewers !== null) hooks.viewers?.(msg.viewers);
+      hooks.hello?.(msg);
     } else if (msg.kind === "event") {
       cursor.event(msg.offset);
       apply(msg.card);
     } else if (msg.kind === "error") {
       console.warn(`spotter: bridge says: ${msg.message}`);
+      hooks.error?.(msg.message);
+    } else if (msg.kind === "viewers") {
+      hooks.viewers?.(msg.count);
+    } else {
+      hooks.chat?.(msg);
     }
   }
 
@@ -388,11 +212,13 @@ function connectCards(url, list, conn) {
       pingTimer = setInterval(() => {
         if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ kind: "ping" }));
       }, PING_EVERY_MS);
+      hooks.open?.();
     });
-    ws.addEventListener("close", () => {
+    ws.addEventListener("close", (ev) => {
       if (socket !== ws) return;
       socket = null;
       clearInterval(pingTimer);
+      hooks.close?.(ev.code, ev.reason);
       if (stopped) return;
       if (liveSince !== null && Date.now() - liveSince >= STABLE_AFTER_MS) attempt = 0;
       liveSince = null;
@@ -412,6 +238,12 @@ function connectCards(url, list, conn) {
 
   connect();
   return {
+    /** Sends one frame on the socket if it is open; says whether it could. */
+    send(frame) {
+      if (socket?.readyState !== WebSocket.OPEN) return false;
+      socket.send(JSON.stringify(frame));
+      return true;
+    },
     stop(reason) {
       stopped = true;
       clearTimeout(retryTimer);
@@ -515,6 +347,37 @@ function startVideo(infoUrl, hlsSrc, parts, onMissing) {
   check();
 }
 
+const countFormat = typeof Intl !== "undefined" ? new Intl.NumberFormat(undefined, { notation: "compact" }) : null;
+const formatCount = (n) => (countFormat ? countFormat.format(n) : String(n));
+
+/** sessionStorage, or null where the browser refuses it (some privacy modes throw on access). */
+function sessionStorageOrNull() {
+  try {
+    return window.sessionStorage;
+  } catch {
+    return null;
+  }
+}
+
+function chatParts() {
+  const id = (name) => document.getElementById(name);
+  return {
+    root: id("chat"),
+    log: id("chat-messages"),
+    empty: id("chat-empty"),
+    notice: id("chat-notice"),
+    who: id("chat-who"),
+    form: id("chat-form"),
+    input: id("chat-input"),
+    counter: id("chat-count"),
+    send: id("chat-send"),
+    error: id("chat-error"),
+    guestForm: id("chat-guest"),
+    guestName: id("chat-guest-name"),
+    guestError: id("chat-guest-error"),
+  };
+}
+
 function main() {
   const conn = document.getElementById("conn");
   const where = parseStreamPath(location.pathname);
@@ -534,7 +397,33 @@ function main() {
   const wsUrl = new URL(`ws/${path}`, root);
   wsUrl.protocol = wsUrl.protocol === "https:" ? "wss:" : "ws:";
 
-  const cards = connectCards(wsUrl.href, new CardList(document.getElementById("cards")), conn);
+  // A chat token the shop's site put in the link (`#token=...`): kept for this tab, then taken out
+  // of the address bar so it is not bookmarked, shared or left in the history.
+  const fromLink = takeFragmentToken(location.hash);
+  if (fromLink) history.replaceState(history.state, "", location.pathname + location.search + fromLink.hash);
+
+  if (new URLSearchParams(location.search).get("debug") === "1") {
+    document.getElementById("sync").hidden = false;
+  }
+
+  let socket = null;
+  const chat = startChat(chatParts(), (frame) => socket?.send(frame) ?? false, sessionStorageOrNull());
+  if (fromLink?.token) chat.setToken(fromLink.token);
+  const viewers = document.getElementById("viewers");
+  const viewerCount = document.getElementById("viewer-count");
+  const cards = connectCards(wsUrl.href, new CardList(document.getElementById("cards")), conn, {
+    open: chat.open,
+    close: chat.close,
+    hello: chat.hello,
+    error: chat.error,
+    chat: chat.receive,
+    viewers: (count) => {
+      viewerCount.textContent = formatCount(count);
+      viewers.dataset.count = String(count);
+      viewers.hidden = false;
+    },
+  });
+  socket = cards;
   startVideo(
     new URL(`api/streams/${path}`, root).href,
     new URL("static/vendor/hls.min.js", root).href,

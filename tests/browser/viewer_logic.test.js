@@ -1,19 +1,12 @@
-// Unit tests of the viewer page's pure logic (cloud-bridge/web/app.js) under Node, no browser.
+// Unit tests of the viewer page's pure logic (cloud-bridge/web/app.js and cards.js) under Node, no browser.
 
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { describe, test } from "node:test";
 
-import {
-  CardBook,
-  Cursor,
-  backoffDelay,
-  formatPrice,
-  parseServerMessage,
-  parseStreamPath,
-  safeUrl,
-} from "../../cloud-bridge/web/app.js";
+import { Cursor, backoffDelay, parseServerMessage, parseStreamPath } from "../../cloud-bridge/web/app.js";
+import { CardBook, formatPrice, safeUrl } from "../../cloud-bridge/web/cards.js";
 import { ROOT } from "./support.js";
 
 const GOLDEN = readFileSync(path.join(ROOT, "protocol", "tests", "golden", "viewer_event.json"), "utf8").trim();
@@ -92,6 +85,29 @@ describe("parseServerMessage", () => {
     assert.equal(msg.resync, true);
     assert.equal(msg.offset, 7);
     assert.equal(msg.onscreen.length, 1);
+  });
+
+  test("reads the viewer count and the chat's offer in hello, and the viewers message", () => {
+    const hello = { kind: "hello", protocol: 1, epoch: "ep", offset: 0, onscreen: [] };
+    assert.deepEqual(
+      [parseServerMessage(JSON.stringify({ ...hello, viewers: 12, chat: { guests: true } }))].map((m) => [m.viewers, m.chat]),
+      [[12, { guests: true }]],
+    );
+    const old = parseServerMessage(JSON.stringify(hello));
+    assert.equal(old.viewers, null, "a bridge without the count");
+    assert.deepEqual(old.chat, { guests: false });
+    assert.deepEqual(parseServerMessage('{"kind":"viewers","count":3}'), { kind: "viewers", count: 3 });
+    assert.equal(parseServerMessage('{"kind":"viewers","count":-1}'), null);
+  });
+
+  test("hands the chat kinds over to the chat's parser", () => {
+    const msg = parseServerMessage(
+      JSON.stringify({ kind: "chat", message: { id: "m1", user: { id: "u1", name: "Al" }, text: "hi", at_ms: 5 } }),
+    );
+    assert.equal(msg.kind, "chat");
+    assert.equal(msg.message.text, "hi");
+    assert.equal(parseServerMessage('{"kind":"chat_deleted","id":"m1"}').id, "m1");
+    assert.equal(parseServerMessage('{"kind":"chat_deleted"}'), null);
   });
 
   test("ignores what it does not understand", () => {
