@@ -211,7 +211,7 @@ export class ChatState {
     if (!this.connected || this.authPending) return { mode: "connecting", notice: "Joining the chat…" };
     const refused = this.authRefused ? `Your chat sign-in was refused (${this.authRefused}). ` : "";
     const ended = this.session ? "Your chat session has ended. " : "";
-    if (this.guests) return { mode: "guest", notice: `${refused}${ended}Pick a name to chat.` };
+    if (this.guests) return { mode: "guest", notice: `${refused}${ended}`.trim() };
     return { mode: "readonly", notice: `${refused}${ended}Chat is read-only: sign in on the shop's site to take part.` };
   }
 
@@ -455,14 +455,14 @@ function timeElement(ms) {
   t.dateTime = date.toISOString();
   let fmt = timeFormat.get("hm");
   if (!fmt) {
-    fmt = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+    fmt = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
     timeFormat.set("hm", fmt);
   }
   t.textContent = fmt.format(date);
   return t;
 }
 
-const clock = (ms) => new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" }).format(new Date(ms));
+const clock = (ms) => new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" }).format(new Date(ms));
 
 /**
  * The chat's elements: `#chat-messages` (the log), the notice, the guest form and the message

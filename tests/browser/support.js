@@ -1,6 +1,7 @@
 // Helpers for the browser tests: free ports, a generated catalog, starting and stopping spotter-bridge, Chromium.
 
 import { spawn } from "node:child_process";
+import { createHmac, randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
 import net from "node:net";
@@ -67,6 +68,9 @@ export async function waitFor(what, check, { timeoutMs = 15_000, everyMs = 100 }
   }
 }
 
+/** A TOML basic string (JSON's escapes are a subset of TOML's). */
+const tomlString = (s) => JSON.stringify(s);
+
 const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
   let c = n;
   for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
@@ -88,30 +92,17 @@ function pngChunk(type, data) {
   return Buffer.concat([len, body, crc]);
 }
 
-/** A small RGB PNG of a stylised mug (a rounded body and a handle) on a warm background. */
-export function mugPng(size = 96) {
+/** An RGB PNG of `width` x `height` whose pixel at (u, v) in [0, 1) is `paint(u, v)` ([r, g, b]). */
+export function paintPng(width, height, paint) {
   const rows = [];
-  for (let y = 0; y < size; y++) {
-    const row = Buffer.alloc(1 + size * 3); // filter byte 0, then RGB
-    for (let x = 0; x < size; x++) {
-      const u = x / size;
-      const v = y / size;
-      let rgb = [238, 231, 219]; // background
-      const inBody = u > 0.22 && u < 0.68 && v > 0.25 && v < 0.8;
-      const dx = (u - 0.72) / 0.12;
-      const dy = (v - 0.5) / 0.15;
-      const r = dx * dx + dy * dy;
-      const inHandle = u > 0.66 && r < 1 && r > 0.35;
-      if (inBody || inHandle) rgb = [32, 86, 140]; // enamel blue
-      if (inBody && v < 0.31) rgb = [250, 250, 250]; // white rim
-      if (v > 0.82 && v < 0.86 && u > 0.15 && u < 0.85) rgb = [205, 196, 182]; // shadow
-      row.set(rgb, 1 + x * 3);
-    }
+  for (let y = 0; y < height; y++) {
+    const row = Buffer.alloc(1 + width * 3); // filter byte 0, then RGB
+    for (let x = 0; x < width; x++) row.set(paint(x / width, y / height), 1 + x * 3);
     rows.push(row);
   }
   const ihdr = Buffer.alloc(13);
-  ihdr.writeUInt32BE(size, 0);
-  ihdr.writeUInt32BE(size, 4);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
   ihdr[8] = 8; // bit depth
   ihdr[9] = 2; // colour type: RGB
   return Buffer.concat([
@@ -121,6 +112,52 @@ export function mugPng(size = 96) {
     pngChunk("IEND", Buffer.alloc(0)),
   ]);
 }
+
+/** A tall PNG of a bottle (a product photo a square crop would cut). */
+export function bottlePng() {
+  return paintPng(60, 150, (u, v) => {
+    const neck = v > 0.06 && v < 0.3 && Math.abs(u - 0.5) < 0.12;
+    const body = v >= 0.3 && v < 0.95 && Math.abs(u - 0.5) < 0.36;
+    if (v > 0.02 && v <= 0.06 && Math.abs(u - 0.5) < 0.14) return [40, 40, 40]; // cap
+    if (neck || body) return v > 0.5 && v < 0.75 ? [240, 232, 200] : [48, 120, 88]; // glass, label
+    return [255, 255, 255];
+  });
+}
+
+/** A wide PNG of a striped scarf. */
+export function scarfPng() {
+  return paintPng(180, 60, (u, v) => {
+    if (v < 0.15 || v > 0.85 || u < 0.04 || u > 0.96) return [255, 255, 255];
+    return Math.floor(u * 12) % 2 ? [196, 64, 52] : [236, 196, 84];
+  });
+}
+
+/** A small RGB PNG of a stylised mug (a rounded body and a handle) on a warm background. */
+export function mugPng(size = 96) {
+  return paintPng(size, size, (u, v) => {
+    let rgb = [238, 231, 219]; // background
+    const inBody = u > 0.22 && u < 0.68 && v > 0.25 && v < 0.8;
+    const dx = (u - 0.72) / 0.12;
+    const dy = (v - 0.5) / 0.15;
+    const r = dx * dx + dy * dy;
+    const inHandle = u > 0.66 && r < 1 && r > 0.35;
+    if (inBody || inHandle) rgb = [32, 86, 140]; // enamel blue
+    if (inBody && v < 0.31) rgb = [250, 250, 250]; // white rim
+    if (v > 0.82 && v < 0.86 && u > 0.15 && u < 0.85) rgb = [205, 196, 182]; // shadow
+    return rgb;
+  });
+}
+
+/** The one product of the catalog written when there is no shared fixture. */
+const MUG = {
+  sku: "MUG-001",
+  name: "Enamel camp mug",
+  price: "14.00",
+  currency: "USD",
+  url: "https://shop.example/mug-001",
+  image: "mug-front.png",
+  png: () => mugPng(),
+};
 
 /**
  * The products of a catalog.toml, as `{sku: {key: string value}}`. Only what these tests need
@@ -148,26 +185,30 @@ export function readCatalog(file) {
   return products;
 }
 
-/** The catalog directory to use: the shared fixture if there is one, else one written to `dir`. */
-export async function catalogDir(dir) {
-  if (existsSync(path.join(FIXTURE_CATALOG, "catalog.toml"))) return FIXTURE_CATALOG;
+/**
+ * The catalog directory to use: the shared fixture if there is one, else one written to `dir`
+ * with `products` (`{sku, name, price, currency, url, image, png: () => Buffer}`; the mug alone by
+ * default). A test that passes its own products always gets them.
+ */
+export async function catalogDir(dir, products = null) {
+  if (!products && existsSync(path.join(FIXTURE_CATALOG, "catalog.toml"))) return FIXTURE_CATALOG;
   const out = path.join(dir, "catalog");
   await mkdir(out, { recursive: true });
-  await writeFile(path.join(out, "mug-front.png"), mugPng());
-  await writeFile(
-    path.join(out, "catalog.toml"),
-    [
-      "# Catalog written by tests/browser for one test run.",
+  const lines = ["# Catalog written by tests/browser for one test run."];
+  for (const p of products ?? [MUG]) {
+    await writeFile(path.join(out, p.image), p.png());
+    lines.push(
       "[[product]]",
-      'sku = "MUG-001"',
-      'name = "Enamel camp mug"',
-      'price = "14.00"',
-      'currency = "USD"',
-      'url = "https://shop.example/mug-001"',
-      'images = ["mug-front.png"]',
+      `sku = ${tomlString(p.sku)}`,
+      `name = ${tomlString(p.name)}`,
+      `price = ${tomlString(p.price)}`,
+      `currency = ${tomlString(p.currency)}`,
+      `url = ${tomlString(p.url)}`,
+      `images = [${tomlString(p.image)}]`,
       "",
-    ].join("\n"),
-  );
+    );
+  }
+  await writeFile(path.join(out, "catalog.toml"), lines.join("\n"));
   return out;
 }
 
@@ -219,16 +260,36 @@ export async function makeHls(dir, { seconds = 4, timeoutMs = 60_000 } = {}) {
   return path.basename(playlist);
 }
 
-/** A TOML basic string (JSON's escapes are a subset of TOML's). */
-const tomlString = (s) => JSON.stringify(s);
 
-/** Makes a temp dir with a bridge config on free ports; returns what a test needs to reach it. */
-export async function bridgeSetup() {
+/**
+ * Makes a temp dir with a bridge config on free ports; returns what a test needs to reach it.
+ * `chat` (`{guests, blockedWords}`) writes a `[chat]` section with its state in the temp dir and a
+ * fresh signing key, passed to the bridge in `SPOTTER_CHAT_KEY` (returned as `chatKey`, for
+ * minting tokens); `products` writes that catalog (see catalogDir).
+ */
+export async function bridgeSetup({ chat = null, products = null } = {}) {
   const dir = await mkdtemp(path.join(tmpdir(), "spotter-browser-"));
   const httpPort = await freePort();
   let mqttPort = await freePort();
   while (mqttPort === httpPort) mqttPort = await freePort();
-  const catalog = await catalogDir(dir);
+  const catalog = await catalogDir(dir, products);
+  const env = {};
+  const chatLines = [];
+  let chatKey = null;
+  if (chat) {
+    chatKey = randomBytes(32).toString("hex");
+    env.SPOTTER_CHAT_KEY = chatKey;
+    const stateDir = path.join(dir, "chat-state");
+    await mkdir(stateDir, { recursive: true });
+    chatLines.push(
+      "[chat]",
+      "enabled = true",
+      `guests = ${chat.guests === true}`,
+      `state_dir = ${tomlString(stateDir)}`,
+      `blocked_words = [${(chat.blockedWords ?? []).map(tomlString).join(", ")}]`,
+      "",
+    );
+  }
   const hlsDir = path.join(dir, "hls");
   const playlist = await makeHls(hlsDir);
   const configFile = path.join(dir, "bridge.toml");
@@ -250,6 +311,7 @@ export async function bridgeSetup() {
       `vendor_dir = ${tomlString(HLS_DIST)}`,
       `hls_dir = ${tomlString(hlsDir)}`,
       "",
+      ...chatLines,
       "[[stream]]",
       'studio = "demo"',
       'stream = "main"',
@@ -265,6 +327,8 @@ export async function bridgeSetup() {
     dir,
     configFile,
     catalog,
+    env,
+    chatKey,
     httpPort,
     mqttPort,
     videoUrl: `/hls/${playlist}`,
@@ -288,7 +352,7 @@ export async function startBridge(setup, { timeoutMs = 30_000 } = {}) {
     .map((a) => a.replace("{config}", setup.configFile));
   const child = spawn(bin, args, {
     cwd: setup.dir,
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info", NO_COLOR: "1" },
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info", NO_COLOR: "1", ...setup.env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let output = "";
@@ -358,4 +422,28 @@ export async function launchChromium(chromium, dir) {
     locale: "en-US",
     viewport: { width: 1280, height: 720 },
   });
+}
+
+/** Launches headless Chromium without a profile, for tests that need several contexts (viewers). */
+export function launchBrowser(chromium) {
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+}
+
+const b64url = (data) => Buffer.from(data).toString("base64url");
+
+/**
+ * A chat token as a shop mints one (HS256 JWT): `claims` are the payload (`sub`, `name`, `caps`,
+ * `exp`...), `key` the shared secret. `header` replaces the JWT header, for tests of what a bridge
+ * must refuse (`alg: "none"`).
+ */
+export function mintToken(key, claims, { header = { alg: "HS256", typ: "JWT" } } = {}) {
+  const signed = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(claims))}`;
+  const signature = createHmac("sha256", key).update(signed).digest("base64url");
+  return `${signed}.${signature}`;
+}
+
+/** Claims for user `sub` with `caps`, valid for `ttlSecs` (negative: expired that long ago). */
+export function claims(sub, name, caps = ["send"], ttlSecs = 3600) {
+  const now = Math.floor(Date.now() / 1000);
+  return { sub, name, caps, iat: now, exp: now + ttlSecs };
 }
