@@ -8,12 +8,16 @@
 
 pub mod backoff;
 pub mod catalog;
+pub mod chat;
 pub mod event;
+pub mod ratelimit;
 pub mod status;
 pub mod topic;
 pub mod viewer;
 
 pub use catalog::{Catalog, CatalogError, Product};
+pub use chat::{Ban, ChatEvent, ChatMessage, ChatUser, RefusalCode, SessionUser};
+pub use ratelimit::TokenBucket;
 pub use event::{BBox, DecodeError, EventType, ProductEvent};
 pub use status::{
     AgentState, OnScreen, OnScreenProduct, SoundState, SourceState, Stats, Status, UploadState,
