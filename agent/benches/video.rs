@@ -83,6 +83,7 @@ fn run_phase(
         bitrate_kbps: 2500,
         keyframe_interval_secs: 2,
         encoder: EncoderChoice::Auto,
+        capture_stamps: true,
     };
     let p = Pipeline::build(
         &Source::Test { audio: None },
@@ -260,6 +261,7 @@ fn glass_to_event(
         bitrate_kbps: 2500,
         keyframe_interval_secs: 2,
         encoder: EncoderChoice::Auto,
+        capture_stamps: true,
     };
     let source = Source::Uri {
         uri: format!("file://{}", clip.display()),

@@ -448,6 +448,12 @@ pub struct RawUpload {
     /// Keyframe interval (IVS asks for 2 s).
     #[serde(default = "default_idr")]
     pub keyframe_interval_secs: u32,
+    /// Put each frame's capture time into the uploaded H.264 (an SEI message, about 34 bytes a
+    /// frame), so that the viewer page shows each product card with the frame it was recognised
+    /// in, however late its player is. Players ignore it; turn it off only for an ingest that
+    /// refuses SEI.
+    #[serde(default = "default_true")]
+    pub capture_stamps: bool,
 }
 
 fn default_upload_kind() -> String {
@@ -462,6 +468,9 @@ fn default_bitrate() -> u32 {
 fn default_idr() -> u32 {
     2
 }
+fn default_true() -> bool {
+    true
+}
 
 impl Default for RawUpload {
     fn default() -> Self {
@@ -474,6 +483,7 @@ impl Default for RawUpload {
             encoder: default_encoder(),
             bitrate_kbps: default_bitrate(),
             keyframe_interval_secs: default_idr(),
+            capture_stamps: true,
         }
     }
 }
@@ -540,6 +550,8 @@ pub enum Upload {
         keyframe_interval_secs: u32,
         /// The H.264 encoder.
         encoder: EncoderChoice,
+        /// Each frame carries its capture time (an SEI message).
+        capture_stamps: bool,
     },
     /// An RTMP or RTMPS ingest (Amazon IVS).
     Rtmp {
@@ -553,6 +565,8 @@ pub enum Upload {
         keyframe_interval_secs: u32,
         /// The H.264 encoder.
         encoder: EncoderChoice,
+        /// Each frame carries its capture time (an SEI message).
+        capture_stamps: bool,
     },
     /// An SRT ingest (caller mode), MPEG-TS inside.
     Srt {
@@ -568,6 +582,8 @@ pub enum Upload {
         keyframe_interval_secs: u32,
         /// The H.264 encoder.
         encoder: EncoderChoice,
+        /// Each frame carries its capture time (an SEI message).
+        capture_stamps: bool,
     },
 }
 
@@ -579,6 +595,16 @@ impl Upload {
             Upload::Hls { encoder, .. }
             | Upload::Rtmp { encoder, .. }
             | Upload::Srt { encoder, .. } => Some(*encoder),
+        }
+    }
+
+    /// Whether the uploaded frames carry their capture time (never without an upload).
+    pub fn capture_stamps(&self) -> bool {
+        match self {
+            Upload::None => false,
+            Upload::Hls { capture_stamps, .. }
+            | Upload::Rtmp { capture_stamps, .. }
+            | Upload::Srt { capture_stamps, .. } => *capture_stamps,
         }
     }
 }
@@ -1033,6 +1059,7 @@ impl RawConfig {
                 bitrate_kbps: self.upload.bitrate_kbps,
                 keyframe_interval_secs: self.upload.keyframe_interval_secs,
                 encoder,
+                capture_stamps: self.upload.capture_stamps,
             },
             "rtmp" => {
                 let url = self.upload.url.clone().ok_or_else(|| {
@@ -1053,6 +1080,7 @@ impl RawConfig {
                     bitrate_kbps: self.upload.bitrate_kbps,
                     keyframe_interval_secs: self.upload.keyframe_interval_secs,
                     encoder,
+                    capture_stamps: self.upload.capture_stamps,
                 }
             }
             "srt" => {
@@ -1083,6 +1111,7 @@ impl RawConfig {
                     bitrate_kbps: self.upload.bitrate_kbps,
                     keyframe_interval_secs: self.upload.keyframe_interval_secs,
                     encoder,
+                    capture_stamps: self.upload.capture_stamps,
                 }
             }
             other => {
@@ -1364,6 +1393,18 @@ mod tests {
             let err = parse(&format!("{base}{tail}")).expect_err(tail);
             assert!(err.to_string().contains(key), "{tail}: {err}");
         }
+    }
+
+    #[test]
+    fn capture_stamps_are_on_unless_turned_off() {
+        let hls = "studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[upload]\nkind = \"hls\"\nhls_dir = \"/tmp/h\"\n";
+        assert!(parse(hls).expect("valid").upload.capture_stamps());
+        let off = parse(&format!("{hls}capture_stamps = false\n")).expect("valid");
+        assert!(!off.upload.capture_stamps());
+        assert!(matches!(off.upload, Upload::Hls { .. }), "{off:?}");
+        // nothing is uploaded, so nothing is stamped
+        let none = parse("studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n").expect("valid");
+        assert!(!none.upload.capture_stamps());
     }
 
     #[test]

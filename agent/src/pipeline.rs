@@ -192,14 +192,16 @@ fn hide_first_flush(pad: &gst::Pad) {
 
 /// The upload encoder after `q` (chosen by [`crate::encoder::choose_here`]), as IVS wants it:
 /// H.264, constant bitrate, low latency, no B-frames, an IDR every `idr_secs` (set again from the
-/// negotiated frame rate, as encoders count in frames). Returns the parser to link the muxer or
-/// sink to, and the encoder used.
+/// negotiated frame rate, as encoders count in frames), each frame stamped with its capture time
+/// when `capture_stamps` ([`crate::stamp::stamp_frames`]). Returns the parser to link the muxer
+/// or sink to, and the encoder used.
 fn encoder(
     pipeline: &gst::Pipeline,
     q: &gst::Element,
     choice: EncoderChoice,
     bitrate_kbps: u32,
     idr_secs: u32,
+    capture_stamps: bool,
 ) -> Result<(gst::Element, EncoderKind), PipelineError> {
     let kind = crate::encoder::choose_here(choice)?;
     let conv = named("videoconvert", "upload-convert", "base")?;
@@ -282,6 +284,9 @@ fn encoder(
         None => gst::Element::link_many([q, &conv, &enc]).map_err(setup_err)?,
     }
     gst::Element::link_many([&enc, &caps, &parse]).map_err(setup_err)?;
+    if capture_stamps {
+        crate::stamp::stamp_frames(&parse, pipeline).map_err(setup_err)?;
+    }
     Ok((parse, kind))
 }
 
@@ -524,6 +529,7 @@ impl Pipeline {
                     bitrate_kbps,
                     keyframe_interval_secs,
                     encoder: choice,
+                    capture_stamps,
                 } => {
                     std::fs::create_dir_all(dir).map_err(|e| PipelineError::Failed {
                         part: Part::Upload,
@@ -535,6 +541,7 @@ impl Pipeline {
                         *choice,
                         *bitrate_kbps,
                         *keyframe_interval_secs,
+                        *capture_stamps,
                     )?;
                     encoder_kind = Some(kind);
                     count_bytes(&parse, Encoded::Video, &counters)?;
@@ -562,6 +569,7 @@ impl Pipeline {
                     bitrate_kbps,
                     keyframe_interval_secs,
                     encoder: choice,
+                    capture_stamps,
                 } => {
                     let (parse, kind) = encoder(
                         &pipeline,
@@ -569,6 +577,7 @@ impl Pipeline {
                         *choice,
                         *bitrate_kbps,
                         *keyframe_interval_secs,
+                        *capture_stamps,
                     )?;
                     encoder_kind = Some(kind);
                     count_bytes(&parse, Encoded::Video, &counters)?;
@@ -598,6 +607,7 @@ impl Pipeline {
                     bitrate_kbps,
                     keyframe_interval_secs,
                     encoder: choice,
+                    capture_stamps,
                 } => {
                     let (parse, kind) = encoder(
                         &pipeline,
@@ -605,6 +615,7 @@ impl Pipeline {
                         *choice,
                         *bitrate_kbps,
                         *keyframe_interval_secs,
+                        *capture_stamps,
                     )?;
                     encoder_kind = Some(kind);
                     count_bytes(&parse, Encoded::Video, &counters)?;
@@ -836,14 +847,12 @@ impl Pipeline {
         let segment = sample.segment()?.downcast_ref::<gst::format::Time>()?;
         let pts = buffer.pts()?;
         let running = segment.to_running_time(pts).unwrap_or(pts);
-        let now_ms = now_utc_ms();
-        // live: the frame was captured (running_now - running) ago; offline: analysed now
-        let captured_at_ms = match self.pipeline.current_running_time() {
-            Some(running_now) if self.mode == Mode::Live => {
-                now_ms.saturating_sub(running_now.saturating_sub(running).mseconds())
-            }
-            _ => now_ms,
-        };
+        // live: as the upload's stamp of the same frame says; offline: analysed now
+        let captured_at_ms = match self.mode {
+            Mode::Live => crate::stamp::captured_at_ms(&self.pipeline, running),
+            Mode::Offline => None,
+        }
+        .unwrap_or_else(now_utc_ms);
         self.counters.analysed.fetch_add(1, Ordering::Relaxed);
         let map = buffer.map_readable().ok()?;
         Some(Frame {
