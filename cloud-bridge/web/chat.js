@@ -582,6 +582,8 @@ export class ChatView {
         break;
       }
       case "refused": {
+        // A guest name's refusal shows by the name form, everything else by the message form.
+        if (GUEST_CODES.has(change.code)) errorNode = this.parts.guestError;
         if (change.text && this.parts.input.value === "" && errorNode === this.parts.error) {
           this.parts.input.value = change.text; // theirs to fix or resend
           this.count();
@@ -626,7 +628,7 @@ export class ChatView {
       const ban = el("button", "msg-action msg-action--ban", "Ban 10 min");
       ban.type = "button";
       ban.dataset.action = "ban";
-      ban.append(el("span", "visually-hidden", `: ${who}`));
+      ban.append(el("span", "visually-hidden", ` (${who})`)); // the accessible name: "Ban 10 min (Ann)"
       tools.append(ban);
     }
     return tools;
@@ -695,6 +697,9 @@ export class ChatView {
     if (stick) this.parts.log.scrollTop = this.parts.log.scrollHeight;
   }
 }
+
+/** Refusals about a guest's name, shown by the name form. */
+const GUEST_CODES = new Set(["bad_name", "guests_off"]);
 
 const sentence = (s) => {
   const t = String(s ?? "").trim();
