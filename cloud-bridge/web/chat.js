@@ -14,6 +14,9 @@ export const CHAT_KINDS = new Set(["session", "chat_history", "chat", "said", "c
 export const MAX_CHARS = 500;
 /** `[chat] guest` names: 1-32 characters after trimming. */
 export const MAX_NAME_CHARS = 32;
+/** After a rate refusal the page holds messages this long itself, so a viewer pressing Enter on
+ * and on never earns the bridge's 20 refusals in 10 s (which close the socket, cards and all). */
+export const RATE_HOLD_MS = 1_000;
 /** A moderator's Ban button: ten minutes. */
 export const BAN_SECS = 600;
 /** Messages kept on the page; older ones scroll out of the list. */
@@ -161,6 +164,7 @@ export class ChatState {
   authPending = false;
   authRefused = null; // the bridge's reason, when it refused our token
   connected = false;
+  holdUntilMs = 0; // no say before this (after a rate refusal)
   #deleted = new Set();
   #nonce = 0;
   #storage;
@@ -342,6 +346,7 @@ export class ChatState {
           this.#set(BAN_KEY, JSON.stringify({ user: this.session?.user.id ?? null, until_ms: nowMs + BAN_SECS * 1000 }));
           changes.push({ op: "status" });
         }
+        if (msg.code === "rate" || msg.code === "stream_rate") this.holdUntilMs = nowMs + RATE_HOLD_MS;
         if (msg.code === "unauthenticated") {
           this.session = null;
           changes.push({ op: "status" });
@@ -362,6 +367,9 @@ export class ChatState {
     }
     const draft = checkDraft(raw);
     if (!draft.ok) return { send: null, changes: [{ op: "refused", code: draft.code, message: draft.message, text: raw }] };
+    if (nowMs < this.holdUntilMs) {
+      return { send: null, changes: [{ op: "refused", code: "rate", message: "slow down: wait a moment before the next message", text: raw }] };
+    }
     const nonce = `c${++this.#nonce}`;
     this.pending.set(nonce, { nonce, text: draft.text, at_ms: nowMs, id: null });
     return {

@@ -215,6 +215,9 @@ describe("ChatState", () => {
       { op: "refused", code: "rate", message: "slow down: at most 1 message a second", text: "too fast" },
     ]);
     assert.equal(state.view(NOW).mode, "compose", "a rate refusal does not stop the chat");
+    assert.equal(state.say("again", NOW + 500).send, null, "held a moment after a rate refusal, not sent to earn another");
+    assert.equal(state.say("again", NOW + 500).changes[0].code, "rate");
+    assert.equal(state.say("again", NOW + 1000).send.text, "again");
   });
 
   test("what the page can tell is wrong is refused without a round trip", () => {
