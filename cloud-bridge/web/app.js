@@ -90,7 +90,8 @@ export function parseServerMessage(text) {
         resync: msg.resync === true,
         onscreen: msg.onscreen.map(parseCard).filter((c) => c !== null && c.type !== "end"),
         viewers: isCount(msg.viewers) ? msg.viewers : null,
-        chat: { guests: isObject(msg.chat) && msg.chat.guests === true },
+        // What chat offers before a token; null from a bridge with chat off (or without chat).
+        chat: isObject(msg.chat) ? { guests: msg.chat.guests === true } : null,
       };
     case "event": {
       const card = parseCard(msg.card);

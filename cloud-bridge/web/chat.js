@@ -161,6 +161,7 @@ export class ChatState {
   pending = new Map(); // nonce -> {nonce, text, at_ms, id}
   session = null; // {user, expires_at_ms} once the bridge accepted a token
   guests = false; // the bridge hands out guest tokens (hello.chat.guests)
+  enabled = true; // the bridge has chat on for this stream (hello.chat present)
   authPending = false;
   authRefused = null; // the bridge's reason, when it refused our token
   connected = false;
@@ -205,9 +206,10 @@ export class ChatState {
     return !this.session || ban.user === null || ban.user === this.session.user.id;
   }
 
-  /** What the form shows: `{mode, notice}`, mode one of connecting, banned, compose, readonly, guest. */
+  /** What the form shows: `{mode, notice}`, mode one of connecting, off, banned, compose, readonly, guest. */
   view(nowMs) {
     const ban = this.ban;
+    if (this.connected && !this.enabled) return { mode: "off", notice: "Chat is off for this stream." };
     if (this.banned(nowMs)) return { mode: "banned", notice: "You are banned from this chat.", until_ms: ban.until_ms };
     const session = this.session && (this.session.expires_at_ms ?? Infinity) > nowMs ? this.session : null;
     if (session?.user.send) return { mode: "compose", notice: "" };
@@ -252,6 +254,7 @@ export class ChatState {
   /** `hello`: the socket is the stream's; whether guests may join. */
   hello(msg) {
     this.connected = true;
+    this.enabled = msg.chat !== null && msg.chat !== undefined;
     this.guests = msg.chat?.guests === true;
     return { send: null, changes: [{ op: "status" }] };
   }

@@ -305,6 +305,15 @@ describe("ChatState", () => {
     assert.deepEqual(state.opened(NOW).send, { kind: "auth", token: "someone else" });
   });
 
+  test("a bridge without chat (no hello.chat) says chat is off", () => {
+    const state = new ChatState();
+    state.opened(NOW);
+    state.hello({ chat: null });
+    assert.equal(state.view(NOW).mode, "off");
+    state.hello({ chat: { guests: false } });
+    assert.equal(state.view(NOW).mode, "readonly");
+  });
+
   test("a session without send is read-only", () => {
     const { state } = connected({ ...alice, send: false });
     assert.equal(state.view(NOW).mode, "readonly");
