@@ -7,7 +7,8 @@ use std::process::Command;
 use spotter_protocol::Catalog;
 use spotter_tests::clipgen::mean_diff;
 use spotter_tests::clipgen::{
-    build_catalog, decode_frames, make_clip, preset, read_truth, truth_path, ClipSpec, Show,
+    build_catalog, decode_frames, make_clip, preset, preset_product, read_frame_code, read_truth,
+    truth_path, ClipSpec, Show,
 };
 
 #[test]
@@ -200,4 +201,90 @@ fn cli_builds_a_catalog_and_a_clip_and_explains_bad_input() {
     for sub in ["catalog", "clip", "demo", "frames"] {
         assert!(help.contains(sub), "--help lists {sub}: {help}");
     }
+}
+
+/// Every frame of `clip` (at `fps`, `frames` long) read back through H.264: its frame code must
+/// say its index.
+fn assert_frame_codes(clip: &Path, fps: u64, frames: u64) {
+    let at_ms: Vec<u64> = (0..frames).map(|i| i * 1000 / fps).collect();
+    let decoded = decode_frames(clip, &at_ms).expect("decodes");
+    for (i, (pts_ms, img)) in decoded.iter().enumerate() {
+        assert_eq!(*pts_ms, at_ms[i], "frame {i} decoded");
+        let code = read_frame_code(img).unwrap_or_else(|e| panic!("frame {i}: {e}"));
+        assert_eq!(u64::from(code), i as u64, "frame {i} at {pts_ms} ms");
+    }
+}
+
+#[test]
+fn frame_code_reads_back_on_every_frame_after_h264() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cat = dir.path().join("cat");
+    let out = clipgen()
+        .args(["catalog", "--out"])
+        .arg(&cat)
+        .args(["--products", "MUG-001"])
+        .output()
+        .expect("clipgen runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // 1280x720 through the command line, a product on screen beside the code
+    let clip = dir.path().join("coded.mp4");
+    let out = clipgen()
+        .args(["clip", "--catalog"])
+        .arg(&cat)
+        .arg("--out")
+        .arg(&clip)
+        .args([
+            "--duration-secs",
+            "1.5",
+            "--frame-code",
+            "--show",
+            "MUG-001@0.3-1.2",
+        ])
+        .output()
+        .expect("clipgen runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_frame_codes(&clip, 30, 45);
+
+    // scaled: 8 px cells at 640x360, 25 fps
+    let catalog = Catalog::load(&cat).expect("catalog");
+    let small = dir.path().join("small.mp4");
+    let spec = ClipSpec {
+        width: 640,
+        height: 360,
+        fps: 25,
+        frame_code: true,
+        ..ClipSpec::new(1_200, vec![Show::new("MUG-001", 0, 1_200).at(0.7, 0.5, 0.5)])
+    };
+    make_clip(&catalog, &spec, &small).expect("clip renders");
+    assert_frame_codes(&small, 25, 30);
+
+    // without the flag there is no code to read
+    let plain = dir.path().join("plain.mp4");
+    make_clip(&catalog, &ClipSpec { frame_code: false, ..spec }, &plain).expect("clip renders");
+    let frames = decode_frames(&plain, &[0, 400]).expect("decodes");
+    assert!(frames.iter().all(|(_, img)| read_frame_code(img).is_err()));
+}
+
+#[test]
+fn a_show_in_the_frame_codes_corner_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let product = preset_product("MUG-001").expect("preset");
+    let catalog = build_catalog(&dir.path().join("cat"), &[product]).expect("catalog builds");
+    let spec = ClipSpec {
+        width: 640,
+        height: 360,
+        frame_code: true,
+        ..ClipSpec::new(500, vec![Show::new("MUG-001", 0, 500).at(0.12, 0.15, 0.3)])
+    };
+    let err = make_clip(&catalog, &spec, &dir.path().join("c.mp4"))
+        .expect_err("the mug would cover the code");
+    assert!(err.to_string().contains("frame code"), "{err}");
+    // the same show without the code is fine
+    make_clip(
+        &catalog,
+        &ClipSpec { frame_code: false, ..spec },
+        &dir.path().join("c.mp4"),
+    )
+    .expect("clip renders");
 }

@@ -87,6 +87,11 @@ enum Cmd {
         /// x264 speed preset: faster ones encode sooner at lower quality for the bitrate.
         #[arg(long, default_value = "veryfast", value_parser = clap::builder::PossibleValuesParser::new(SPEED_PRESETS.iter().copied()))]
         speed_preset: String,
+        /// Paint each frame's index (0-based, 16 bits) into the top-left corner: a row of 18
+        /// cells of 16x16 px at (16, 16) on 1280x720, scaled for other sizes. Shows must stay
+        /// clear of it (below y 0.05 or right of x 0.24).
+        #[arg(long)]
+        frame_code: bool,
     },
     /// The demo: the `demo` catalog in OUT/catalog and a 1280x720 30 fps clip OUT/demo.mp4 in
     /// which the products come and go one or two at a time, with empty stretches.
@@ -211,6 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             bitrate_kbps,
             speed_preset,
+            frame_code,
         } => {
             let (width, height) = parse_size(&size)?;
             if !(1..=120).contains(&fps) {
@@ -226,6 +232,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bitrate_kbps,
                 speed_preset,
                 shows,
+                frame_code,
             };
             let truth = make_clip(&catalog, &spec, &out)
                 .with_context(|| format!("cannot make {}", out.display()))?;

@@ -11,6 +11,7 @@ use gstreamer_video::prelude::*;
 use image::RgbImage;
 
 use super::error::ClipgenError;
+use super::frame_code::{paint_frame_code, FRAME_CODE_MAX_FRAMES};
 use super::scene::{ClipSpec, Scene};
 
 /// Anything that renders numbered frames: the procedural set's [`Scene`] and the evaluation
@@ -119,7 +120,8 @@ impl Running {
 }
 
 /// Encodes every frame of `scene` to `out`: appsrc -> videoconvert -> x264enc (zerolatency,
-/// IDR every 2 s, no B-frames) -> h264parse -> mp4mux -> filesink.
+/// IDR every 2 s, no B-frames) -> h264parse -> mp4mux -> filesink; with `spec.frame_code`, each
+/// frame's index is painted into its corner first.
 pub fn encode_clip(scene: &Scene, spec: &ClipSpec, out: &Path) -> Result<(), ClipgenError> {
     encode_frames(scene, spec, out, &mut |_| {})
 }
@@ -137,6 +139,12 @@ pub fn encode_frames(
             "speed preset {:?} is not one of x264's: {}",
             spec.speed_preset,
             SPEED_PRESETS.join(", ")
+        )));
+    }
+    if spec.frame_code && frames.frame_count() > FRAME_CODE_MAX_FRAMES {
+        return Err(ClipgenError::Spec(format!(
+            "{} frames: the frame code counts at most {FRAME_CODE_MAX_FRAMES}",
+            frames.frame_count()
         )));
     }
     init()?;
@@ -174,6 +182,10 @@ pub fn encode_frames(
     let mut frame = Vec::with_capacity((spec.width * spec.height * 4) as usize);
     for i in 0..frames.frame_count() {
         frames.render_frame(i, &mut frame);
+        if spec.frame_code {
+            let index = u16::try_from(i).expect("frame count checked against the code's range");
+            paint_frame_code(&mut frame, spec.width, spec.height, index);
+        }
         let mut buffer = gst::Buffer::from_mut_slice(frame.clone());
         {
             let b = buffer.get_mut().expect("a new buffer is writable");

@@ -6,6 +6,7 @@ mod demo;
 mod encode;
 mod error;
 pub mod eval;
+mod frame_code;
 mod noise;
 mod photo;
 mod scene;
@@ -18,6 +19,10 @@ pub use catalog::{
 pub use demo::{demo_shows, make_demo, DemoOutput};
 pub use encode::{decode_frames, encode_clip, encode_frames, FrameSource, SPEED_PRESETS};
 pub use error::ClipgenError;
+pub use frame_code::{
+    overlaps_frame_code, paint_frame_code, read_frame_code, FrameCodeGeometry, FRAME_CODE_CELLS,
+    FRAME_CODE_MAX_FRAMES,
+};
 pub use photo::{mate_photo, Backdrop, BackdropSpec, MATE_NATURE_DIR, MATE_NATURE_PHOTOS};
 pub use scene::{
     make_clip, parse_size, read_truth, truth_path, ClipSpec, Placement, Scene, Show, TruthEntry,

@@ -13,6 +13,7 @@ use spotter_protocol::Catalog;
 
 use super::background::{render_background, HORIZON};
 use super::error::ClipgenError;
+use super::frame_code::overlaps_frame_code;
 use super::noise::mix64;
 use super::sprite::{load_rgba, trim, Shadow, Sprite};
 
@@ -179,6 +180,8 @@ pub struct ClipSpec {
     pub speed_preset: String,
     /// The appearances.
     pub shows: Vec<Show>,
+    /// Paint each frame's index into its top-left corner (see [`super::frame_code`]).
+    pub frame_code: bool,
 }
 
 impl ClipSpec {
@@ -193,6 +196,7 @@ impl ClipSpec {
             bitrate_kbps: 4000,
             speed_preset: "veryfast".into(),
             shows,
+            frame_code: false,
         }
     }
 }
@@ -391,8 +395,20 @@ pub fn make_clip(
 ) -> Result<Vec<TruthEntry>, ClipgenError> {
     let started = Instant::now();
     let scene = Scene::new(catalog, spec)?;
-    super::encode::encode_clip(&scene, spec, out)?;
     let truth = scene.truth();
+    if spec.frame_code {
+        if let Some(t) = truth
+            .iter()
+            .find(|t| overlaps_frame_code(t.bbox, spec.width, spec.height))
+        {
+            return Err(ClipgenError::Spec(format!(
+                "show {}@{}-{} ms reaches into the frame code's corner (x < 0.24, y < 0.05 of \
+                 the frame): place it lower or further right",
+                t.sku, t.start_ms, t.end_ms
+            )));
+        }
+    }
+    super::encode::encode_clip(&scene, spec, out)?;
     let path = truth_path(out);
     let json = serde_json::to_vec_pretty(&truth).map_err(|source| ClipgenError::Json {
         path: path.clone(),

@@ -310,6 +310,7 @@ fn make_one(
         bitrate_kbps: spec.bitrate_kbps,
         speed_preset: spec.speed_preset.clone(),
         shows: Vec::new(),
+        frame_code: false,
     };
     let mut last = 0;
     encode_frames(&scene, &enc, &file, &mut |n| {
