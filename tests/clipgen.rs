@@ -225,7 +225,11 @@ fn frame_code_reads_back_on_every_frame_after_h264() {
         .args(["--products", "MUG-001"])
         .output()
         .expect("clipgen runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // 1280x720 through the command line, a product on screen beside the code
     let clip = dir.path().join("coded.mp4");
@@ -243,7 +247,11 @@ fn frame_code_reads_back_on_every_frame_after_h264() {
         ])
         .output()
         .expect("clipgen runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_frame_codes(&clip, 30, 45);
 
     // scaled: 8 px cells at 640x360, 25 fps
@@ -254,14 +262,25 @@ fn frame_code_reads_back_on_every_frame_after_h264() {
         height: 360,
         fps: 25,
         frame_code: true,
-        ..ClipSpec::new(1_200, vec![Show::new("MUG-001", 0, 1_200).at(0.7, 0.5, 0.5)])
+        ..ClipSpec::new(
+            1_200,
+            vec![Show::new("MUG-001", 0, 1_200).at(0.7, 0.5, 0.5)],
+        )
     };
     make_clip(&catalog, &spec, &small).expect("clip renders");
     assert_frame_codes(&small, 25, 30);
 
     // without the flag there is no code to read
     let plain = dir.path().join("plain.mp4");
-    make_clip(&catalog, &ClipSpec { frame_code: false, ..spec }, &plain).expect("clip renders");
+    make_clip(
+        &catalog,
+        &ClipSpec {
+            frame_code: false,
+            ..spec
+        },
+        &plain,
+    )
+    .expect("clip renders");
     let frames = decode_frames(&plain, &[0, 400]).expect("decodes");
     assert!(frames.iter().all(|(_, img)| read_frame_code(img).is_err()));
 }
@@ -283,7 +302,10 @@ fn a_show_in_the_frame_codes_corner_is_refused() {
     // the same show without the code is fine
     make_clip(
         &catalog,
-        &ClipSpec { frame_code: false, ..spec },
+        &ClipSpec {
+            frame_code: false,
+            ..spec
+        },
         &dir.path().join("c.mp4"),
     )
     .expect("clip renders");

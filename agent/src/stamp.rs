@@ -170,8 +170,7 @@ pub fn stamp_frames(parse: &gst::Element, pipeline: &gst::Pipeline) -> Result<()
             let segment = segment
                 .as_ref()
                 .and_then(|ev| ev.segment().downcast_ref::<gst::ClockTime>().cloned());
-            let one = |b: gst::Buffer| match stamp_one(b, framing, segment.as_ref(), &pipeline)
-            {
+            let one = |b: gst::Buffer| match stamp_one(b, framing, segment.as_ref(), &pipeline) {
                 Ok(b) => b,
                 Err((b, e)) => {
                     warn(&e);

@@ -76,7 +76,11 @@ fn read_back(file: &Path, demux: &str, expect: Framing) -> Vec<ReadFrame> {
         .expect("bus")
         .pop_filtered(&[gst::MessageType::Error]);
     p.set_state(gst::State::Null).expect("stop");
-    assert!(sink.is_eos(), "{}: read to its end: {error:?}", file.display());
+    assert!(
+        sink.is_eos(),
+        "{}: read to its end: {error:?}",
+        file.display()
+    );
     frames
 }
 
@@ -243,7 +247,12 @@ fn every_hls_frame_carries_one_capture_stamp_equal_to_its_analysed_frames_captur
         let Some(stamps) = seen.stamps.get(&t.pts_ms) else {
             continue;
         };
-        assert_eq!(stamps.len(), 1, "upload frame at {} ms: {stamps:?}", t.pts_ms);
+        assert_eq!(
+            stamps.len(),
+            1,
+            "upload frame at {} ms: {stamps:?}",
+            t.pts_ms
+        );
         assert!(
             stamps[0].abs_diff(t.captured_at_ms) <= 1,
             "frame at {} ms: stamped {}, analysed as captured at {}",
@@ -280,16 +289,16 @@ fn an_flv_upload_carries_the_stamps_in_avc_form() {
     stamp_frames(&parse, &p).expect("stamping probe");
     let caps = Arc::new(Mutex::new(None));
     let c = caps.clone();
-    parse
-        .static_pad("src")
-        .expect("src pad")
-        .add_probe(gst::PadProbeType::BUFFER, move |pad, _| {
+    parse.static_pad("src").expect("src pad").add_probe(
+        gst::PadProbeType::BUFFER,
+        move |pad, _| {
             let mut c = c.lock().expect("lock");
             if c.is_none() {
                 *c = pad.current_caps();
             }
             gst::PadProbeReturn::Ok
-        });
+        },
+    );
     let from_ms = now_utc_ms();
     support::play_to_eos(&p, 30, "the FLV upload");
     let to_ms = now_utc_ms();
