@@ -9,16 +9,18 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use spotter_protocol::Catalog;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::broker;
+use crate::chat::Publisher;
 use crate::config::BridgeConfig;
 use crate::http::{router, AppState};
 use crate::hub::Hubs;
 use crate::metrics::Metrics;
+use crate::mqtt::chat::{self as chat_broker, ChatIngest};
 use crate::mqtt::{subscriber, Ingest};
 use crate::shelf::Shelf;
 
@@ -118,13 +120,48 @@ async fn serve(
         .context("cannot read the HTTP listener's address")?;
 
     let metrics = Arc::new(Metrics::default());
-    let hubs = Arc::new(Hubs::new(&config.streams, &config.viewer));
+    let hubs = Arc::new(Hubs::with_chat(
+        &config.streams,
+        &config.viewer,
+        &config.chat,
+    ));
     let tracker = TaskTracker::new();
 
     let (subscribed_tx, mut subscribed) = watch::channel(false);
+    let connection = subscriber::connect(&config.mqtt);
+    let publisher = Publisher::new(connection.0.clone(), subscribed.clone());
+    let bans_changed = Arc::new(Notify::new());
+    if config.chat.enabled {
+        let path = config.chat.bans_path();
+        let restored = chat_broker::restore_bans(&path, &hubs, &publisher);
+        info!(
+            bans = %path.display(),
+            restored,
+            key = %config.chat.key_source.as_ref().map_or("none: nobody can post".to_owned(), ToString::to_string),
+            guests = config.chat.guests,
+            "chat on"
+        );
+        if config.chat.key.is_none() {
+            warn!("chat has no key (chat.key_file, the chat-key credential or SPOTTER_CHAT_KEY): viewers can read it but nobody can sign in");
+        }
+        tracker.spawn(chat_broker::persist_bans(
+            hubs.clone(),
+            path,
+            bans_changed.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tracker.spawn(chat_broker::tick(
+        hubs.clone(),
+        publisher.clone(),
+        bans_changed.clone(),
+        shutdown.clone(),
+    ));
     tracker.spawn(subscriber::run(
         config.mqtt.clone(),
+        connection,
         Ingest::new(hubs.clone(), shelf.clone(), metrics.clone()),
+        ChatIngest::new(hubs.clone(), bans_changed),
         metrics.clone(),
         subscribed_tx,
         shutdown.clone(),
@@ -153,6 +190,8 @@ async fn serve(
         metrics,
         web: Arc::new(config.web.clone()),
         viewer: config.viewer,
+        chat: Arc::new(config.chat.clone()),
+        publisher: config.chat.enabled.then_some(publisher),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
     });

@@ -9,6 +9,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use spotter_protocol::topic::validate_segment;
 
+use crate::chat::config::process_env;
+use crate::chat::{ChatConfig, RawChat};
+
 /// Prefix of the environment variables that override the file (`SPOTTER_BRIDGE__HTTP__LISTEN`).
 pub const ENV_PREFIX: &str = "SPOTTER_BRIDGE";
 /// Separator between the prefix and the levels of a key in those variables.
@@ -59,6 +62,9 @@ pub struct RawConfig {
     /// Limits on viewer connections.
     #[serde(default)]
     pub viewer: RawViewer,
+    /// Chat beside the video.
+    #[serde(default)]
+    pub chat: RawChat,
 }
 
 /// `[http]`
@@ -225,6 +231,8 @@ pub struct BridgeConfig {
     pub streams: Vec<StreamConfig>,
     /// Viewer limits.
     pub viewer: ViewerConfig,
+    /// Chat settings and key.
+    pub chat: ChatConfig,
 }
 
 /// Validated `[http]`.
@@ -375,6 +383,11 @@ impl RawConfig {
         check_range("viewer.max_message_bytes", v.max_message_bytes, 64, 1 << 20)?;
         check_range("viewer.history", v.history, 0, 1 << 20)?;
 
+        let chat = self
+            .chat
+            .validate(base, &process_env)
+            .map_err(|e| invalid(e.key, e.reason))?;
+
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         Ok(BridgeConfig {
             http: HttpConfig { listen },
@@ -390,6 +403,7 @@ impl RawConfig {
                 max_message_bytes: v.max_message_bytes,
                 history: v.history,
             },
+            chat,
         })
     }
 }
@@ -572,6 +586,9 @@ mod tests {
         assert_eq!(c.viewer.queue, 256);
         assert_eq!(c.viewer.max_message_bytes, 4096);
         assert_eq!(c.viewer.history, 1024);
+        assert!(c.chat.enabled && !c.chat.guests);
+        assert_eq!(c.chat.limits.max_chars, 500);
+        assert_eq!(c.chat.limits.history, 50);
         // Relative paths are relative to the file, not to wherever the bridge was started.
         assert_eq!(
             c.catalog_dir,

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod broker;
+pub mod chat;
 pub mod config;
 pub mod http;
 pub mod hub;

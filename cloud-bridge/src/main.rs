@@ -37,6 +37,26 @@ enum Command {
     Run(ConfigArg),
     /// Check the config file and the catalog, print a summary, and exit.
     Validate(ConfigArg),
+    /// Print a chat token signed with the chat key (found as `run` finds it).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The user id: 1-64 characters of [A-Za-z0-9_.@-].
+    #[arg(long, value_name = "ID")]
+    user: String,
+    /// The display name: 1-32 characters.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// Also grant `moderate` (delete messages, ban users); `send` is always granted.
+    #[arg(long)]
+    moderator: bool,
+    /// How long the token lasts: 90s, 15m, 1h, 7d.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = spotter_bridge::chat::token::parse_ttl)]
+    ttl: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +84,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Validate(arg)) => validate(&arg.config),
         Some(Command::Run(arg)) => run(&arg.config),
+        Some(Command::Token(args)) => token(&args),
         None => run(&cli.run.config),
     };
     match result {
@@ -112,6 +133,64 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
         "  viewers:  queue {}, history {}, max message {} bytes",
         config.viewer.queue, config.viewer.history, config.viewer.max_message_bytes
     );
+    let chat = &config.chat;
+    if chat.enabled {
+        let l = &chat.limits;
+        println!(
+            "  chat:     on, guests {}, key {}",
+            if chat.guests { "on" } else { "off" },
+            chat.key_source.as_ref().map_or(
+                "none (read-only: nobody can sign in)".to_owned(),
+                ToString::to_string
+            )
+        );
+        println!(
+            "  chat:     max {} chars, {}/s burst {} a user, {}/s burst {} a stream, history {}, {} blocked words",
+            l.max_chars,
+            l.user_rate_per_sec,
+            l.user_burst,
+            l.stream_rate_per_sec,
+            l.stream_burst,
+            l.history,
+            l.blocked_words.len()
+        );
+        println!("  chat:     bans kept in {}", chat.bans_path().display());
+    } else {
+        println!("  chat:     off");
+    }
+    Ok(())
+}
+
+fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    use spotter_bridge::chat::token::{sign, verify, Capability, Claims};
+    let config = load(&args.config.config)?;
+    let key = config.chat.key.as_ref().context(
+        "no chat key: set chat.key_file, the chat-key systemd credential or SPOTTER_CHAT_KEY (at least 32 bytes)",
+    )?;
+    let now_ms = spotter_bridge::chat::now_ms();
+    let mut caps = vec![Capability::Send];
+    if args.moderator {
+        caps.push(Capability::Moderate);
+    }
+    let claims = Claims {
+        sub: args.user.clone(),
+        name: args.name.clone(),
+        caps,
+        exp: (now_ms / 1000).saturating_add(args.ttl.as_secs()),
+        iat: Some(now_ms / 1000),
+        guest: false,
+    };
+    let token = sign(key, &claims);
+    // The bridge's own check: a bad --user or --name fails here, not at the viewer's page.
+    verify(Some(key), &token, now_ms).map_err(|e| {
+        anyhow::anyhow!(
+            "{}",
+            e.to_string()
+                .replace("token refused: claim `sub`", "--user")
+                .replace("token refused: claim `name`", "--name")
+        )
+    })?;
+    println!("{token}");
     Ok(())
 }
 

@@ -128,6 +128,8 @@ impl Shelf {
             bbox: event.bbox,
             captured_at_ms: event.captured_at_ms,
             pts_ms: event.pts_ms,
+            // The hub sets it from the appearance's `new`.
+            appeared_at_ms: event.captured_at_ms,
             product: product.clone(),
         })
     }
@@ -144,6 +146,7 @@ impl Shelf {
             bbox: p.bbox,
             captured_at_ms: p.since_ms,
             pts_ms: 0,
+            appeared_at_ms: p.since_ms,
             product: product.clone(),
         })
     }

@@ -304,6 +304,50 @@ impl Ban {
     }
 }
 
+/// One stream's ban as kept on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredBan {
+    /// The studio.
+    pub studio: String,
+    /// The stream.
+    pub stream: String,
+    /// The ban as published.
+    pub ban: Ban,
+}
+
+/// The bridge's `bans.json`: the bans in force, republished (retained) at start so they survive
+/// a restart of the embedded broker, whose retained messages die with the process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BanFile {
+    /// File format version.
+    pub v: u32,
+    /// The bans.
+    pub bans: Vec<StoredBan>,
+}
+
+impl BanFile {
+    /// Decodes and validates the file's contents (every ban as if received from the broker).
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let file: BanFile = serde_json::from_slice(bytes)?;
+        check_version(file.v)?;
+        for b in &file.bans {
+            crate::topic::validate_segment("studio", &b.studio)
+                .map_err(|e| invalid("bans.studio", e.to_string()))?;
+            crate::topic::validate_segment("stream", &b.stream)
+                .map_err(|e| invalid("bans.stream", e.to_string()))?;
+            b.ban.validate()?;
+        }
+        Ok(file)
+    }
+
+    /// Encodes, pretty-printed for people who look at the file.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("a BanFile always serializes: no maps")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,6 +450,29 @@ mod tests {
                 format!("\"{}\"", code.as_str())
             );
         }
+    }
+
+    #[test]
+    fn ban_file_round_trips_and_refuses_bad_entries() {
+        let file = BanFile {
+            v: 1,
+            bans: vec![StoredBan {
+                studio: "demo".into(),
+                stream: "main".into(),
+                ban: Ban {
+                    v: 1,
+                    user: "u1".into(),
+                    until_ms: 5,
+                    reason: None,
+                    by: "m".into(),
+                },
+            }],
+        };
+        assert_eq!(BanFile::decode(&file.encode()).expect("decodes"), file);
+        let mut bad = file.clone();
+        bad.bans[0].stream = "a/b".into();
+        assert!(BanFile::decode(&bad.encode()).is_err());
+        assert!(BanFile::decode(b"{}").is_err());
     }
 
     #[test]

@@ -17,8 +17,8 @@ pub mod viewer;
 
 pub use catalog::{Catalog, CatalogError, Product};
 pub use chat::{Ban, ChatEvent, ChatMessage, ChatUser, RefusalCode, SessionUser};
-pub use ratelimit::TokenBucket;
 pub use event::{BBox, DecodeError, EventType, ProductEvent};
+pub use ratelimit::TokenBucket;
 pub use status::{
     AgentState, OnScreen, OnScreenProduct, SoundState, SourceState, Stats, Status, UploadState,
 };

@@ -361,7 +361,8 @@ mod tests {
 
     #[test]
     fn a_hello_from_an_older_bridge_still_decodes() {
-        let old = r#"{"kind":"hello","protocol":1,"epoch":"e","offset":0,"resync":false,"onscreen":[]}"#;
+        let old =
+            r#"{"kind":"hello","protocol":1,"epoch":"e","offset":0,"resync":false,"onscreen":[]}"#;
         match serde_json::from_str::<ServerMessage>(old).expect("decodes") {
             ServerMessage::Hello { viewers, chat, .. } => {
                 assert_eq!((viewers, chat), (0, ChatAbility { guests: false }));

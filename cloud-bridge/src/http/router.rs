@@ -14,6 +14,7 @@ use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::{pages, ws};
+use crate::chat::{ChatConfig, Publisher};
 use crate::config::{ViewerConfig, WebConfig};
 use crate::hub::Hubs;
 use crate::metrics::Metrics;
@@ -32,6 +33,10 @@ pub struct AppState {
     pub web: Arc<WebConfig>,
     /// Viewer limits.
     pub viewer: ViewerConfig,
+    /// Chat settings and the token key.
+    pub chat: Arc<ChatConfig>,
+    /// Publishes chat to the broker; `None` refuses every post as unavailable.
+    pub publisher: Option<Publisher>,
     /// Cancelled at shutdown: open sockets close with "going away".
     pub shutdown: CancellationToken,
     /// Tracks viewer connections so shutdown waits for their goodbyes.
@@ -152,6 +157,8 @@ images = ["mug.png"]
             metrics: Arc::new(Metrics::default()),
             web: Arc::new(web),
             viewer,
+            chat: Arc::new(ChatConfig::default()),
+            publisher: None,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });

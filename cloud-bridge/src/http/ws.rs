@@ -1,6 +1,12 @@
-//! The viewer WebSocket (`/ws/{studio}/{stream}?epoch=E&offset=N`): `hello`, then what the viewer
-//! missed, then live events; small buffers, coalesced writes, and a viewer that falls behind or
-//! stalls is closed rather than allowed to hold anything up.
+//! The viewer WebSocket (`/ws/{studio}/{stream}?epoch=E&offset=N`): `hello`, the chat's history,
+//! then what the viewer missed, then live events and chat; small buffers, coalesced writes, and a
+//! viewer that falls behind or stalls is closed rather than allowed to hold anything up.
+//!
+//! Chat requests (`auth`, `guest`, `say`, `delete`, `ban`) are judged by the stream's room and
+//! published to the broker; the sender gets `said`/`refused`/`session`/`error` here, everyone
+//! gets the result when it comes back from the broker. A malformed message is answered with
+//! `error` and the socket stays open; a socket earning too many refusals is closed, and so are a
+//! banned user's sockets.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
+use spotter_protocol::chat::{RefusalCode, SessionUser};
 use spotter_protocol::viewer::{ClientMessage, ServerMessage};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::broadcast::Receiver;
@@ -20,7 +27,10 @@ use tracing::{debug, info};
 
 use super::pages::not_found_json;
 use super::AppState;
-use crate::hub::{Frame, Hub, JoinOutcome, Joined, Resume};
+use crate::chat::room::{check_nonce, rfc3339};
+use crate::chat::token::{self, Capability, Claims, GUEST_PREFIX};
+use crate::chat::{now_ms, Denied, FloodGuard, Verified};
+use crate::hub::{Control, Frame, Hub, JoinOutcome, Joined, Resume};
 use crate::metrics::Metrics;
 
 /// tungstenite's read buffer (its default is 128 KiB a connection).
@@ -48,10 +58,14 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     /// A frame type the bridge does not accept (binary).
     pub const UNSUPPORTED: u16 = 1003;
-    /// Oversize or unparsable frames, or silence.
+    /// Text frames that are not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// Oversize frames, silence, flooding.
     pub const POLICY: u16 = 1008;
     /// Fell behind: reconnect (with the cursor) to recover.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The user was banned from the chat (application code).
+    pub const BANNED: u16 = 4003;
 }
 
 /// The query string of a (re)connection.
@@ -105,14 +119,36 @@ pub enum End {
     },
     /// The bridge is shutting down.
     Shutdown,
+    /// More than [`FloodGuard::MAX_REFUSALS`] refusals within [`FloodGuard::WINDOW_MS`].
+    Flooding,
+    /// The connection's user was banned from the chat.
+    Banned {
+        /// End of the ban, UTC ms.
+        until_ms: u64,
+        /// The moderator's reason.
+        reason: Option<String>,
+    },
+}
+
+/// What one frame received from a viewer is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// A message to act on.
+    Message(ClientMessage),
+    /// JSON that is not a client message: answer `error`, keep the socket.
+    Malformed(String),
+    /// Nothing to do (a protocol-level ping or pong).
+    Nothing,
+    /// The connection ends.
+    End(End),
 }
 
 /// What to do with one frame received from a viewer.
-pub fn judge_frame(msg: &Message, max_message_bytes: usize) -> Option<End> {
+pub fn judge_frame(msg: &Message, max_message_bytes: usize) -> Incoming {
     match msg {
         Message::Text(text) => {
             if text.len() > max_message_bytes {
-                return Some(End::BadInput {
+                return Incoming::End(End::BadInput {
                     code: close_code::POLICY,
                     message: format!(
                         "message of {} bytes is over the {max_message_bytes}-byte limit",
@@ -121,19 +157,279 @@ pub fn judge_frame(msg: &Message, max_message_bytes: usize) -> Option<End> {
                 });
             }
             match serde_json::from_str::<ClientMessage>(text.as_str()) {
-                Ok(ClientMessage::Ping) => None,
-                Err(e) => Some(End::BadInput {
-                    code: close_code::POLICY,
-                    message: format!("could not understand your message: {e}"),
-                }),
+                Ok(m) => Incoming::Message(m),
+                Err(e) => Incoming::Malformed(format!("could not understand your message: {e}")),
             }
         }
-        Message::Binary(_) => Some(End::BadInput {
+        Message::Binary(_) => Incoming::End(End::BadInput {
             code: close_code::UNSUPPORTED,
             message: "binary frames are not accepted: send JSON text frames".into(),
         }),
-        Message::Ping(_) | Message::Pong(_) => None,
-        Message::Close(_) => Some(End::ClientClosed),
+        Message::Ping(_) | Message::Pong(_) => Incoming::Nothing,
+        Message::Close(_) => Incoming::End(End::ClientClosed),
+    }
+}
+
+/// The end for a frame tungstenite could not read: invalid UTF-8 (1007), else oversize or a
+/// broken frame (1008). axum's error is opaque, so its message tells the two apart.
+pub fn read_error(error: &str) -> End {
+    let code = if error.contains("UTF-8") || error.contains("utf-8") {
+        close_code::INVALID_PAYLOAD
+    } else {
+        close_code::POLICY
+    };
+    End::BadInput {
+        code,
+        message: format!("could not read your message: {error}"),
+    }
+}
+
+/// A connection's chat: who it is (once authenticated) and how often it was refused.
+#[derive(Debug, Default)]
+pub struct ChatConn {
+    session: Option<Verified>,
+    flood: FloodGuard,
+}
+
+fn refusal(nonce: Option<String>, code: RefusalCode, message: impl Into<String>) -> ServerMessage {
+    ServerMessage::Refused {
+        nonce,
+        code,
+        message: message.into(),
+    }
+}
+
+fn error(message: impl Into<String>) -> ServerMessage {
+    ServerMessage::Error {
+        message: message.into(),
+    }
+}
+
+fn denied(nonce: Option<String>, d: Denied) -> ServerMessage {
+    match d {
+        Denied::Refused { code, message } => refusal(nonce, code, message),
+        Denied::Invalid(message) => error(message),
+    }
+}
+
+fn message_id(now_ms: u64) -> String {
+    format!("{now_ms:x}-{:016x}", fastrand::u64(..))
+}
+
+impl ChatConn {
+    /// The authenticated user, while the token is valid.
+    fn user(&self, now_ms: u64) -> Result<&SessionUser, (RefusalCode, &'static str)> {
+        match &self.session {
+            None => Err((
+                RefusalCode::Unauthenticated,
+                "sign in to chat: send auth with a token first",
+            )),
+            Some(v) if v.expires_at_ms <= now_ms => Err((
+                RefusalCode::Unauthenticated,
+                "your token expired: authenticate again",
+            )),
+            Some(v) => Ok(&v.user),
+        }
+    }
+
+    /// Acts on one client message; returns what to send back to this connection only.
+    fn handle(
+        &mut self,
+        msg: ClientMessage,
+        hub: &Hub,
+        app: &AppState,
+        now: u64,
+    ) -> Vec<ServerMessage> {
+        if matches!(msg, ClientMessage::Ping) {
+            return Vec::new();
+        }
+        if !hub.chat_enabled() {
+            return vec![error("chat is off on this stream")];
+        }
+        let reply = match msg {
+            ClientMessage::Ping => return Vec::new(),
+            ClientMessage::Auth { token } => {
+                match token::verify(app.chat.key.as_ref(), &token, now) {
+                    Ok(v) => {
+                        let reply = ServerMessage::Session {
+                            user: v.user.clone(),
+                            expires_at_ms: v.expires_at_ms,
+                            token: None,
+                        };
+                        self.session = Some(v);
+                        reply
+                    }
+                    Err(e) => error(e.to_string()),
+                }
+            }
+            ClientMessage::Guest { name } => self.guest(&name, hub, app, now),
+            ClientMessage::Say { text, nonce } => {
+                if let Err(d) = check_nonce(nonce.as_deref()) {
+                    return vec![denied(None, d)];
+                }
+                let user = match self.user(now) {
+                    Ok(u) => u,
+                    Err((code, m)) => return vec![refusal(nonce, code, m)],
+                };
+                let id = message_id(now);
+                let checked = hub.room().say(user, &text, id.clone(), now);
+                match checked {
+                    Err(d) => denied(nonce, d),
+                    Ok(event) => {
+                        let c = &hub.config;
+                        match app
+                            .publisher
+                            .as_ref()
+                            .map(|p| p.chat(&c.studio, &c.stream, &event))
+                        {
+                            Some(Ok(())) => ServerMessage::Said { nonce, id },
+                            Some(Err(e)) => refusal(nonce, RefusalCode::Unavailable, e.to_string()),
+                            None => refusal(
+                                nonce,
+                                RefusalCode::Unavailable,
+                                "the chat is unavailable: no broker",
+                            ),
+                        }
+                    }
+                }
+            }
+            ClientMessage::Delete { id } => {
+                let user = match self.user(now) {
+                    Ok(u) => u,
+                    Err((code, m)) => return vec![refusal(None, code, m)],
+                };
+                let checked = hub.room().delete(user, &id);
+                match checked {
+                    Err(d) => denied(None, d),
+                    Ok(event) => {
+                        let c = &hub.config;
+                        match app
+                            .publisher
+                            .as_ref()
+                            .map(|p| p.chat(&c.studio, &c.stream, &event))
+                        {
+                            Some(Ok(())) => return Vec::new(),
+                            Some(Err(e)) => refusal(None, RefusalCode::Unavailable, e.to_string()),
+                            None => refusal(
+                                None,
+                                RefusalCode::Unavailable,
+                                "the chat is unavailable: no broker",
+                            ),
+                        }
+                    }
+                }
+            }
+            ClientMessage::Ban {
+                user: target,
+                secs,
+                reason,
+            } => {
+                let user = match self.user(now) {
+                    Ok(u) => u,
+                    Err((code, m)) => return vec![refusal(None, code, m)],
+                };
+                let checked = hub.room().ban(user, &target, secs, reason, now);
+                match checked {
+                    Err(d) => denied(None, d),
+                    Ok(ban) => {
+                        let c = &hub.config;
+                        match app
+                            .publisher
+                            .as_ref()
+                            .map(|p| p.ban(&c.studio, &c.stream, &ban))
+                        {
+                            Some(Ok(())) => return Vec::new(),
+                            Some(Err(e)) => refusal(None, RefusalCode::Unavailable, e.to_string()),
+                            None => refusal(
+                                None,
+                                RefusalCode::Unavailable,
+                                "the chat is unavailable: no broker",
+                            ),
+                        }
+                    }
+                }
+            }
+        };
+        vec![reply]
+    }
+
+    fn guest(&mut self, name: &str, hub: &Hub, app: &AppState, now: u64) -> ServerMessage {
+        let key = match (&app.chat.key, hub.chat_ability().guests) {
+            (Some(key), true) => key,
+            _ => {
+                return refusal(
+                    None,
+                    RefusalCode::GuestsOff,
+                    "guests cannot chat on this stream: sign in",
+                )
+            }
+        };
+        let name = match hub.room().guest_name(name) {
+            Ok(n) => n,
+            Err(d) => return denied(None, d),
+        };
+        let exp = (now / 1000).saturating_add(app.chat.guest_ttl.as_secs());
+        let claims = Claims {
+            sub: format!("{GUEST_PREFIX}{:016x}", fastrand::u64(..)),
+            name,
+            caps: vec![Capability::Send],
+            exp,
+            iat: Some(now / 1000),
+            guest: true,
+        };
+        let signed = token::sign(key, &claims);
+        match token::verify(Some(key), &signed, now) {
+            Ok(v) => {
+                let reply = ServerMessage::Session {
+                    user: v.user.clone(),
+                    expires_at_ms: v.expires_at_ms,
+                    token: Some(signed),
+                };
+                self.session = Some(v);
+                reply
+            }
+            Err(e) => error(e.to_string()),
+        }
+    }
+
+    /// Whether a ban signal concerns this connection's user and is in force.
+    fn banned_by(&self, signal: &Control, now: u64) -> Option<End> {
+        let Control::Banned {
+            user,
+            until_ms,
+            reason,
+        } = signal;
+        let mine = self.session.as_ref().is_some_and(|v| &v.user.id == user);
+        (mine && *until_ms > now).then(|| End::Banned {
+            until_ms: *until_ms,
+            reason: reason.clone(),
+        })
+    }
+
+    /// After missed ban signals: whether the room now bans this connection's user.
+    fn banned_in(&self, hub: &Hub, now: u64) -> Option<End> {
+        let user = &self.session.as_ref()?.user.id;
+        let room = hub.room();
+        let until_ms = room.banned_until(user, now)?;
+        let reason = room
+            .bans()
+            .find(|b| &b.user == user)
+            .and_then(|b| b.reason.clone());
+        Some(End::Banned { until_ms, reason })
+    }
+
+    /// Counts the refusals and errors in `replies`; the end when the connection is flooding.
+    fn count(&mut self, replies: &[ServerMessage], now: u64) -> Option<End> {
+        let mut flooding = false;
+        for r in replies {
+            if matches!(
+                r,
+                ServerMessage::Refused { .. } | ServerMessage::Error { .. }
+            ) {
+                flooding |= self.flood.refused(now);
+            }
+        }
+        flooding.then_some(End::Flooding)
     }
 }
 
@@ -189,6 +485,9 @@ async fn serve(socket: WebSocket, hub: Arc<Hub>, resume: Resume, app: AppState) 
         backlog,
         outcome,
         mut live,
+        chat_history,
+        mut control,
+        watching: _watching,
     } = hub.join(&resume);
     match outcome {
         JoinOutcome::Recovered => Metrics::inc(&metrics.viewers_recovered),
@@ -205,7 +504,14 @@ async fn serve(socket: WebSocket, hub: Arc<Hub>, resume: Resume, app: AppState) 
     );
 
     let (mut tx, mut rx) = socket.split();
-    let end = session(&mut tx, &mut rx, hello, backlog, &mut live, &app).await;
+    let mut first = vec![hello];
+    first.extend(chat_history);
+    first.extend(backlog);
+    let mut feeds = Feeds {
+        live: &mut live,
+        control: &mut control,
+    };
+    let end = session(&mut tx, &mut rx, first, &mut feeds, &hub, &app).await;
     match &end {
         End::Slow { missed } => {
             Metrics::inc(&metrics.viewers_dropped_slow);
@@ -230,6 +536,16 @@ async fn serve(socket: WebSocket, hub: Arc<Hub>, resume: Resume, app: AppState) 
             Metrics::inc(&metrics.viewers_dropped_bad_input);
             info!(studio, stream, code, reason = %message, "viewer sent a frame not allowed, disconnected");
         }
+        End::Flooding => {
+            Metrics::inc(&metrics.viewers_dropped_bad_input);
+            info!(
+                studio,
+                stream, "viewer earned too many refusals, disconnected"
+            );
+        }
+        End::Banned { until_ms, .. } => {
+            info!(studio, stream, until = %rfc3339(*until_ms), "banned viewer disconnected");
+        }
         End::Idle => debug!(studio, stream, "viewer silent too long, disconnected"),
         End::ClientClosed | End::Gone | End::Shutdown => {
             debug!(studio, stream, ?end, "viewer left");
@@ -240,6 +556,8 @@ async fn serve(socket: WebSocket, hub: Arc<Hub>, resume: Resume, app: AppState) 
 
 /// Sends what the end calls for (an error message, a close frame), bounded in time.
 async fn goodbye(tx: &mut Tx, end: &End, queue: usize) {
+    let flood_message: String;
+    let ban_message: String;
     let (error, code, reason): (Option<&str>, u16, String) = match end {
         End::Gone => return,
         End::ClientClosed => {
@@ -255,6 +573,30 @@ async fn goodbye(tx: &mut Tx, end: &End, queue: usize) {
         End::Idle => (None, close_code::POLICY, "idle: nothing received".into()),
         End::BadInput { code, message } => (Some(message), *code, truncate(message, 120)),
         End::Shutdown => (None, close_code::GOING_AWAY, "bridge shutting down".into()),
+        End::Flooding => {
+            flood_message = format!(
+                "flooding: more than {} refusals within {} s; reconnect and slow down",
+                FloodGuard::MAX_REFUSALS,
+                FloodGuard::WINDOW_MS / 1000
+            );
+            (
+                Some(flood_message.as_str()),
+                close_code::POLICY,
+                "flooding".into(),
+            )
+        }
+        End::Banned { until_ms, reason } => {
+            let until = rfc3339(*until_ms);
+            ban_message = match reason {
+                Some(r) => format!("you are banned from this chat until {until}: {r}"),
+                None => format!("you are banned from this chat until {until}"),
+            };
+            (
+                Some(ban_message.as_str()),
+                close_code::BANNED,
+                format!("banned until {until}"),
+            )
+        }
     };
     let _ = timeout(CLOSE_TIMEOUT, async {
         if let Some(message) = error {
@@ -285,17 +627,40 @@ fn truncate(s: &str, max: usize) -> String {
     s[..end].to_owned()
 }
 
+/// What a connection listens to besides its socket.
+struct Feeds<'a> {
+    live: &'a mut Receiver<Frame>,
+    control: &'a mut Receiver<Control>,
+}
+
+/// Sends replies to this connection alone, bounded in time.
+async fn reply(tx: &mut Tx, replies: Vec<ServerMessage>) -> Result<(), End> {
+    if replies.is_empty() {
+        return Ok(());
+    }
+    let write = async {
+        for r in replies {
+            tx.feed(Message::Text(Utf8Bytes::from(r.encode()))).await?;
+        }
+        tx.flush().await
+    };
+    match timeout(WRITE_TIMEOUT, write).await {
+        Err(_) => Err(End::Stalled),
+        Ok(Err(_)) => Err(End::Gone),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
 async fn session(
     tx: &mut Tx,
     rx: &mut Rx,
-    hello: Frame,
-    backlog: Vec<Frame>,
-    live: &mut Receiver<Frame>,
+    first: Vec<Frame>,
+    feeds: &mut Feeds<'_>,
+    hub: &Hub,
     app: &AppState,
 ) -> End {
     let first = async {
-        tx.feed(Message::Text(hello)).await?;
-        for frame in backlog {
+        for frame in first {
             tx.feed(Message::Text(frame)).await?;
         }
         tx.flush().await
@@ -307,6 +672,9 @@ async fn session(
     }
 
     let max = app.viewer.max_message_bytes;
+    let mut chat = ChatConn::default();
+    let live = &mut *feeds.live;
+    let control = &mut *feeds.control;
     let mut last_heard = Instant::now();
     let mut pings = interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
     loop {
@@ -315,20 +683,38 @@ async fn session(
             incoming = rx.next() => match incoming {
                 None => return End::Gone,
                 Some(Err(e)) => {
-                    // Oversize frames land here (tungstenite enforces the limit); a reset
-                    // connection too, in which case the goodbye fails fast.
-                    return End::BadInput {
-                        code: close_code::POLICY,
-                        message: format!("could not read your message: {e}"),
-                    };
+                    // Oversize frames and invalid UTF-8 land here (tungstenite checks both); a
+                    // reset connection too, in which case the goodbye fails fast.
+                    return read_error(&e.to_string());
                 }
                 Some(Ok(msg)) => {
                     last_heard = Instant::now();
-                    if let Some(end) = judge_frame(&msg, max) {
+                    let now = now_ms();
+                    let replies = match judge_frame(&msg, max) {
+                        Incoming::End(end) => return end,
+                        Incoming::Nothing => continue,
+                        Incoming::Malformed(message) => vec![error(message)],
+                        Incoming::Message(m) => chat.handle(m, hub, app, now),
+                    };
+                    if let Some(end) = chat.count(&replies, now) {
+                        return end;
+                    }
+                    if let Err(end) = reply(tx, replies).await {
                         return end;
                     }
                 }
             },
+            signal = control.recv() => {
+                let now = now_ms();
+                let end = match signal {
+                    Ok(signal) => chat.banned_by(&signal, now),
+                    Err(RecvError::Lagged(_)) => chat.banned_in(hub, now),
+                    Err(RecvError::Closed) => return End::Shutdown,
+                };
+                if let Some(end) = end {
+                    return end;
+                }
+            }
             received = live.recv() => {
                 let first = match received {
                     Ok(frame) => frame,
@@ -422,15 +808,18 @@ mod tests {
     fn client_frames() {
         assert_eq!(
             judge_frame(&Message::Text(r#"{"kind":"ping"}"#.into()), 100),
-            None
+            Incoming::Message(ClientMessage::Ping)
         );
-        assert_eq!(judge_frame(&Message::Ping(Default::default()), 100), None);
+        assert_eq!(
+            judge_frame(&Message::Ping(Default::default()), 100),
+            Incoming::Nothing
+        );
         assert_eq!(
             judge_frame(&Message::Close(None), 100),
-            Some(End::ClientClosed)
+            Incoming::End(End::ClientClosed)
         );
         match judge_frame(&Message::Text("x".repeat(101).into()), 100) {
-            Some(End::BadInput { code, message }) => {
+            Incoming::End(End::BadInput { code, message }) => {
                 assert_eq!(code, close_code::POLICY);
                 assert!(
                     message.contains("101 bytes") && message.contains("100-byte"),
@@ -439,19 +828,35 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // A message the bridge does not understand is answered, not a reason to close.
         match judge_frame(&Message::Text(r#"{"kind":"chat"}"#.into()), 100) {
-            Some(End::BadInput { code, message }) => {
-                assert_eq!(code, close_code::POLICY);
-                assert!(message.contains("chat"), "{message}");
-            }
+            Incoming::Malformed(message) => assert!(message.contains("chat"), "{message}"),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
             judge_frame(&Message::Binary(vec![1u8, 2].into()), 100),
-            Some(End::BadInput {
+            Incoming::End(End::BadInput {
                 code: close_code::UNSUPPORTED,
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn unreadable_frames_get_the_close_code_for_their_fault() {
+        assert!(matches!(
+            read_error("Utf8 error: invalid UTF-8 encoding"),
+            End::BadInput {
+                code: close_code::INVALID_PAYLOAD,
+                ..
+            }
+        ));
+        assert!(matches!(
+            read_error("Space limit exceeded: Message too long: 5000 > 4096"),
+            End::BadInput {
+                code: close_code::POLICY,
+                ..
+            }
         ));
     }
 

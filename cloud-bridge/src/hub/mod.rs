@@ -3,5 +3,5 @@
 pub mod fanout;
 pub mod state;
 
-pub use fanout::{Hub, Hubs, Joined};
+pub use fanout::{Control, Hub, Hubs, Joined, Watching};
 pub use state::{Applied, Frame, HubState, Join, JoinOutcome, Resume};

@@ -2,6 +2,9 @@
 //! that lets a reconnecting viewer recover, and the on-screen snapshot for late joiners.
 //!
 //! Each accepted event is encoded once, here, into a [`Frame`] that every connection shares.
+//! Each card gets its appearance's `appeared_at_ms`: the capture time of its `new`, remembered
+//! with the event id, so that an update (and a late joiner's `hello`) still says when the product
+//! first appeared.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -76,6 +79,8 @@ pub enum JoinOutcome {
 struct Seen {
     seq: u64,
     touched: u64,
+    /// Capture time of the appearance's `new` (or of the first event seen of it).
+    appeared_at_ms: u64,
 }
 
 /// The hub's state.
@@ -123,14 +128,18 @@ impl HubState {
         &self.onscreen
     }
 
-    /// Applies one enriched event: drops redeliveries, updates the on-screen map, and encodes it.
-    pub fn apply(&mut self, card: Card) -> Applied {
-        if let Some(seen) = self.seen.get(&card.event_id) {
-            if card.seq <= seen.seq {
-                return Applied::Duplicate;
-            }
+    /// Applies one enriched event: drops redeliveries, sets `appeared_at_ms`, updates the
+    /// on-screen map, and encodes it.
+    pub fn apply(&mut self, mut card: Card) -> Applied {
+        let seen = self.seen.get(&card.event_id);
+        if seen.is_some_and(|s| card.seq <= s.seq) {
+            return Applied::Duplicate;
         }
-        self.remember(&card.event_id, card.seq);
+        card.appeared_at_ms = match (card.kind, seen) {
+            (EventType::New, _) | (_, None) => card.captured_at_ms,
+            (_, Some(s)) => s.appeared_at_ms,
+        };
+        self.remember(&card.event_id, card.seq, card.appeared_at_ms);
         self.max_seq = Some(self.max_seq.map_or(card.seq, |m| m.max(card.seq)));
         self.track_onscreen(&card);
         let (offset, frame) = self.push(card);
@@ -162,7 +171,11 @@ impl HubState {
         for card in cards {
             if self.onscreen.iter().any(|c| c.event_id == card.event_id) {
                 // Already shown: the snapshot covers every seq up to its own.
-                self.remember(&card.event_id, seq);
+                let appeared = self
+                    .seen
+                    .get(&card.event_id)
+                    .map_or(card.captured_at_ms, |s| s.appeared_at_ms);
+                self.remember(&card.event_id, seq, appeared);
                 continue;
             }
             if let Applied::Accepted { frame, .. } = self.apply(card) {
@@ -189,6 +202,9 @@ impl HubState {
                 offset,
                 resync: outcome == JoinOutcome::Resync,
                 onscreen: self.onscreen.clone(),
+                // The shared hub fills these in: they are not the event history's business.
+                viewers: 0,
+                chat: Default::default(),
             },
             backlog,
             outcome,
@@ -250,17 +266,24 @@ impl HubState {
         }
     }
 
-    fn remember(&mut self, event_id: &str, seq: u64) {
+    fn remember(&mut self, event_id: &str, seq: u64, appeared_at_ms: u64) {
         self.tick += 1;
         let tick = self.tick;
         match self.seen.get_mut(event_id) {
             Some(s) => {
                 s.seq = s.seq.max(seq);
                 s.touched = tick;
+                s.appeared_at_ms = appeared_at_ms;
             }
             None => {
-                self.seen
-                    .insert(event_id.to_owned(), Seen { seq, touched: tick });
+                self.seen.insert(
+                    event_id.to_owned(),
+                    Seen {
+                        seq,
+                        touched: tick,
+                        appeared_at_ms,
+                    },
+                );
             }
         }
         if self.seen.len() > self.dedup_cap.saturating_mul(2) {
@@ -305,6 +328,7 @@ mod tests {
             bbox: BBox::FULL,
             captured_at_ms: 1000 + seq,
             pts_ms: seq * 40,
+            appeared_at_ms: 0,
             product: ProductInfo {
                 sku: "MUG-001".into(),
                 name: "Enamel camp mug".into(),
@@ -336,7 +360,9 @@ mod tests {
         match decode(&f0) {
             ServerMessage::Event { offset, card: c } => {
                 assert_eq!(offset, 0);
-                assert_eq!(c, card(EventType::New, "a", 1));
+                let mut want = card(EventType::New, "a", 1);
+                want.appeared_at_ms = want.captured_at_ms;
+                assert_eq!(c, want);
             }
             other => panic!("{other:?}"),
         }
@@ -366,7 +392,10 @@ mod tests {
         let mut moved = card(EventType::Update, "a", 3);
         moved.score = 0.5;
         accepted(h.apply(moved.clone()));
-        assert_eq!(h.onscreen(), &[moved, card(EventType::New, "b", 2)]);
+        moved.appeared_at_ms = 1001;
+        let mut b = card(EventType::New, "b", 2);
+        b.appeared_at_ms = 1002;
+        assert_eq!(h.onscreen(), &[moved, b]);
         accepted(h.apply(card(EventType::End, "b", 4)));
         assert_eq!(h.onscreen().len(), 1);
         assert_eq!(h.onscreen()[0].event_id, "a");
@@ -445,6 +474,7 @@ mod tests {
                 offset,
                 resync,
                 onscreen,
+                ..
             } => {
                 assert_eq!(
                     (*protocol, epoch.as_str(), *offset, *resync),
@@ -538,6 +568,66 @@ mod tests {
         assert_eq!(frames.len(), 1);
         assert_eq!(h.onscreen().len(), 1);
         assert_eq!(h.apply(card(EventType::Update, "a", 6)), Applied::Duplicate);
+    }
+
+    fn appeared(frame: &Frame) -> u64 {
+        match decode(frame) {
+            ServerMessage::Event { card, .. } => card.appeared_at_ms,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn appeared_at_is_the_capture_time_of_the_new() {
+        let mut h = HubState::new("ep".into(), 8);
+        // `new` at seq 1 was captured at 1001: its updates and end carry that time.
+        assert_eq!(
+            appeared(&accepted(h.apply(card(EventType::New, "a", 1))).1),
+            1001
+        );
+        assert_eq!(
+            appeared(&accepted(h.apply(card(EventType::Update, "a", 5))).1),
+            1001
+        );
+        assert_eq!(
+            h.onscreen()[0].appeared_at_ms,
+            1001,
+            "late joiners see it too"
+        );
+        assert_eq!(h.join(&Resume::Fresh).hello, {
+            let mut want = card(EventType::Update, "a", 5);
+            want.appeared_at_ms = 1001;
+            ServerMessage::Hello {
+                protocol: PROTOCOL_VERSION,
+                epoch: "ep".into(),
+                offset: 2,
+                resync: false,
+                onscreen: vec![want],
+                viewers: 0,
+                chat: Default::default(),
+            }
+        });
+        assert_eq!(
+            appeared(&accepted(h.apply(card(EventType::End, "a", 7))).1),
+            1001
+        );
+        // One whose `new` was never seen: its own capture time.
+        assert_eq!(
+            appeared(&accepted(h.apply(card(EventType::Update, "b", 9))).1),
+            1009
+        );
+        assert_eq!(
+            appeared(&accepted(h.apply(card(EventType::Update, "b", 10))).1),
+            1009
+        );
+        // A snapshot's card already on screen keeps its appearance time.
+        let frames = h.apply_snapshot(20, vec![card(EventType::New, "b", 20)]);
+        assert!(frames.is_empty());
+        assert_eq!(h.onscreen()[0].appeared_at_ms, 1009);
+        assert_eq!(
+            appeared(&accepted(h.apply(card(EventType::Update, "b", 21))).1),
+            1009
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The broker side: the subscriber's event loop and what it does with each payload.
+//! The broker side: the subscriber's event loop and what it does with each payload (product
+//! events and snapshots in `ingest`, chat and bans in `chat`).
 
+pub mod chat;
 pub mod ingest;
 pub mod subscriber;
 

@@ -1,17 +1,21 @@
 //! The MQTT subscriber: a rumqttc event loop that subscribes on every connection and, when the
 //! broker goes away, waits a jittered exponential backoff before trying again (rumqttc alone would
-//! retry in a tight loop).
+//! retry in a tight loop). Its client is shared (cloned) with the WebSocket handlers to publish
+//! chat, so one connection carries both directions.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode,
+};
 use spotter_protocol::topic::{Topic, TopicKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::chat::ChatIngest;
 use super::ingest::Ingest;
 use crate::config::MqttConfig;
 use crate::metrics::Metrics;
@@ -25,23 +29,28 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// is counted as malformed instead of failing the connection.
 pub const MAX_INCOMING_PACKET: usize = 256 * 1024;
 
-/// The subscriptions: every stream's events and on-screen snapshots.
+/// Requests (publishes, subscriptions) queued for the connection: chat publishes are refused,
+/// not awaited, once it is full.
+pub const REQUEST_QUEUE: usize = 1024;
+
+/// The subscribed kinds: every stream's events, on-screen snapshots, chat and bans.
+const KINDS: [TopicKind; 4] = [
+    TopicKind::Events,
+    TopicKind::OnScreen,
+    TopicKind::Chat,
+    TopicKind::Ban,
+];
+
+/// The subscriptions.
 pub fn filters() -> Vec<SubscribeFilter> {
-    [TopicKind::Events, TopicKind::OnScreen]
+    KINDS
         .into_iter()
         .map(|k| SubscribeFilter::new(Topic::filter_all(k), QoS::AtLeastOnce))
         .collect()
 }
 
-/// Runs until `shutdown`; `subscribed` is true while the subscription is in place.
-pub async fn run(
-    config: MqttConfig,
-    ingest: Ingest,
-    metrics: Arc<Metrics>,
-    subscribed: watch::Sender<bool>,
-    shutdown: CancellationToken,
-) {
-    let broker = config.broker.to_string();
+/// The client (cheap to clone, for publishing) and its event loop, which [`run`] drives.
+pub fn connect(config: &MqttConfig) -> (AsyncClient, EventLoop) {
     let mut options = MqttOptions::new(
         config.client_id.clone(),
         config.broker.host.clone(),
@@ -52,7 +61,20 @@ pub async fn run(
         // Stateless: what was missed while away is recovered from the retained on-screen topic.
         .set_clean_session(true)
         .set_max_packet_size(MAX_INCOMING_PACKET, 16 * 1024);
-    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    AsyncClient::new(options, REQUEST_QUEUE)
+}
+
+/// Runs until `shutdown`; `subscribed` is true while the subscription is in place.
+pub async fn run(
+    config: MqttConfig,
+    (client, mut eventloop): (AsyncClient, EventLoop),
+    ingest: Ingest,
+    chat: ChatIngest,
+    metrics: Arc<Metrics>,
+    subscribed: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    let broker = config.broker.to_string();
     let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_MAX);
     let set_connected = |up: bool| {
         metrics
@@ -68,7 +90,11 @@ pub async fn run(
             polled = eventloop.poll() => polled,
         };
         match polled {
-            Ok(Event::Incoming(Packet::Publish(p))) => ingest.handle(&p.topic, &p.payload),
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if !chat.handle(&p.topic, &p.payload) {
+                    ingest.handle(&p.topic, &p.payload);
+                }
+            }
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 info!(%broker, "connected to broker, subscribing");
                 if let Err(e) = client.try_subscribe_many(filters()) {
@@ -81,7 +107,7 @@ pub async fn run(
                     .iter()
                     .any(|c| matches!(c, SubscribeReasonCode::Failure))
                 {
-                    error!(%broker, "broker refused the subscription: check its ACL for spotter/v1/+/+/events and spotter/v1/+/+/onscreen");
+                    error!(%broker, "broker refused the subscription: check its ACL allows subscribing to spotter/v1/+/+/events, spotter/v1/+/+/onscreen, spotter/v1/+/+/chat and spotter/v1/+/+/ban/+, and publishing to the last two");
                 } else {
                     backoff.reset();
                     set_connected(true);
@@ -89,6 +115,8 @@ pub async fn run(
                         %broker,
                         events = %Topic::filter_all(TopicKind::Events),
                         onscreen = %Topic::filter_all(TopicKind::OnScreen),
+                        chat = %Topic::filter_all(TopicKind::Chat),
+                        bans = %Topic::filter_all(TopicKind::Ban),
                         "subscribed"
                     );
                 }
