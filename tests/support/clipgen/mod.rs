@@ -6,7 +6,7 @@ mod demo;
 mod encode;
 mod error;
 pub mod eval;
-mod frame_code;
+pub mod frame_code;
 mod noise;
 mod photo;
 mod scene;
