@@ -482,6 +482,97 @@ fn check_ingest(cfg: &AgentConfig) -> Option<Check> {
     )
 }
 
+/// Whether the upload's frames will carry their capture time: with `upload.capture_stamps` on,
+/// a few frames from the upload's encoder go through `h264parse` into the stream format the
+/// upload's muxer takes, are stamped as the agent stamps them, and must each read back one stamp.
+fn check_stamps(cfg: &AgentConfig) -> Option<Check> {
+    let choice = cfg.upload.encoder()?;
+    if !cfg.upload.capture_stamps() {
+        return Some(check(
+            "stamps",
+            Verdict::Warn,
+            "off (upload.capture_stamps = false): viewers' cards show when events arrive, not \
+             with the frame they were recognised in",
+        ));
+    }
+    if gst::init().is_err() {
+        return None; // the gstreamer check says why
+    }
+    let kind = crate::encoder::choose_here(choice).ok()?; // the encoder check says why
+    let format = match cfg.upload {
+        Upload::Rtmp { .. } => "avc",
+        _ => "byte-stream",
+    };
+    let convert = if kind == EncoderKind::NvV4l2 {
+        "nvvidconv ! video/x-raw(memory:NVMM)"
+    } else {
+        "videoconvert"
+    };
+    let frames = 10;
+    let launch = format!(
+        "videotestsrc is-live=true num-buffers={frames} ! video/x-raw,width=640,height=360 ! \
+         {convert} ! {} ! h264parse name=parse ! \
+         video/x-h264,stream-format={format},alignment=au ! appsink name=sink sync=false",
+        kind.factory()
+    );
+    let stamped = stamped_frames(&launch);
+    Some(match stamped {
+        Ok(n) if n == frames => check(
+            "stamps",
+            Verdict::Ok,
+            format!("each frame carries its capture time (an SEI message, {format} H.264)"),
+        ),
+        Ok(n) => check(
+            "stamps",
+            Verdict::Warn,
+            format!(
+                "{n} of {frames} test frames carried their capture time: viewers' cards may \
+                 show out of step with the picture"
+            ),
+        ),
+        Err(why) => check(
+            "stamps",
+            Verdict::Warn,
+            format!("cannot stamp test frames ({why}): viewers' cards may show out of step"),
+        ),
+    })
+}
+
+/// Runs `launch` (with a `parse` and an appsink `sink`) with the agent's stamping probe on the
+/// parser, and counts the frames that reach the sink with exactly one stamp.
+fn stamped_frames(launch: &str) -> Result<u32, String> {
+    let pipeline = gst::parse::launch(launch)
+        .map_err(|e| e.to_string())?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| "not a pipeline".to_string())?;
+    let parse = pipeline.by_name("parse").ok_or("no parser")?;
+    crate::stamp::stamp_frames(&parse, &pipeline).map_err(|e| e.to_string())?;
+    let sink = pipeline
+        .by_name("sink")
+        .and_then(|e| e.downcast::<gstreamer_app::AppSink>().ok())
+        .ok_or("no appsink")?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| e.to_string())?;
+    let mut stamped = 0;
+    while let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_seconds(10)) {
+        let (Some(caps), Some(buffer)) = (sample.caps(), sample.buffer()) else {
+            continue;
+        };
+        let Ok(framing) = crate::stamp::framing(caps) else {
+            continue;
+        };
+        let Ok(map) = buffer.map_readable() else {
+            continue;
+        };
+        if crate::sei::find_stamps(map.as_slice(), framing).is_ok_and(|s| s.len() == 1) {
+            stamped += 1;
+        }
+    }
+    let _ = pipeline.set_state(gst::State::Null);
+    Ok(stamped)
+}
+
 fn check_clock() -> Check {
     let out = std::process::Command::new("timedatectl")
         .args(["show", "--property=NTPSynchronized", "--value"])
@@ -504,6 +595,7 @@ pub fn run_checks(cfg: &AgentConfig) -> Vec<Check> {
     let mut checks = vec![check_elements(cfg), check_source(cfg)];
     checks.extend(check_audio(cfg));
     checks.extend(check_encoder(cfg));
+    checks.extend(check_stamps(cfg));
     checks.extend(check_ingest(cfg));
     checks.extend(check_model_and_catalog(cfg));
     checks.push(check_broker(cfg));

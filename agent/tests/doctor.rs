@@ -169,3 +169,39 @@ fn the_ingest_is_reached_or_named_with_what_to_do() {
     assert_eq!(nowhere.verdict, Verdict::Fail, "{nowhere:?}");
     assert!(nowhere.detail.contains("does not resolve"), "{nowhere:?}");
 }
+
+#[test]
+fn says_whether_the_uploaded_frames_carry_their_capture_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hls = format!(
+        "kind = \"hls\"\nhls_dir = \"{}\"",
+        dir.path().join("hls").display()
+    );
+    let on = check_named(dir.path(), "", &hls, "stamps").expect("a stamps check");
+    assert_eq!(on.verdict, Verdict::Ok, "{on:?}");
+    assert!(on.detail.contains("byte-stream"), "{on:?}");
+
+    let off = check_named(
+        dir.path(),
+        "",
+        &format!("{hls}\ncapture_stamps = false"),
+        "stamps",
+    )
+    .expect("a stamps check");
+    assert_eq!(off.verdict, Verdict::Warn, "{off:?}");
+    assert!(off.detail.contains("upload.capture_stamps"), "{off:?}");
+
+    // RTMP (IVS) takes FLV: the stamps go in length-prefixed
+    std::fs::write(dir.path().join("key"), "k\n").expect("write key");
+    let rtmp = format!(
+        "kind = \"rtmp\"\nurl = \"rtmp://127.0.0.1:{}/app/\"\nstream_key_file = \"{}/key\"",
+        closed_port(),
+        dir.path().display()
+    );
+    let avc = check_named(dir.path(), "", &rtmp, "stamps").expect("a stamps check");
+    assert_eq!(avc.verdict, Verdict::Ok, "{avc:?}");
+    assert!(avc.detail.contains("avc"), "{avc:?}");
+
+    // nothing uploaded, nothing to stamp
+    assert!(check_named(dir.path(), "", "kind = \"none\"", "stamps").is_none());
+}
