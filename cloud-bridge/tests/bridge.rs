@@ -116,7 +116,8 @@ async fn ws_connect(addr: SocketAddr, query: &str) -> Ws {
     ws
 }
 
-/// The next text frame as a ServerMessage (skipping pings).
+/// The next text frame as a ServerMessage (skipping pings, viewer counts and the chat's
+/// history, which this file's tests do not look at).
 async fn next_message(ws: &mut Ws) -> ServerMessage {
     loop {
         let msg = timeout(WAIT, ws.next())
@@ -125,7 +126,10 @@ async fn next_message(ws: &mut Ws) -> ServerMessage {
             .expect("socket open")
             .expect("frame");
         match msg {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("a ServerMessage"),
+            Message::Text(t) => match serde_json::from_str(t.as_str()).expect("a ServerMessage") {
+                ServerMessage::Viewers { .. } | ServerMessage::ChatHistory { .. } => continue,
+                other => return other,
+            },
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("expected a text frame, got {other:?}"),
         }
@@ -140,6 +144,7 @@ fn hello(msg: ServerMessage) -> (String, u64, bool, Vec<Card>) {
             offset,
             resync,
             onscreen,
+            ..
         } => {
             assert_eq!(protocol, 1);
             (epoch, offset, resync, onscreen)
@@ -302,6 +307,10 @@ async fn events_reach_viewers_enriched_once_and_garbage_is_counted() {
     let (offset2, card2) = event_msg(next_message(&mut viewer).await);
     assert_eq!(offset2, first_offset + 1);
     assert_eq!((card2.kind, card2.seq), (EventType::Update, 3));
+    // Both say when the appearance began: the capture time of its `new`.
+    assert_eq!(card.appeared_at_ms, card.captured_at_ms);
+    assert_eq!(card2.appeared_at_ms, card.captured_at_ms);
+    assert_ne!(card2.captured_at_ms, card.captured_at_ms);
 
     // The card's image is served under its content hash, cacheable forever.
     let image = card.product.image.clone().expect("card image");
@@ -381,7 +390,7 @@ async fn events_reach_viewers_enriched_once_and_garbage_is_counted() {
         Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1008),
         other => panic!("expected a close frame, got {other:?}"),
     }
-    // Garbage from a client: error and close, the other viewers are unaffected.
+    // Garbage from a client: an error, the socket stays open, the other viewers are unaffected.
     let mut garbled = ws_connect(http, "").await;
     hello(next_message(&mut garbled).await);
     garbled

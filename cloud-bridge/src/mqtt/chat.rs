@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use spotter_protocol::chat::{Ban, ChatEvent, StoredBan};
 use spotter_protocol::topic::{Topic, TopicKind};
 use tokio::sync::Notify;
@@ -129,7 +130,8 @@ pub fn restore_bans(path: &std::path::Path, hubs: &Hubs, publisher: &Publisher) 
     restored
 }
 
-/// Rewrites `bans.json` whenever `changed` is notified, one write at a time, until `shutdown`.
+/// Rewrites `bans.json` whenever `changed` is notified, one write at a time, until `shutdown`;
+/// a change not yet written then is written before it returns.
 pub async fn persist_bans(
     hubs: Arc<Hubs>,
     path: PathBuf,
@@ -137,9 +139,13 @@ pub async fn persist_bans(
     shutdown: CancellationToken,
 ) {
     loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = changed.notified() => {}
+        let stopping = tokio::select! {
+            () = shutdown.cancelled() => true,
+            () = changed.notified() => false,
+        };
+        // `notify_one` leaves a permit when nobody waits: a pending change completes at once.
+        if stopping && changed.notified().now_or_never().is_none() {
+            break;
         }
         let bans = all_bans(&hubs);
         let target = path.clone();
@@ -147,6 +153,9 @@ pub async fn persist_bans(
             Ok(Ok(())) => debug!(path = %path.display(), "bans saved"),
             Ok(Err(e)) => warn!(error = %e, "cannot save bans: they will not survive a restart"),
             Err(e) => warn!(error = %e, "the bans-saving task failed"),
+        }
+        if stopping {
+            break;
         }
     }
 }
