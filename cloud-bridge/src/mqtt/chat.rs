@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::chat::{now_ms, store, Publisher};
-use crate::hub::Hubs;
+use crate::hub::{Hub, Hubs};
 
 /// How often viewer counts are announced (when changed) and expired bans cleared.
 pub const TICK: Duration = Duration::from_secs(2);
@@ -58,12 +58,7 @@ impl ChatIngest {
                 }
                 Err(e) => warn!(topic, error = %e, "chat payload refused"),
             },
-            (TopicKind::Ban, Some(user)) if payload.is_empty() => {
-                if hub.clear_ban(&user) {
-                    info!(topic, user, "ban lifted");
-                    self.bans_changed.notify_one();
-                }
-            }
+            (TopicKind::Ban, Some(user)) if payload.is_empty() => self.lift(hub, topic, &user),
             (TopicKind::Ban, Some(user)) => match Ban::decode(payload) {
                 Ok(ban) if ban.user != user => {
                     warn!(topic, user = %ban.user, "ban payload names another user than its topic, ignored");
@@ -80,6 +75,16 @@ impl ChatIngest {
             _ => {}
         }
         true
+    }
+}
+
+impl ChatIngest {
+    /// An empty retained payload: the ban is over.
+    fn lift(&self, hub: &Hub, topic: &str, user: &str) {
+        if hub.clear_ban(user) {
+            info!(topic, user, "ban lifted");
+            self.bans_changed.notify_one();
+        }
     }
 }
 
