@@ -72,3 +72,36 @@ impl Publisher {
         self.publish(&topic, true, Vec::new())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::MqttOptions;
+
+    #[tokio::test]
+    async fn away_from_the_broker_is_refused_at_once() {
+        let (client, _eventloop) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 1);
+        let (up, connected) = watch::channel(false);
+        let p = Publisher::new(client, connected);
+        let ev = ChatEvent::Delete {
+            v: 1,
+            id: "m".into(),
+            by: "mod".into(),
+        };
+        assert!(matches!(
+            p.chat("demo", "main", &ev),
+            Err(PublishError::Away)
+        ));
+        up.send_replace(true);
+        assert!(p.chat("demo", "main", &ev).is_ok());
+        // Nobody drains the queue (capacity 1): the next is refused, not awaited.
+        assert!(matches!(
+            p.chat("demo", "main", &ev),
+            Err(PublishError::Busy)
+        ));
+        assert!(matches!(
+            p.clear_ban("demo", "main", "a/b"),
+            Err(PublishError::Topic(_))
+        ));
+    }
+}
