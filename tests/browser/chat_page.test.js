@@ -95,6 +95,26 @@ describe("chat on the page (scripted socket)", () => {
     assert.equal(await page.locator("#chat-messages li[data-id]").count(), 2, "the history");
     assert.match(await page.locator("#chat-who").textContent(), /Chatting as Al/);
     assert.equal(await page.locator(".msg-action").count(), 0);
+    // Landmarks, headings and names a screen reader navigates by.
+    for (const [role, opts] of [
+      ["banner", {}],
+      ["main", {}],
+      ["heading", { level: 1, name: "Spotter live: demo / main" }],
+      ["region", { name: "Live video" }],
+      ["region", { name: "On screen now" }],
+      ["region", { name: "Live chat" }],
+      ["log", { name: "Live chat" }],
+      ["textbox", { name: "Message" }],
+      ["button", { name: "Send" }],
+      ["status", {}],
+    ]) {
+      assert.ok((await page.getByRole(role, { exact: true, ...opts }).count()) >= 1, `no ${role} ${JSON.stringify(opts)}`);
+    }
+    // The skip link is the first stop and lands on the chat.
+    await page.keyboard.press("Tab");
+    assert.equal(await page.evaluate(() => document.activeElement.textContent), "Skip to chat");
+    await page.keyboard.press("Enter");
+    assert.equal(await page.evaluate(() => document.activeElement.id), "chat-heading");
 
     // Typing counts characters; Enter sends; the message is pending until the bridge's chat.
     await page.locator("#chat-input").fill("hello there");
