@@ -2,7 +2,9 @@
 //! test pattern as local HLS, and every frame read back from the `.ts` segments carries exactly
 //! one Spotter stamp, 33 ms after the one before (30 fps), within the run's wall-clock time, and
 //! equal to the `captured_at_ms` of the analysed frame with the same running time. The AVC form
-//! (FLV, as RTMP and IVS take it) goes through flvmux into a file and is read back the same way.
+//! (FLV, as RTMP and IVS take it) goes through flvmux into a file and is read back the same way,
+//! and the agent's RTMP upload through a real ingest (nginx-rtmp, which rewrites it as MPEG-TS
+//! HLS and moves the stamp ahead of the parameter sets on keyframes) keeps every stamp.
 
 mod support;
 
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use spotter_agent::config::{AnalysisConfig, Source, Upload};
+use spotter_agent::config::{AnalysisConfig, RawConfig, Source, Upload};
 use spotter_agent::encoder::EncoderChoice;
 use spotter_agent::pipeline::{now_utc_ms, Mode, Pipeline};
 use spotter_agent::sei::{find_stamps, Framing};
@@ -39,16 +41,12 @@ struct ReadFrame {
 }
 
 /// Demuxes `file` with `demux` (`tsdemux`, `flvdemux`) and returns its H.264 access units'
-/// stamps, in the framing the demuxed caps say (checked to be `expect`).
-fn read_back(file: &Path, demux: &str, expect: Framing) -> Vec<ReadFrame> {
+/// stamps, read in `framing`. No parser in between: a player reads each PES packet (MPEG-TS) or
+/// tag (FLV) as one frame, whatever order its NAL units come in.
+fn read_back(file: &Path, demux: &str, framing: Framing) -> Vec<ReadFrame> {
     gst::init().expect("gstreamer");
-    let format = match expect {
-        Framing::ByteStream => "byte-stream",
-        Framing::Avc { .. } => "avc",
-    };
     let desc = format!(
-        "filesrc location={} ! {demux} ! h264parse ! \
-         video/x-h264,stream-format={format},alignment=au ! appsink name=sink sync=false",
+        "filesrc location={} ! {demux} ! video/x-h264 ! appsink name=sink sync=false",
         file.display()
     );
     let p = gst::parse::launch(&desc)
@@ -62,13 +60,11 @@ fn read_back(file: &Path, demux: &str, expect: Framing) -> Vec<ReadFrame> {
     p.set_state(gst::State::Playing).expect("play");
     let mut frames = Vec::new();
     while let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_seconds(10)) {
-        let caps = sample.caps().expect("caps");
-        assert_eq!(framing(caps), Ok(expect), "{}: {caps}", file.display());
         let buffer = sample.buffer().expect("buffer");
         let map = buffer.map_readable().expect("readable");
         frames.push(ReadFrame {
             pts_ms: buffer.pts().expect("pts").mseconds(),
-            stamps: find_stamps(map.as_slice(), expect).expect("well-formed access unit"),
+            stamps: find_stamps(map.as_slice(), framing).expect("well-formed access unit"),
         });
     }
     let error = p
@@ -84,25 +80,34 @@ fn read_back(file: &Path, demux: &str, expect: Framing) -> Vec<ReadFrame> {
     frames
 }
 
-/// Asserts that every frame carries exactly one stamp, each 33 ms after the one before, all
-/// within `[from_ms, to_ms]` of the wall clock; returns the stamps.
-fn assert_stamped_at_frame_rate(frames: &[ReadFrame], from_ms: u64, to_ms: u64, what: &str) {
+/// Asserts that every frame of `parts` (files read one by one, in order) carries exactly one
+/// stamp, each 33 ms after the one before, also from one part to the next (timestamps need not
+/// run on across files: within a file each stamp also steps as the PTS does), all within
+/// `[from_ms, to_ms]` of the wall clock.
+fn assert_stamped_at_frame_rate(parts: &[Vec<ReadFrame>], from_ms: u64, to_ms: u64, what: &str) {
+    let frames: Vec<&ReadFrame> = parts.iter().flatten().collect();
     assert!(frames.len() >= 30, "{what}: {} frames", frames.len());
-    for f in frames {
+    for f in &frames {
         assert_eq!(f.stamps.len(), 1, "{what}: frame at {} ms: {f:?}", f.pts_ms);
     }
     for pair in frames.windows(2) {
         let step = pair[1].stamps[0] as f64 - pair[0].stamps[0] as f64;
-        let pts_step = pair[1].pts_ms as f64 - pair[0].pts_ms as f64;
         assert!(
-            (step - FRAME_MS).abs() <= STEP_TOLERANCE_MS
-                && (step - pts_step).abs() <= STEP_TOLERANCE_MS,
-            "{what}: stamps {} then {} ({step} ms apart, PTS {pts_step} ms apart)",
+            (step - FRAME_MS).abs() <= STEP_TOLERANCE_MS,
+            "{what}: stamps {} then {} ({step} ms apart)",
             pair[0].stamps[0],
             pair[1].stamps[0]
         );
     }
-    for f in frames {
+    for pair in parts.iter().flat_map(|p| p.windows(2)) {
+        let step = pair[1].stamps[0] as f64 - pair[0].stamps[0] as f64;
+        let pts_step = pair[1].pts_ms as f64 - pair[0].pts_ms as f64;
+        assert!(
+            (step - pts_step).abs() <= STEP_TOLERANCE_MS,
+            "{what}: stamps {step} ms apart, PTS {pts_step} ms apart"
+        );
+    }
+    for f in &frames {
         assert!(
             (from_ms..=to_ms).contains(&f.stamps[0]),
             "{what}: stamp {} outside the run's wall-clock time {from_ms}..={to_ms}",
@@ -165,21 +170,24 @@ fn watch_upload(p: &Pipeline) -> Arc<Mutex<Seen>> {
     seen
 }
 
-#[test]
-fn every_hls_frame_carries_one_capture_stamp_equal_to_its_analysed_frames_capture_time() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let hls = dir.path().join("hls");
-    let upload = Upload::Hls {
-        dir: hls.clone(),
-        bitrate_kbps: 1500,
-        keyframe_interval_secs: 1,
-        encoder: EncoderChoice::Auto,
-        capture_stamps: true,
-    };
+/// What a run of the agent's pipeline left behind.
+struct Run {
+    /// Wall clock before it started and after it ended, UTC ms.
+    from_ms: u64,
+    to_ms: u64,
+    /// The analysed frames' times.
+    analysed: Vec<spotter_agent::tracker::FrameTime>,
+    /// What left the upload's parser.
+    seen: Arc<Mutex<Seen>>,
+}
+
+/// Runs the agent's pipeline with the test pattern (1280x720 at 30 fps) and `upload` for 2.5 s,
+/// pulling analysis frames as the agent does, then ends the stream so that every file is
+/// finished.
+fn run_test_pattern(upload: &Upload, dir: &Path) -> Run {
     let analysis = AnalysisConfig {
-        catalog: dir.path().to_owned(),
-        model: dir.path().join("unused"),
+        catalog: dir.to_owned(),
+        model: dir.join("unused"),
         fps: 10.0,
         width: 320,
         height: 180,
@@ -189,7 +197,7 @@ fn every_hls_frame_carries_one_capture_stamp_equal_to_its_analysed_frames_captur
     };
     let p = Pipeline::build(
         &Source::Test { audio: None },
-        &upload,
+        upload,
         &analysis,
         Mode::Live,
         Arc::new(Counters::default()),
@@ -219,6 +227,41 @@ fn every_hls_frame_carries_one_capture_stamp_equal_to_its_analysed_frames_captur
             .is_some_and(|m| matches!(m.view(), gst::MessageView::Eos(_))),
         "the pipeline did not end cleanly: {end:?}"
     );
+    Run {
+        from_ms,
+        to_ms,
+        analysed,
+        seen,
+    }
+}
+
+/// The frames of each of `segments`, read one by one as a player fetches them.
+fn read_segments(segments: &[PathBuf]) -> Vec<Vec<ReadFrame>> {
+    assert!(!segments.is_empty(), "no segments");
+    segments
+        .iter()
+        .map(|s| read_back(s, "tsdemux", Framing::ByteStream))
+        .collect()
+}
+
+#[test]
+fn every_hls_frame_carries_one_capture_stamp_equal_to_its_analysed_frames_capture_time() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hls = dir.path().join("hls");
+    let upload = Upload::Hls {
+        dir: hls.clone(),
+        bitrate_kbps: 1500,
+        keyframe_interval_secs: 1,
+        encoder: EncoderChoice::Auto,
+        capture_stamps: true,
+    };
+    let Run {
+        from_ms,
+        to_ms,
+        analysed,
+        seen,
+    } = run_test_pattern(&upload, dir.path());
 
     let seen = seen.lock().expect("lock");
     let caps = seen.caps.as_deref().expect("frames left the parser");
@@ -228,16 +271,7 @@ fn every_hls_frame_carries_one_capture_stamp_equal_to_its_analysed_frames_captur
     );
 
     // the frames as a player gets them: from the segments on disk
-    let segs = segments(&hls);
-    assert!(!segs.is_empty(), "no segments in {}", hls.display());
-    // one transport stream, as a player joins the segments: timestamps run on across them
-    let joined = dir.path().join("joined.ts");
-    let bytes: Vec<u8> = segs
-        .iter()
-        .flat_map(|s| std::fs::read(s).expect("segment"))
-        .collect();
-    std::fs::write(&joined, bytes).expect("write");
-    let frames = read_back(&joined, "tsdemux", Framing::ByteStream);
+    let frames = read_segments(&segments(&hls));
     assert_stamped_at_frame_rate(&frames, from_ms, to_ms, "HLS");
 
     // an event's captured_at_ms is the stamp of the frame it was recognised in
@@ -310,5 +344,64 @@ fn an_flv_upload_carries_the_stamps_in_avc_form() {
     );
     let frames = read_back(&flv, "flvdemux", Framing::Avc { length_size: 4 });
     assert_eq!(frames.len(), 45, "every frame written");
-    assert_stamped_at_frame_rate(&frames, from_ms, to_ms, "FLV");
+    assert_stamped_at_frame_rate(&[frames], from_ms, to_ms, "FLV");
+}
+
+/// The segments nginx-rtmp lists in its playlist for stream `key` in `hls`, once it lists every
+/// segment it has written: the last one is closed and listed when the stream ends.
+fn listed_segments(hls: &Path, key: &str) -> Vec<PathBuf> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed: Vec<PathBuf> = std::fs::read_to_string(hls.join(format!("{key}.m3u8")))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.ends_with(".ts"))
+            .map(|l| hls.join(l))
+            .collect();
+        let mut written = segments(hls);
+        written.retain(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(key))
+        });
+        let mut sorted = listed.clone();
+        sorted.sort();
+        if !written.is_empty() && sorted == written {
+            return listed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nginx-rtmp lists {listed:?} of {written:?} 10 s after the stream ended"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_stamps_survive_an_rtmp_ingest() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ingest = support::ingest::Ingest::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("key"), "stamps\n").expect("write key");
+    let text = format!(
+        "studio = \"s\"\n[analysis]\ncatalog = \"{d}\"\n[upload]\nkind = \"rtmp\"\n\
+         url = \"rtmp://127.0.0.1:{port}/app/\"\nstream_key_file = \"{d}/key\"\n\
+         bitrate_kbps = 1500\nkeyframe_interval_secs = 1\n",
+        d = dir.path().display(),
+        port = ingest.port
+    );
+    let raw: RawConfig = toml::from_str(&text).expect("config parses");
+    let upload = raw.validate().expect("valid").upload;
+    assert!(upload.capture_stamps(), "on by default");
+    let run = run_test_pattern(&upload, dir.path());
+
+    let seen = run.seen.lock().expect("lock");
+    let caps = seen.caps.as_deref().expect("frames left the parser");
+    assert!(
+        caps.contains("stream-format=(string)avc") && caps.contains("alignment=(string)au"),
+        "flvmux takes AVC access units: {caps}"
+    );
+    // what the ingest made of them: nginx-rtmp rewrites FLV into MPEG-TS, as IVS transcodes
+    let segs = listed_segments(&ingest.hls(), "stamps");
+    let frames = read_segments(&segs);
+    assert_stamped_at_frame_rate(&frames, run.from_ms, run.to_ms, "RTMP ingest");
 }

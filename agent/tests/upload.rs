@@ -8,7 +8,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use gstreamer as gst;
@@ -16,95 +15,12 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use rumqttc::{Event, Packet};
 use spotter_protocol::{SoundState, Stats, UploadState};
-use support::{free_port, Mosquitto, STUDIO};
-
-const NGINX: &str = "/usr/sbin/nginx";
+use support::ingest::Ingest;
+use support::{Mosquitto, STUDIO};
 
 /// One test at a time: each runs an agent with inference and x264 on the 2 cores, and the frame
 /// count is only meaningful when the encoder is not starved by the other test.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-const RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
-
-/// nginx-rtmp on a free loopback port, writing HLS of every stream to `<dir>/hls`.
-struct Ingest {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Ingest {
-    fn start() -> Ingest {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let conf = dir.path().join("nginx.conf");
-        std::fs::create_dir_all(dir.path().join("hls")).expect("mkdir");
-        std::fs::write(
-            &conf,
-            format!(
-                "load_module {RTMP_MODULE};\ndaemon off;\nmaster_process off;\nuser root;\n\
-                 pid {d}/nginx.pid;\nerror_log {d}/error.log info;\nevents {{ worker_connections 64; }}\n\
-                 rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size 4096;\n\
-                   application app {{ live on; record off; hls on; hls_path {d}/hls;\n\
-                     hls_fragment 1s; hls_playlist_length 60s; hls_cleanup off; }} }} }}\n",
-                d = dir.path().display()
-            ),
-        )
-        .expect("write nginx.conf");
-        let mut ingest = Ingest {
-            port,
-            dir,
-            child: None,
-        };
-        ingest.start_again();
-        ingest
-    }
-
-    /// Starts nginx (again) with the same configuration, port and HLS directory.
-    fn start_again(&mut self) {
-        let conf = self.dir.path().join("nginx.conf");
-        let child = Command::new(NGINX)
-            .args([
-                "-c",
-                &conf.display().to_string(),
-                "-p",
-                &self.dir.path().display().to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx (apt-get install nginx libnginx-mod-rtmp)");
-        self.child = Some(child);
-        support::wait_for_port(self.port, "nginx-rtmp", Duration::from_secs(10));
-    }
-
-    /// Kills it (the ingest goes away mid-stream).
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// The newest modification time of any segment.
-    fn newest_segment(&self) -> Option<std::time::SystemTime> {
-        std::fs::read_dir(self.hls())
-            .ok()?
-            .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "ts"))
-            .filter_map(|e| e.metadata().ok()?.modified().ok())
-            .max()
-    }
-
-    fn hls(&self) -> PathBuf {
-        self.dir.path().join("hls")
-    }
-}
-
-impl Drop for Ingest {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// Frames and presentation-time span of every MPEG-TS segment in `dir` (each file's timestamps
 /// are read on their own, so the spans add up; the gap between segments is one frame each).

@@ -19,6 +19,8 @@ use spotter_protocol::{BBox, EventType, ProductEvent, PROTOCOL_VERSION};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub mod ingest;
+
 /// Mosquitto as Debian installs it.
 pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 /// The stream every test publishes on.
