@@ -24,8 +24,8 @@ const HISTORY = [msg("m1", "u-ann", "Ann", "Is the mug dishwasher safe?"), msg("
  * A page whose files come from cloud-bridge/web and whose viewer socket is `script`: each
  * connection gets `{ws, sent, n}` (`sent`: the frames the page sent on it, parsed).
  */
-async function scriptedPage(browser, { hash = "", guests = false, history = HISTORY, onConnect = () => {} } = {}) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: "en-US" });
+async function scriptedPage(browser, { hash = "", guests = false, history = HISTORY, onConnect = () => {}, reducedMotion = "no-preference" } = {}) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: "en-US", reducedMotion });
   const page = await context.newPage();
   const errors = [];
   page.on("pageerror", (err) => errors.push(err.message));
@@ -238,5 +238,26 @@ describe("chat on the page (scripted socket)", () => {
     await page.locator('#chat[data-mode="compose"]').waitFor(WAIT);
     assert.equal(await page.evaluate(() => sessionStorage.getItem("spotter.chat.token")), "guest.jwt.sig");
     await page.context().close();
+  });
+
+  test("cards enter newest first with an animation, and without one for viewers who ask for less motion", async () => {
+    const card = (i) => ({
+      type: "new",
+      event_id: `e${i}`,
+      seq: i,
+      score: 0.9,
+      captured_at_ms: NOW + i,
+      product: { sku: `SKU-${i}`, name: `Product ${i}`, price: "9.50", currency: "EUR", url: "https://shop.example/p", image: "/img/p.png" },
+    });
+    for (const reducedMotion of ["no-preference", "reduce"]) {
+      const { page, connections, send } = await scriptedPage(browser, { reducedMotion });
+      for (const i of [1, 2, 3]) send(connections[0], { kind: "event", offset: i, card: card(i) });
+      await page.locator("#cards .card").nth(2).waitFor(WAIT);
+      assert.deepEqual(await page.locator("#cards .card").evaluateAll((cs) => cs.map((c) => c.dataset.sku)), ["SKU-3", "SKU-2", "SKU-1"]);
+      const animation = await page.locator("#cards .card").first().evaluate((c) => getComputedStyle(c).animationName);
+      assert.equal(animation, reducedMotion === "reduce" ? "none" : "card-in", reducedMotion);
+      assert.equal(await page.locator("#cards .card").first().locator(".card-price").textContent(), "€9.50");
+      await page.context().close();
+    }
   });
 });
