@@ -575,6 +575,8 @@ export class ChatView {
       case "pending": {
         const li = this.messageItem({ id: "", user: change.user, text: change.text, at_ms: change.at_ms }, true);
         li.dataset.nonce = change.nonce;
+        // Announced once, when the bridge's copy replaces it, not twice.
+        li.setAttribute("aria-hidden", "true");
         this.pendingItems.set(change.nonce, li);
         log.append(li);
         this.scroll(true);
