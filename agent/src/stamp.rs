@@ -54,11 +54,27 @@ pub fn capture_time_ms(
 }
 
 /// The capture time of a buffer at running time `running` in `pipeline`, read now; `None` while
-/// the pipeline has no running time (not playing).
+/// the pipeline has no running time (not playing). The wall clock is read between two readings
+/// of the pipeline's clock, against their midpoint; a thread paused between them would shift the
+/// result by the pause, so readings more than [`CLOCK_READ_SPREAD`] apart are taken again.
 pub fn captured_at_ms(pipeline: &gst::Pipeline, running: gst::ClockTime) -> Option<u64> {
-    let running_now = pipeline.current_running_time()?;
-    Some(capture_time_ms(now_utc(), running_now, running))
+    let mut result = None;
+    for _ in 0..3 {
+        let before = pipeline.current_running_time()?;
+        let now = now_utc();
+        let after = pipeline.current_running_time()?.max(before);
+        let spread = after - before;
+        result = Some(capture_time_ms(now, before + spread / 2, running));
+        if spread <= CLOCK_READ_SPREAD {
+            break;
+        }
+    }
+    result
 }
+
+/// How far apart two readings of the pipeline's clock around one of the wall clock may be for
+/// the pair to count as simultaneous.
+const CLOCK_READ_SPREAD: gst::ClockTime = gst::ClockTime::from_useconds(200);
 
 /// How the H.264 with these caps frames its NAL units; only whole access units can be stamped.
 pub fn framing(caps: &gst::CapsRef) -> Result<Framing, StampError> {
