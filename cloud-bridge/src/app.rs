@@ -161,7 +161,7 @@ async fn serve(
         config.mqtt.clone(),
         connection,
         Ingest::new(hubs.clone(), shelf.clone(), metrics.clone()),
-        ChatIngest::new(hubs.clone(), bans_changed),
+        ChatIngest::new(hubs.clone(), bans_changed, metrics.clone()),
         metrics.clone(),
         subscribed_tx,
         shutdown.clone(),

@@ -100,6 +100,12 @@ pub struct Metrics {
     pub viewers_dropped_slow: AtomicU64,
     /// Viewers disconnected for sending something not allowed.
     pub viewers_dropped_bad_input: AtomicU64,
+    /// Chat messages delivered to viewers (from the broker, deduplicated).
+    pub chat_messages: AtomicU64,
+    /// Chat requests refused or answered with an error (rates, limits, tokens, malformed).
+    pub chat_refused: AtomicU64,
+    /// Viewer sockets closed because their user was banned.
+    pub chat_banned_closed: AtomicU64,
     /// 1 while subscribed to the broker.
     pub mqtt_connected: AtomicI64,
     /// Broker connection failures since start.
@@ -312,7 +318,7 @@ impl Metrics {
             &mut out,
             "spotter_bridge_viewers_dropped_bad_input_total",
             "counter",
-            "Viewers disconnected for oversize, binary or unparsable frames.",
+            "Viewers disconnected for oversize, binary or non-UTF-8 frames, or for flooding.",
         );
         sample(
             &mut out,
@@ -320,6 +326,27 @@ impl Metrics {
             &[],
             get(&self.viewers_dropped_bad_input),
         );
+
+        for (name, help, counter) in [
+            (
+                "spotter_bridge_chat_messages_total",
+                "Chat messages delivered to viewers (from the broker, deduplicated).",
+                &self.chat_messages,
+            ),
+            (
+                "spotter_bridge_chat_refused_total",
+                "Chat requests refused or answered with an error.",
+                &self.chat_refused,
+            ),
+            (
+                "spotter_bridge_chat_banned_closed_total",
+                "Viewer sockets closed because their user was banned.",
+                &self.chat_banned_closed,
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            sample(&mut out, name, &[], get(counter));
+        }
 
         header(
             &mut out,

@@ -102,6 +102,23 @@ blocked_words = ["spam"]
     }
 }
 
+/// `GET path` over HTTP/1.1, the body as text.
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8(raw).expect("utf8");
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
 fn token(user: &str, name: &str, moderator: bool) -> String {
     let mut caps = vec![Capability::Send];
     if moderator {
@@ -526,6 +543,22 @@ async fn hostile_input_is_refused_and_other_viewers_see_none_of_it() {
     let next = next_chat(&mut watcher.ws).await;
     assert_eq!((next.id, next.text.as_str()), (id, "after the storm"));
     assert!(carol.history.iter().all(|m| !m.text.starts_with("flood")));
+    // Counted for the operator (the flood closed the socket at the 21st refusal in 10 s).
+    let metrics = http_get(http, "/metrics").await;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        value("spotter_bridge_chat_refused_total") >= 21.0,
+        "{metrics}"
+    );
+    assert!(
+        value("spotter_bridge_chat_messages_total") >= 4.0,
+        "{metrics}"
+    );
     drop((watcher, mallory, bad, bin, carol));
     bridge.stop().await;
 }

@@ -544,6 +544,7 @@ async fn serve(socket: WebSocket, hub: Arc<Hub>, resume: Resume, app: AppState) 
             );
         }
         End::Banned { until_ms, .. } => {
+            Metrics::inc(&metrics.chat_banned_closed);
             info!(studio, stream, until = %rfc3339(*until_ms), "banned viewer disconnected");
         }
         End::Idle => debug!(studio, stream, "viewer silent too long, disconnected"),
@@ -696,6 +697,11 @@ async fn session(
                         Incoming::Malformed(message) => vec![error(message)],
                         Incoming::Message(m) => chat.handle(m, hub, app, now),
                     };
+                    let refusals = replies
+                        .iter()
+                        .filter(|r| matches!(r, ServerMessage::Refused { .. } | ServerMessage::Error { .. }))
+                        .count();
+                    app.metrics.chat_refused.fetch_add(refusals as u64, Ordering::Relaxed);
                     if let Some(end) = chat.count(&replies, now) {
                         return end;
                     }

@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::chat::{now_ms, store, Publisher};
 use crate::hub::{Hub, Hubs};
+use crate::metrics::Metrics;
 
 /// How often viewer counts are announced (when changed) and expired bans cleared.
 pub const TICK: Duration = Duration::from_secs(2);
@@ -25,12 +26,17 @@ pub const TICK: Duration = Duration::from_secs(2);
 pub struct ChatIngest {
     hubs: Arc<Hubs>,
     bans_changed: Arc<Notify>,
+    metrics: Arc<Metrics>,
 }
 
 impl ChatIngest {
     /// `bans_changed` is notified whenever the set of bans changes (to rewrite `bans.json`).
-    pub fn new(hubs: Arc<Hubs>, bans_changed: Arc<Notify>) -> Self {
-        ChatIngest { hubs, bans_changed }
+    pub fn new(hubs: Arc<Hubs>, bans_changed: Arc<Notify>, metrics: Arc<Metrics>) -> Self {
+        ChatIngest {
+            hubs,
+            bans_changed,
+            metrics,
+        }
     }
 
     /// Handles a payload on a chat or ban topic; returns false for any other topic.
@@ -53,6 +59,7 @@ impl ChatIngest {
             (TopicKind::Chat, _) => match ChatEvent::decode(payload) {
                 Ok(event) => {
                     if hub.receive_chat(event) {
+                        Metrics::inc(&self.metrics.chat_messages);
                         debug!(topic, "chat delivered");
                     }
                 }
