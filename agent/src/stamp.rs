@@ -56,7 +56,7 @@ pub fn capture_time_ms(
 /// The capture time of a buffer at running time `running` in `pipeline`, read now; `None` while
 /// the pipeline has no running time (not playing). The wall clock is read between two readings
 /// of the pipeline's clock, against their midpoint; a thread paused between them would shift the
-/// result by the pause, so readings more than [`CLOCK_READ_SPREAD`] apart are taken again.
+/// result by the pause, so readings more than 0.2 ms apart are taken again.
 pub fn captured_at_ms(pipeline: &gst::Pipeline, running: gst::ClockTime) -> Option<u64> {
     let mut result = None;
     for _ in 0..3 {
