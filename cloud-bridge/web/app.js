@@ -8,6 +8,10 @@
 
 import { CardBook, CardList, el, safeUrl } from "./cards.js";
 import { CHAT_KINDS, parseChatMessage, startChat, takeFragmentToken } from "./chat.js";
+import { backoffDelay, preferredPlayer, startVideo } from "./player.js";
+import { CardSchedule, TOLERANCE_MS } from "./sync.js";
+
+export { backoffDelay };
 
 /** Wire version of the viewer socket this page speaks (protocol/src/viewer.rs). */
 export const PROTOCOL = 1;
@@ -25,16 +29,6 @@ export function parseStreamPath(pathname) {
   } catch {
     return null; // malformed percent-encoding
   }
-}
-
-/**
- * Delay before reconnect attempt `attempt` (0-based): exponential, capped, with "equal jitter"
- * (half fixed, half random) so a bridge restart is not met by every viewer at the same instant,
- * and no viewer retries in a tight loop.
- */
-export function backoffDelay(attempt, random = Math.random, baseMs = 500, capMs = 20_000) {
-  const ceiling = Math.min(capMs, baseMs * 2 ** Math.min(Math.max(attempt, 0), 20));
-  return Math.round(ceiling / 2 + (random() * ceiling) / 2);
 }
 
 const isObject = (v) => typeof v === "object" && v !== null && !Array.isArray(v);
@@ -56,6 +50,8 @@ export function parseCard(raw) {
     seq: raw.seq,
     score: typeof raw.score === "number" ? raw.score : null,
     captured_at_ms: isCount(raw.captured_at_ms) ? raw.captured_at_ms : 0,
+    // The frame the appearance was first recognised in; a bridge that does not say: this event's.
+    appeared_at_ms: isCount(raw.appeared_at_ms) ? raw.appeared_at_ms : isCount(raw.captured_at_ms) ? raw.captured_at_ms : 0,
     product: {
       sku: p.sku,
       name: p.name,
@@ -137,7 +133,6 @@ const PING_EVERY_MS = 25_000;
 // A connection that stayed up this long resets the backoff; one that drops sooner keeps growing it,
 // so a bridge that accepts and at once closes is not hammered.
 const STABLE_AFTER_MS = 10_000;
-const VIDEO_POLL_MS = 15_000;
 
 function showConn(node, state, text) {
   node.dataset.state = state;
@@ -147,11 +142,16 @@ function showConn(node, state, text) {
 /**
  * Keeps one WebSocket to the stream's hub open, recovering from where it left off. `hooks` hear
  * what is not a card: `open()`, `close(code, reason)`, `hello(msg)`, `viewers(count)`,
- * `chat(msg)` (the chat kinds) and `error(message)`. Returns `send(frame)` for the chat and `stop`.
+ * `chat(msg)` (the chat kinds) and `error(message)`. Returns `send(frame)` for the chat, `stop`,
+ * and `frame(capture)`, which the player calls with the capture time of the frame on screen:
+ * each card waits in a schedule until the frame it was recognised in is displayed (sync.js).
  */
 function connectCards(url, list, conn, hooks = {}) {
   const book = new CardBook();
   const cursor = new Cursor();
+  const schedule = new CardSchedule();
+  /** The last `{mode, ms}` the player reported: until it says, the cards wait for it. */
+  let shown = { mode: "waiting", ms: null };
   let attempt = 0;
   let socket = null;
   let retryTimer = null;
@@ -173,9 +173,18 @@ function connectCards(url, list, conn, hooks = {}) {
       const recovered = everLive && !msg.resync && msg.epoch === cursor.epoch;
       cursor.hello(msg);
       if (recovered) {
-        for (const card of msg.onscreen) apply(card);
+        for (const card of msg.onscreen) hold(card, card.appeared_at_ms);
       } else {
-        book.reset(msg.onscreen);
+        // What is on screen now, by the same rule as events: a card shows from the frame its
+        // product appeared in, so a late joiner whose picture is behind sees it when that comes.
+        schedule.clear();
+        const now = Date.now();
+        const due = [];
+        for (const card of msg.onscreen) {
+          if (isDue(card.appeared_at_ms)) due.push(card);
+          else schedule.hold(card, card.appeared_at_ms, now);
+        }
+        book.reset(due);
         list.replace(book.cards());
       }
       everLive = true;
@@ -185,7 +194,7 @@ function connectCards(url, list, conn, hooks = {}) {
       hooks.hello?.(msg);
     } else if (msg.kind === "event") {
       cursor.event(msg.offset);
-      apply(msg.card);
+      hold(msg.card, msg.card.captured_at_ms);
     } else if (msg.kind === "error") {
       console.warn(`spotter: bridge says: ${msg.message}`);
       hooks.error?.(msg.message);
@@ -194,6 +203,26 @@ function connectCards(url, list, conn, hooks = {}) {
     } else {
       hooks.chat?.(msg);
     }
+  }
+
+  /** Whether the frame captured at `at` is on screen (or there is no picture to wait for). */
+  function isDue(at) {
+    if (shown.mode === "none") return true;
+    return shown.ms !== null && at <= shown.ms + TOLERANCE_MS;
+  }
+
+  function hold(card, at) {
+    if (shown.mode === "none") {
+      apply(card);
+      return;
+    }
+    schedule.hold(card, at, Date.now());
+    release();
+  }
+
+  function release() {
+    const due = shown.mode === "none" ? schedule.drain() : schedule.due(shown.ms, Date.now());
+    for (const card of due) apply(card);
   }
 
   function apply(card) {
@@ -239,6 +268,11 @@ function connectCards(url, list, conn, hooks = {}) {
 
   connect();
   return {
+    /** The capture time of the frame on screen now (`{mode, ms}`, from the player). */
+    frame(capture) {
+      shown = capture;
+      release();
+    },
     /** Sends one frame on the socket if it is open; says whether it could. */
     send(frame) {
       if (socket?.readyState !== WebSocket.OPEN) return false;
@@ -252,100 +286,6 @@ function connectCards(url, list, conn, hooks = {}) {
       showConn(conn, "offline", reason);
     },
   };
-}
-
-function loadScript(src) {
-  return new Promise((resolve, reject) => {
-    const script = el("script");
-    script.src = src;
-    script.async = true;
-    script.addEventListener("load", resolve, { once: true });
-    script.addEventListener("error", () => reject(new Error(`could not load ${src}`)), { once: true });
-    document.head.append(script);
-  });
-}
-
-/** Asks the bridge for the stream's video and plays it; keeps asking while there is none. */
-function startVideo(infoUrl, hlsSrc, parts, onMissing) {
-  const { video, placeholder, placeholderText } = parts;
-  let attempt = 0;
-  let hls = null;
-
-  function waiting(text, delay) {
-    video.hidden = true;
-    placeholder.hidden = false;
-    placeholderText.textContent = text;
-    setTimeout(check, delay);
-  }
-
-  async function check() {
-    let info;
-    try {
-      const res = await fetch(infoUrl, { headers: { accept: "application/json" } });
-      if (res.status === 404) {
-        onMissing();
-        placeholder.hidden = false;
-        placeholderText.textContent = "There is no such stream.";
-        return;
-      }
-      if (!res.ok) throw new Error(`HTTP ${res.status}`);
-      info = await res.json();
-    } catch (err) {
-      console.warn(`spotter: stream info: ${err.message}`);
-      waiting("waiting for video…", backoffDelay(attempt++));
-      return;
-    }
-    attempt = 0;
-    const src = typeof info?.video_url === "string" ? safeUrl(info.video_url, document.baseURI) : null;
-    if (!src) {
-      waiting("waiting for video…", VIDEO_POLL_MS + Math.random() * 5_000);
-      return;
-    }
-    play(src);
-  }
-
-  async function play(src) {
-    video.muted = true; // browsers only autoplay muted video
-    try {
-      if (!window.Hls) await loadScript(hlsSrc);
-    } catch (err) {
-      console.warn(`spotter: ${err.message}`);
-    }
-    const Hls = window.Hls;
-    if (Hls?.isSupported()) {
-      hls = new Hls({ lowLatencyMode: true, backBufferLength: 30 });
-      hls.on(Hls.Events.MANIFEST_PARSED, () => {
-        video.play().catch(() => {}); // autoplay may still be refused; the controls remain
-      });
-      hls.on(Hls.Events.ERROR, (_event, data) => {
-        if (!data.fatal) return;
-        if (data.type === Hls.ErrorTypes.MEDIA_ERROR) {
-          hls.recoverMediaError();
-          return;
-        }
-        console.warn(`spotter: video: ${data.details}`);
-        hls.destroy();
-        hls = null;
-        waiting("video interrupted, retrying…", backoffDelay(attempt++));
-      });
-      hls.loadSource(src);
-      hls.attachMedia(video);
-    } else if (video.canPlayType("application/vnd.apple.mpegurl")) {
-      video.src = src; // Safari and others with native HLS
-      video.addEventListener(
-        "error",
-        () => waiting("video interrupted, retrying…", backoffDelay(attempt++)),
-        { once: true },
-      );
-    } else {
-      placeholderText.textContent = "This browser cannot play the live video.";
-      return;
-    }
-    placeholder.hidden = true;
-    video.hidden = false;
-  }
-
-  check();
 }
 
 const countFormat = typeof Intl !== "undefined" ? new Intl.NumberFormat(undefined, { notation: "compact" }) : null;
@@ -425,16 +365,20 @@ function main() {
     },
   });
   socket = cards;
-  startVideo(
-    new URL(`api/streams/${path}`, root).href,
-    new URL("static/vendor/hls.min.js", root).href,
-    {
+  startVideo({
+    infoUrl: new URL(`api/streams/${path}`, root).href,
+    vendorBase: new URL("static/vendor/", root),
+    prefer: preferredPlayer(location.search),
+    parts: {
+      section: document.getElementById("player"),
       video: document.getElementById("video"),
       placeholder: document.getElementById("placeholder"),
       placeholderText: document.getElementById("placeholder-text"),
+      syncNote: document.getElementById("sync"),
     },
-    () => cards.stop("no such stream"),
-  );
+    onMissing: () => cards.stop("no such stream"),
+    onFrame: (capture) => cards.frame(capture),
+  });
 }
 
 if (typeof document !== "undefined") main();

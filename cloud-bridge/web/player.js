@@ -8,6 +8,7 @@
 // Third-party code is served by the bridge from `web.vendor_dir` (built by `npm run build` in
 // cloud-bridge/web from the lockfile): the IVS player bundle, its wasm worker and binary, hls.js.
 
+import { safeUrl } from "./cards.js";
 import { StampTrack, decodeStamp, displayedCapture, isStampUuid } from "./sync.js";
 
 /** How often the page reports when no frame is being displayed (paused, stalled, no video). */
@@ -28,16 +29,6 @@ export function preferredPlayer(search) {
 export function backoffDelay(attempt, random = Math.random, baseMs = 500, capMs = 20_000) {
   const ceiling = Math.min(capMs, baseMs * 2 ** Math.min(Math.max(attempt, 0), 20));
   return Math.round(ceiling / 2 + (random() * ceiling) / 2);
-}
-
-/** Resolves `raw` against `base` and returns it only if it is an http(s) URL. */
-export function safeUrl(raw, base) {
-  try {
-    const url = new URL(raw, base);
-    return url.protocol === "https:" || url.protocol === "http:" ? url.href : null;
-  } catch {
-    return null;
-  }
 }
 
 function loadScript(src) {
@@ -159,6 +150,8 @@ export function startVideo({ infoUrl, vendorBase, prefer, parts, onMissing, onFr
   const stamps = new StampTrack();
   let attempt = 0;
   let current = null;
+  /** `none` (no video for this stream, or no player can play it), `loading` or `playing`. */
+  let state = "loading";
   let shownMode = null;
   let lastFrameAt = 0;
 
@@ -167,14 +160,14 @@ export function startVideo({ infoUrl, vendorBase, prefer, parts, onMissing, onFr
   }
 
   function report(mediaTime) {
-    const playing = current !== null && !video.paused && video.readyState >= 2;
     const now = Date.now();
     const capture = displayedCapture({
       stamps,
       mediaTime,
       latencyMs: current?.latencyMs() ?? 0,
       now,
-      playing,
+      video: state,
+      paused: video.paused || video.readyState < 2,
     });
     if (capture.mode !== shownMode) {
       shownMode = capture.mode;
@@ -182,7 +175,8 @@ export function startVideo({ infoUrl, vendorBase, prefer, parts, onMissing, onFr
       const why = {
         stamp: "cards follow the capture stamps in the video",
         latency: "no capture stamps in this stream: cards follow the player's latency",
-        none: "no video playing: cards show as they come",
+        waiting: "waiting for the picture: cards wait for their frame",
+        none: "no video: cards show as they come",
       }[capture.mode];
       console.info(`spotter: player ${section.dataset.player}: ${why}`);
     }
@@ -214,6 +208,7 @@ export function startVideo({ infoUrl, vendorBase, prefer, parts, onMissing, onFr
     console.warn(`spotter: video: ${why}`);
     current?.destroy();
     current = null;
+    state = "loading"; // it is expected back: cards wait for it, up to their longest hold
     stamps.clear();
     setPlayer("none");
     waiting("video interrupted, retrying…", backoffDelay(attempt++));
@@ -224,6 +219,7 @@ export function startVideo({ infoUrl, vendorBase, prefer, parts, onMissing, onFr
     try {
       const res = await fetch(infoUrl, { headers: { accept: "application/json" } });
       if (res.status === 404) {
+        state = "none";
         onMissing();
         placeholder.hidden = false;
         placeholderText.textContent = "There is no such stream.";
@@ -238,9 +234,11 @@ export function startVideo({ infoUrl, vendorBase, prefer, parts, onMissing, onFr
     }
     const src = typeof info?.video_url === "string" ? safeUrl(info.video_url, document.baseURI) : null;
     if (!src) {
+      state = "none";
       waiting("waiting for video…", VIDEO_POLL_MS + Math.random() * 5_000);
       return;
     }
+    state = "loading";
     await play(src);
   }
 
@@ -257,12 +255,14 @@ export function startVideo({ infoUrl, vendorBase, prefer, parts, onMissing, onFr
         continue;
       }
       attempt = 0;
+      state = "playing";
       setPlayer(current.kind);
       console.info(`spotter: playing ${src} with the ${current.kind} player`);
       placeholder.hidden = true;
       video.hidden = false;
       return;
     }
+    state = "none";
     setPlayer("none");
     waiting("This browser cannot play the live video; retrying…", backoffDelay(attempt++));
   }

@@ -164,10 +164,13 @@ export class CardSchedule {
 /**
  * Where the capture time of the frame on screen comes from: `stamp` (the stamps in the video),
  * `latency` (no stamps: the wall clock less the player's live latency, approximate: it leaves out
- * the encoder's and the agent's own delay) or `none` (nothing playing: cards show as they come).
+ * the encoder's and the agent's own delay), `waiting` (a player is starting, or the picture is
+ * paused: cards wait, up to `MAX_HOLD_MS`) or `none` (no video for this stream, or no player can
+ * play it: cards show as they come). `video` is `none`, `loading` or `playing`.
  */
-export function displayedCapture({ stamps, mediaTime, latencyMs, now, playing }) {
-  if (!playing) return { mode: "none", ms: null };
+export function displayedCapture({ stamps, mediaTime, latencyMs, now, video, paused }) {
+  if (video === "none") return { mode: "none", ms: null };
+  if (video !== "playing" || paused) return { mode: "waiting", ms: null };
   const stamped = stamps.captureAt(mediaTime);
   if (stamped !== null) return { mode: "stamp", ms: stamped };
   // A player that knows no latency (0: IVS's player on a stream not from IVS) gets cards at once.

@@ -92,26 +92,18 @@ describe("the capture time of the frame on screen", () => {
     assert.notEqual(t.captureAt(10 + 9_999 * frame), null, "the newest are kept");
   });
 
-  test("says where it comes from: stamps, the player's latency, or nothing playing", () => {
+  test("says where it comes from: stamps, the player's latency, a player starting, or no video", () => {
     const stamps = track(30);
     const now = base + 10_000;
-    assert.deepEqual(displayedCapture({ stamps, mediaTime: 10, latencyMs: 3000, now, playing: true }), {
-      mode: "stamp",
-      ms: base,
-    });
-    assert.deepEqual(displayedCapture({ stamps, mediaTime: 100, latencyMs: 3000, now, playing: true }), {
-      mode: "latency",
-      ms: now - 3000,
-    });
+    const at = (mediaTime, latencyMs, video = "playing", paused = false) =>
+      displayedCapture({ stamps, mediaTime, latencyMs, now, video, paused });
+    assert.deepEqual(at(10, 3000), { mode: "stamp", ms: base });
+    assert.deepEqual(at(100, 3000), { mode: "latency", ms: now - 3000 });
     // IVS's player says 0 for a stream not from IVS: no hold at all
-    assert.deepEqual(displayedCapture({ stamps, mediaTime: 100, latencyMs: 0, now, playing: true }), {
-      mode: "latency",
-      ms: now,
-    });
-    assert.deepEqual(displayedCapture({ stamps, mediaTime: 10, latencyMs: 3000, now, playing: false }), {
-      mode: "none",
-      ms: null,
-    });
+    assert.deepEqual(at(100, 0), { mode: "latency", ms: now });
+    assert.deepEqual(at(10, 3000, "loading"), { mode: "waiting", ms: null });
+    assert.deepEqual(at(10, 3000, "playing", true), { mode: "waiting", ms: null }, "paused");
+    assert.deepEqual(at(10, 3000, "none"), { mode: "none", ms: null });
   });
 });
 

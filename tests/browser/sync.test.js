@@ -1,0 +1,299 @@
+// Cards in step with the picture, in real Chromium: the real agent plays a clip whose frames carry
+// their own number (a code in the top-left corner), uploads it as HLS with its capture stamps, and
+// publishes its events to the real bridge; the viewer page plays the HLS with the IVS player and
+// with hls.js. At the moment a card enters or leaves the page, the test reads the frame number off
+// the video and compares it with the frame the event was recognised in.
+
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+
+import mqtt from "mqtt";
+import { chromium } from "playwright-core";
+
+import { ROOT, freePort, launchChromium, startBridge, waitFor } from "./support.js";
+
+const BIN = path.join(ROOT, "target", "debug");
+const MODEL = path.join(ROOT, "models", "weights", "efficientnet-lite0.safetensors");
+const SKU = "MUG-001";
+const FPS = 30;
+/** The clip: the product on screen from 9 s to 16 s of 30. */
+const CLIP_SECS = 30;
+const SHOW = `${SKU}@9-16`;
+/** A card may be this late after its frame is displayed, never early. */
+const MAX_LATE_MS = 250;
+const PLAYERS = ["ivs", "hls"];
+
+const toml = (s) => JSON.stringify(s);
+
+/** Runs a command to completion; rejects with its output when it fails. */
+function run(cmd, args, { timeoutMs = 240_000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+    let output = "";
+    child.stdout.setEncoding("utf8").on("data", (c) => (output += c));
+    child.stderr.setEncoding("utf8").on("data", (c) => (output += c));
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    child.on("error", reject);
+    child.on("exit", (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) resolve(output);
+      else reject(new Error(`${path.basename(cmd)} ${args.join(" ")}: exit ${code ?? signal}\n${output}`));
+    });
+  });
+}
+
+/** Starts a long-running process, keeping the tail of its output for failures. */
+function start(cmd, args, env = {}) {
+  const child = spawn(cmd, args, {
+    env: { ...process.env, RUST_LOG: "info", NO_COLOR: "1", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let output = "";
+  const keep = (c) => {
+    output += c;
+    if (output.length > 100_000) output = output.slice(-50_000);
+  };
+  child.stdout.setEncoding("utf8").on("data", keep);
+  child.stderr.setEncoding("utf8").on("data", keep);
+  let exited = null;
+  const exit = new Promise((resolve) => child.on("exit", (code, signal) => resolve((exited = { code, signal }))));
+  return {
+    output: () => output,
+    exited: () => exited,
+    async stop() {
+      if (exited) return exited;
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+      const result = await exit;
+      clearTimeout(timer);
+      return result;
+    },
+  };
+}
+
+/**
+ * Runs in the page before its own scripts: on every card that enters or leaves `#cards`, reads the
+ * frame number painted in the top-left corner of the frame on screen (18 cells of 16 px at
+ * (16, 16) on 1280x720: white and black guards, then 16 bits, most significant first) and keeps
+ * it in `window.__cardFrames`.
+ */
+function watchCards() {
+  window.__cardFrames = [];
+  const canvas = document.createElement("canvas");
+  function frameNumber() {
+    const video = document.getElementById("video");
+    if (!video || video.videoWidth === 0) return null;
+    const w = video.videoWidth;
+    const h = video.videoHeight;
+    canvas.width = w;
+    canvas.height = h;
+    const ctx = canvas.getContext("2d", { willReadFrequently: true });
+    ctx.drawImage(video, 0, 0, w, h);
+    const scale = Math.min(w / 1280, h / 720);
+    const cell = (i) => {
+      const cx = (16 + 16 * i + 8) * scale;
+      const cy = (16 + 8) * scale;
+      const half = 4 * scale;
+      const d = ctx.getImageData(Math.round(cx - half), Math.round(cy - half), Math.max(1, Math.round(2 * half)), Math.max(1, Math.round(2 * half))).data;
+      let sum = 0;
+      for (let p = 0; p < d.length; p += 4) sum += 0.299 * d[p] + 0.587 * d[p + 1] + 0.114 * d[p + 2];
+      return sum / (d.length / 4);
+    };
+    const white = cell(0);
+    const black = cell(1);
+    if (white - black < 60) return null; // no code in view
+    const threshold = (white + black) / 2;
+    let n = 0;
+    for (let i = 2; i < 18; i++) n = n * 2 + (cell(i) > threshold ? 1 : 0);
+    return n;
+  }
+  const record = (what, node) => {
+    if (node.nodeType !== 1 || !node.dataset?.eventId) return;
+    window.__cardFrames.push({
+      what,
+      eventId: node.dataset.eventId,
+      sku: node.dataset.sku,
+      frame: frameNumber(),
+      at: Date.now(),
+    });
+  };
+  const start = () => {
+    const cards = document.getElementById("cards");
+    if (!cards) return;
+    new MutationObserver((changes) => {
+      for (const c of changes) {
+        c.addedNodes.forEach((n) => record("enter", n));
+        c.removedNodes.forEach((n) => record("leave", n));
+      }
+    }).observe(cards, { childList: true });
+  };
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+}
+
+describe("cards in step with the picture", { timeout: 420_000 }, () => {
+  let dir;
+  let bridge;
+  let agent;
+  let context;
+  let client;
+  const events = [];
+  const pages = {};
+
+  before(async () => {
+    for (const bin of ["spotter-agent", "spotter-clipgen", "spotter-bridge"]) {
+      assert.ok(existsSync(path.join(BIN, bin)), `no ${bin} in ${BIN}: run cargo build --workspace`);
+    }
+    assert.ok(existsSync(MODEL), `no model weights at ${MODEL}: run make setup`);
+    dir = await mkdtemp(path.join(tmpdir(), "spotter-sync-"));
+    const catalog = path.join(dir, "catalog");
+    const clip = path.join(dir, "clip.mp4");
+    await run(path.join(BIN, "spotter-clipgen"), ["catalog", "--out", catalog, "--products", SKU, "GTR-001"]);
+    await run(path.join(BIN, "spotter-clipgen"), [
+      "clip", "--catalog", catalog, "--out", clip, "--duration-secs", String(CLIP_SECS), "--show", SHOW,
+      "--frame-code",
+    ]);
+
+    const httpPort = await freePort();
+    let mqttPort = await freePort();
+    while (mqttPort === httpPort) mqttPort = await freePort();
+    const hls = path.join(dir, "hls");
+    await mkdir(hls, { recursive: true });
+    const setup = {
+      dir,
+      configFile: path.join(dir, "bridge.toml"),
+      baseUrl: `http://127.0.0.1:${httpPort}`,
+    };
+    await writeFile(
+      setup.configFile,
+      [
+        "[http]", `listen = ${toml(`127.0.0.1:${httpPort}`)}`,
+        "[mqtt]", "embedded = true", `embedded_listen = ${toml(`127.0.0.1:${mqttPort}`)}`,
+        "[catalog]", `dir = ${toml(catalog)}`,
+        "[web]", `vendor_dir = ${toml(path.join(ROOT, "cloud-bridge", "web", "vendor"))}`, `hls_dir = ${toml(hls)}`,
+        "[[stream]]", 'studio = "sync"', 'stream = "main"', 'video_url = "/hls/index.m3u8"',
+        "",
+      ].join("\n"),
+    );
+    bridge = await startBridge(setup);
+
+    client = await mqtt.connectAsync(`mqtt://127.0.0.1:${mqttPort}`, {
+      clientId: `spotter-sync-test-${process.pid}`,
+      clean: true,
+      reconnectPeriod: 0,
+    });
+    client.on("message", (_topic, payload) => {
+      try {
+        events.push(JSON.parse(payload.toString()));
+      } catch {
+        // not ours to judge: the bridge checks what it receives
+      }
+    });
+    await client.subscribeAsync("spotter/v1/sync/main/events", { qos: 1 });
+
+    const agentToml = path.join(dir, "agent.toml");
+    await writeFile(
+      agentToml,
+      [
+        'studio = "sync"', 'stream = "main"',
+        "[source]", 'kind = "uri"', `uri = ${toml(`file://${clip}`)}`, "realtime = true",
+        "[analysis]", `catalog = ${toml(catalog)}`, `model = ${toml(MODEL)}`,
+        "[mqtt]", `url = ${toml(`mqtt://127.0.0.1:${mqttPort}`)}`, 'client_id = "spotter-agent-sync"',
+        "[upload]", 'kind = "hls"', `hls_dir = ${toml(hls)}`, "keyframe_interval_secs = 1",
+        "[outbox]", `dir = ${toml(path.join(dir, "outbox"))}`,
+        "",
+      ].join("\n"),
+    );
+    agent = start(path.join(BIN, "spotter-agent"), ["run", "--config", agentToml]);
+    // The pages start playing as soon as the stream's playlist is there, long before the product
+    // comes on screen (9 s into the clip).
+    await waitFor("the agent's HLS playlist", () => {
+      if (agent.exited()) throw Object.assign(new Error(`the agent exited\n${agent.output()}`), { fatal: true });
+      return existsSync(path.join(hls, "index.m3u8"));
+    }, { timeoutMs: 120_000 });
+
+    context = await launchChromium(chromium, dir);
+    await context.addInitScript(watchCards);
+    for (const player of PLAYERS) {
+      const page = await context.newPage();
+      page.on("console", (m) => {
+        if (/spotter:/.test(m.text())) console.log(`[${player}] ${m.text()}`);
+      });
+      await page.goto(`${setup.baseUrl}/watch/sync/main?player=${player}&debug=1`);
+      pages[player] = page;
+    }
+  });
+
+  after(async () => {
+    await client?.endAsync(true).catch(() => {});
+    await context?.close().catch(() => {});
+    const agentExit = await agent?.stop();
+    const bridgeExit = await bridge?.stop();
+    if (process.env.SPOTTER_BRIDGE_LOG) {
+      console.log(`--- agent (${JSON.stringify(agentExit)}) ---\n${agent?.output()}`);
+      console.log(`--- bridge (${JSON.stringify(bridgeExit)}) ---\n${bridge?.output()}`);
+    }
+  });
+
+  test("each card enters on the frame its product was recognised in and leaves on its end's frame", async () => {
+    // The agent's analysed frames carry their time in the clip: the clip plays once from its start.
+    const frameOf = (e) => Math.round((e.pts_ms * FPS) / 1000);
+    const appearance = await waitFor(
+      "the product's new and end events",
+      () => {
+        const first = events.find((e) => e.type === "new" && e.sku === SKU);
+        const end = first && events.find((e) => e.type === "end" && e.event_id === first.event_id);
+        return end ? { first, end } : null;
+      },
+      { timeoutMs: 120_000, everyMs: 200 },
+    ).catch((err) => {
+      throw new Error(`${err.message}; events: ${JSON.stringify(events)}\n--- agent ---\n${agent.output().slice(-4000)}`);
+    });
+    const { first, end } = appearance;
+    const id = first.event_id;
+    const results = {};
+    for (const player of PLAYERS) {
+      const page = pages[player];
+      const seen = await waitFor(
+        `the ${player} page to show and then remove the card`,
+        async () => {
+          const frames = await page.evaluate(() => window.__cardFrames);
+          const enter = frames.find((f) => f.what === "enter" && f.eventId === id);
+          const leave = frames.find((f) => f.what === "leave" && f.eventId === id);
+          return enter && leave ? { enter, leave } : null;
+        },
+        { timeoutMs: 60_000, everyMs: 200 },
+      );
+      const shown = await page.locator("#player").getAttribute("data-player");
+      const sync = await page.locator("#sync").getAttribute("data-sync");
+      results[player] = {
+        player: shown,
+        sync,
+        enterLateMs: ((seen.enter.frame - frameOf(first)) * 1000) / FPS,
+        leaveLateMs: ((seen.leave.frame - frameOf(end)) * 1000) / FPS,
+        enterFrame: seen.enter.frame,
+        recognisedFrame: frameOf(first),
+        leaveFrame: seen.leave.frame,
+        endFrame: frameOf(end),
+      };
+      await page.screenshot({ path: path.join(dir, `sync-${player}.png`) });
+    }
+    console.log(`card timing (positive: after its frame): ${JSON.stringify(results, null, 1)}`);
+    for (const player of PLAYERS) {
+      const r = results[player];
+      assert.equal(r.player, player, `the page played with ${r.player}, not ${player}`);
+      assert.equal(r.sync, "stamp", `${player}: the page did not follow the capture stamps`);
+      assert.notEqual(r.enterFrame, null, `${player}: no frame number readable when the card entered`);
+      assert.ok(r.enterLateMs >= 0, `${player}: the card entered ${-r.enterLateMs} ms before its frame`);
+      assert.ok(r.enterLateMs <= MAX_LATE_MS, `${player}: the card entered ${r.enterLateMs} ms after its frame`);
+      assert.notEqual(r.leaveFrame, null, `${player}: no frame number readable when the card left`);
+      assert.ok(r.leaveLateMs >= 0, `${player}: the card left ${-r.leaveLateMs} ms before its end's frame`);
+      assert.ok(r.leaveLateMs <= MAX_LATE_MS, `${player}: the card left ${r.leaveLateMs} ms after its end's frame`);
+    }
+  });
+});
