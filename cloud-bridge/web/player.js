@@ -166,7 +166,8 @@ export function startVideo({ infoUrl, vendorBase, prefer, parts, onMissing, onFr
       mediaTime,
       latencyMs: current?.latencyMs() ?? 0,
       now,
-      video: state,
+      // a stream that has ended shows no frame any more: cards no longer wait for one
+      video: video.ended ? "none" : state,
       paused: video.paused || video.readyState < 2,
     });
     if (capture.mode !== shownMode) {

@@ -17,6 +17,7 @@ import {
   bottlePng,
   bridgeSetup,
   claims,
+  isPageProblem,
   launchBrowser,
   mintToken,
   mugPng,
@@ -134,7 +135,7 @@ describe("chat", () => {
     const page = await context.newPage();
     page.on("pageerror", (err) => problems.push(`${name}: page error: ${err.message}`));
     page.on("console", (msg) => {
-      if (msg.type() === "error") problems.push(`${name}: console error: ${msg.text()}`);
+      if (isPageProblem(msg)) problems.push(`${name}: console error: ${msg.text()}`);
     });
     page.on("websocket", (ws) => ws.on("close", () => (closes[name] = (closes[name] ?? 0) + 1)));
     page.on("dialog", (d) => {

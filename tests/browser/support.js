@@ -14,7 +14,8 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 /** The workspace root (/work/main). */
 export const ROOT = path.resolve(here, "..", "..");
 export const WEB_DIR = path.join(ROOT, "cloud-bridge", "web");
-export const HLS_DIST = path.join(WEB_DIR, "node_modules", "hls.js", "dist");
+/** The players the bridge serves at /static/vendor/, built by `npm run build` in cloud-bridge/web. */
+export const VENDOR_DIR = path.join(WEB_DIR, "vendor");
 const FIXTURE_CATALOG = path.join(ROOT, "tests", "fixtures", "catalog");
 
 export const CHROMIUM = process.env.SPOTTER_CHROMIUM ?? "/usr/bin/chromium";
@@ -308,7 +309,7 @@ export async function bridgeSetup({ chat = null, products = null } = {}) {
       `dir = ${tomlString(catalog)}`,
       "",
       "[web]",
-      `vendor_dir = ${tomlString(HLS_DIST)}`,
+      `vendor_dir = ${tomlString(VENDOR_DIR)}`,
       `hls_dir = ${tomlString(hlsDir)}`,
       "",
       ...chatLines,
@@ -446,4 +447,14 @@ export function mintToken(key, claims, { header = { alg: "HS256", typ: "JWT" } }
 export function claims(sub, name, caps = ["send"], ttlSecs = 3600) {
   const now = Math.floor(Date.now() / 1000);
   return { sub, name, caps, iat: now, exp: now + ttlSecs };
+}
+
+/**
+ * Whether a console message is a problem of the page's own: an error, other than the IVS player
+ * failing to report playback telemetry to AWS (a host name this machine cannot resolve, and its
+ * own "PoPClient" log of the failed send), which these tests cannot reach and the page never
+ * depends on.
+ */
+export function isPageProblem(msg) {
+  return msg.type() === "error" && !/net::ERR_NAME_NOT_RESOLVED|^PoPClient send error/.test(msg.text());
 }

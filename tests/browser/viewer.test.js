@@ -10,7 +10,7 @@ import { after, before, describe, test } from "node:test";
 import mqtt from "mqtt";
 import { chromium } from "playwright-core";
 
-import { ROOT, bridgeSetup, launchChromium, readCatalog, startBridge, waitFor } from "./support.js";
+import { ROOT, bridgeSetup, isPageProblem, launchChromium, readCatalog, startBridge, waitFor } from "./support.js";
 
 const GOLDEN = JSON.parse(
   readFileSync(path.join(ROOT, "protocol", "tests", "golden", "event_new.json"), "utf8"),
@@ -74,7 +74,7 @@ describe("viewer page", () => {
   function watch(p) {
     p.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
     p.on("console", (msg) => {
-      if (msg.type() === "error") problems.push(`console error: ${msg.text()}`);
+      if (isPageProblem(msg)) problems.push(`console error: ${msg.text()}`);
     });
     p.on("websocket", (ws) => socketUrls.push(ws.url()));
   }
@@ -116,6 +116,10 @@ describe("viewer page", () => {
       ["/static/app.js", /^(text|application)\/javascript/],
       ["/static/style.css", /^text\/css/],
       ["/static/vendor/hls.min.js", /^(text|application)\/javascript/],
+      ["/static/vendor/amazon-ivs-player.js", /^(text|application)\/javascript/],
+      ["/static/vendor/amazon-ivs-wasmworker.min.js", /^(text|application)\/javascript/],
+      // WebAssembly.instantiateStreaming takes nothing else
+      ["/static/vendor/amazon-ivs-wasmworker.min.wasm", /^application\/wasm$/],
     ]) {
       const res = await get(p);
       // Module scripts are refused by the browser unless served with a JavaScript MIME type.
@@ -239,6 +243,8 @@ describe("viewer page", () => {
     });
     await viewer.goto(`${setup.baseUrl}/watch/demo/main`);
     await viewer.locator('#conn[data-state="live"]').waitFor(WAIT);
+    // demo/main has no video: once the page knows, what is on screen shows at once
+    await viewer.locator('#sync[data-sync="none"]').waitFor({ state: "attached", ...WAIT });
     const before = await viewer.locator("#cards .card").evaluateAll((cs) => cs.map((c) => c.dataset.eventId));
 
     await route.ws.close({ code: 1012, reason: "cut by the test" });
@@ -267,7 +273,7 @@ describe("viewer page", () => {
     await viewer.close();
   });
 
-  test("a stream with video plays it with hls.js, muted, beside its own cards", async () => {
+  test("a stream with video plays it with the IVS player, muted, beside its own cards", async () => {
     const info = await (await fetch(`${setup.baseUrl}/api/streams/demo/video`)).json();
     assert.deepEqual(info, { studio: "demo", stream: "video", video_url: setup.videoUrl });
     const viewer = await context.newPage();
@@ -284,9 +290,10 @@ describe("viewer page", () => {
     );
     const video = await viewer.evaluate(() => {
       const v = document.getElementById("video");
-      return { muted: v.muted, controls: v.controls, hls: typeof window.Hls, decoded: v.videoWidth > 0 && v.videoHeight > 0, error: v.error?.message };
+      return { muted: v.muted, controls: v.controls, decoded: v.videoWidth > 0 && v.videoHeight > 0, error: v.error?.message };
     });
-    assert.deepEqual(video, { muted: true, controls: true, hls: "function", decoded: true, error: undefined });
+    assert.deepEqual(video, { muted: true, controls: true, decoded: true, error: undefined });
+    assert.equal(await viewer.locator("#player").getAttribute("data-player"), "ivs");
     assert.equal(await viewer.locator("#placeholder").isVisible(), false);
     // Cards are per stream: this page has none of demo/main's, and gets its own.
     assert.equal(await viewer.locator("#cards .card").count(), 0);
