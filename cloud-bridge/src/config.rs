@@ -158,7 +158,8 @@ fn default_catalog_dir() -> PathBuf {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWeb {
-    /// Directory holding `hls.min.js`, served at `/static/vendor/`.
+    /// Directory holding the page's players (`amazon-ivs-player.js` with its wasm worker and
+    /// binary, `hls.min.js`), served at `/static/vendor/`: `npm run build` in `web/` writes it.
     #[serde(default)]
     pub vendor_dir: Option<PathBuf>,
     /// Directory of HLS playlists and segments served at `/hls/` (a demo stand-in for IVS).
