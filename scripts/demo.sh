@@ -13,6 +13,10 @@ if [ ! -s "$OUT/demo.mp4" ] || [ ! -s "$OUT/catalog/catalog.toml" ]; then
   "$BIN/spotter-clipgen" demo --out "$OUT"
 fi
 rm -rf "$OUT/hls" && mkdir -p "$OUT/hls"
+# The chat's signing key, made once and kept, so tokens outlive a restart of the demo.
+if [ ! -s "$OUT/chat.key" ]; then
+  (umask 077 && head -c 48 /dev/urandom | base64 -w0 > "$OUT/chat.key")
+fi
 
 cat > "$OUT/bridge.toml" <<TOML
 [http]
@@ -29,6 +33,10 @@ hls_dir = "$OUT/hls"
 studio = "demo"
 stream = "main"
 video_url = "/hls/index.m3u8"
+[chat]
+guests = true
+key_file = "$OUT/chat.key"
+state_dir = "$OUT/chat-state"
 TOML
 
 pids=()
@@ -55,8 +63,11 @@ SPOTTER_AGENT__MQTT__URL="mqtt://127.0.0.1:$MQTT_PORT" \
   "$BIN/spotter-agent" --config agent/examples/demo.toml & pids+=($!)
 
 URL="http://127.0.0.1:$HTTP_PORT/watch/demo/main"
+HOST_TOKEN=$("$BIN/spotter-bridge" token --config "$OUT/bridge.toml" --user host --name "Host" --moderator --ttl 12h)
 echo
 echo "  Spotter demo running: open $URL"
+echo "  (viewers pick a name to chat; the host, who can delete messages and ban, opens"
+echo "   $URL#token=$HOST_TOKEN )"
 echo "  (Ctrl-C stops it)"
 echo
 if [ -n "${DISPLAY:-}" ] && command -v xdg-open >/dev/null; then xdg-open "$URL" >/dev/null 2>&1 || true; fi
