@@ -17,7 +17,6 @@ pub mod model_import;
 pub mod mqtt;
 pub mod outbox;
 pub mod pipeline;
-pub mod ratelimit;
 pub mod recognizer;
 pub mod sei;
 pub mod service;

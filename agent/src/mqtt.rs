@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use spotter_protocol::backoff::Backoff;
+use spotter_protocol::ratelimit::TokenBucket;
 use spotter_protocol::{AgentState, OnScreen, ProductEvent, Stats, Status, Topic, TopicKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -22,9 +24,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AgentConfig, MqttConfig, OutboxConfig};
 use crate::outbox::{Outbox, OutboxCounts, OutboxError, OutboxStats, PacketIds};
 use crate::pipeline::now_utc_ms;
-use spotter_protocol::backoff::Backoff;
-
-use crate::ratelimit::TokenBucket;
 
 /// Events handed to rumqttc and not yet acknowledged, at most.
 pub const MAX_IN_FLIGHT: usize = 32;

@@ -14,7 +14,7 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket at time `now_ms`; a rate or burst of 0 counts as 1.
     pub fn new(per_sec: u32, burst: u32, now_ms: u64) -> Self {
-        Self::with_rate(f64::from(per_sec), burst, now_ms)
+        Self::with_rate(f64::from(per_sec.max(1)), burst, now_ms)
     }
 
     /// Like [`TokenBucket::new`] with a fractional rate (0.2 = one every 5 s); a rate that is not
@@ -100,6 +100,14 @@ mod tests {
         assert_eq!((0..20).filter(|_| b.try_take(60_000)).count(), 5);
         assert!(!b.is_full(60_000));
         assert!(b.is_full(61_000));
+    }
+
+    #[test]
+    fn a_zero_rate_or_burst_counts_as_one() {
+        let mut b = TokenBucket::new(0, 0, 0);
+        assert!(b.try_take(0));
+        assert!(!b.try_take(999));
+        assert!(b.try_take(1000), "an integer rate of 0 refills one a second");
     }
 
     #[test]
