@@ -32,7 +32,16 @@ const SHOWS = ["MUG-001@7-11", "GTR-001@14-18", "CAM-001@21-25"];
 const SKUS = SHOWS.map((s) => s.split("@")[0]);
 /** A card may be this late after its frame is displayed, never early. */
 const MAX_LATE_MS = 250;
-const PLAYERS = ["ivs", "hls"];
+/**
+ * The viewers: one page on each player from the start, and a late joiner that opens when the first
+ * product's `new` reaches the broker, while its frame is not yet on anybody's screen: its card
+ * comes in `hello`'s snapshot and must wait for that frame all the same.
+ */
+const VIEWERS = [
+  { name: "ivs", player: "ivs" },
+  { name: "hls", player: "hls" },
+  { name: "late", player: "hls" },
+];
 
 const toml = (s) => JSON.stringify(s);
 
@@ -150,6 +159,7 @@ describe("cards in step with the picture", { timeout: 420_000 }, () => {
   let client;
   const events = [];
   const pages = {};
+  let openPage;
 
   before(async () => {
     for (const bin of ["spotter-agent", "spotter-clipgen", "spotter-bridge"]) {
@@ -226,14 +236,15 @@ describe("cards in step with the picture", { timeout: 420_000 }, () => {
 
     context = await launchChromium(chromium, dir);
     await context.addInitScript(watchCards);
-    for (const player of PLAYERS) {
+    openPage = async ({ name, player }) => {
       const page = await context.newPage();
       page.on("console", (m) => {
-        if (/spotter:/.test(m.text())) console.log(`[${player}] ${m.text()}`);
+        if (/spotter:/.test(m.text())) console.log(`[${name}] ${m.text()}`);
       });
       await page.goto(`${setup.baseUrl}/watch/sync/main?player=${player}&debug=1`);
-      pages[player] = page;
-    }
+      pages[name] = page;
+    };
+    for (const viewer of VIEWERS.filter((v) => v.name !== "late")) await openPage(viewer);
   });
 
   after(async () => {
@@ -254,7 +265,11 @@ describe("cards in step with the picture", { timeout: 420_000 }, () => {
     const artifacts = process.env.SPOTTER_ARTIFACTS ?? dir;
     await mkdir(artifacts, { recursive: true });
     await pages.hls.setViewportSize({ width: 375, height: 812 });
-    const shots = PLAYERS.map(async (player) => {
+    const late = waitFor("the first product's new event", () => events.find((e) => e.type === "new"), {
+      timeoutMs: 120_000,
+      everyMs: 20,
+    }).then(() => openPage(VIEWERS.find((v) => v.name === "late")));
+    const shots = ["ivs", "hls"].map(async (player) => {
       const page = pages[player];
       await page.locator("#cards .card img").first().waitFor({ timeout: 120_000 });
       const file = path.join(artifacts, `sync-${player}-${player === "hls" ? "phone" : "desktop"}.png`);
@@ -274,9 +289,9 @@ describe("cards in step with the picture", { timeout: 420_000 }, () => {
     ).catch((err) => {
       throw new Error(`${err.message}; events: ${JSON.stringify(events)}\n--- agent ---\n${agent.output().slice(-4000)}`);
     });
-    await Promise.all(shots);
+    await Promise.all([...shots, late]);
     const rows = [];
-    for (const player of PLAYERS) {
+    for (const { name: player } of VIEWERS) {
       const page = pages[player];
       for (const { sku, first, end } of appearances) {
         const id = first.event_id;
@@ -303,10 +318,10 @@ describe("cards in step with the picture", { timeout: 420_000 }, () => {
       }
     }
     console.log(`card timing (ms after its frame; negative: early):\n${rows.map((r) => JSON.stringify(r)).join("\n")}`);
-    for (const player of PLAYERS) {
+    for (const { name: player, player: kind } of VIEWERS) {
       const mine = rows.filter((r) => r.player === player && r.enterLateMs !== null && r.leaveLateMs !== null);
       console.log(`${player}: enter ${JSON.stringify(p50max(mine.map((r) => r.enterLateMs)))} ms, leave ${JSON.stringify(p50max(mine.map((r) => r.leaveLateMs)))} ms`);
-      assert.equal(await pages[player].locator("#player").getAttribute("data-player"), player, `the page did not play with ${player}`);
+      assert.equal(await pages[player].locator("#player").getAttribute("data-player"), kind, `${player}: the page did not play with ${kind}`);
       assert.equal(await pages[player].locator("#sync").getAttribute("data-sync"), "stamp", `${player}: the page did not follow the capture stamps`);
     }
     for (const r of rows) {
