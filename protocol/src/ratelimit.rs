@@ -107,7 +107,10 @@ mod tests {
         let mut b = TokenBucket::new(0, 0, 0);
         assert!(b.try_take(0));
         assert!(!b.try_take(999));
-        assert!(b.try_take(1000), "an integer rate of 0 refills one a second");
+        assert!(
+            b.try_take(1000),
+            "an integer rate of 0 refills one a second"
+        );
     }
 
     #[test]
