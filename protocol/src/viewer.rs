@@ -79,9 +79,10 @@ pub enum ServerMessage {
         /// Viewers of this stream on this bridge now.
         #[serde(default)]
         viewers: u64,
-        /// What this connection may do in chat before it authenticates.
-        #[serde(default)]
-        chat: ChatAbility,
+        /// What this connection may do in chat before it authenticates; absent when the stream
+        /// has no chat (the page then shows none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chat: Option<ChatAbility>,
     },
     /// One product event.
     Event {
@@ -110,6 +111,9 @@ pub enum ServerMessage {
         /// A guest token this bridge issued (only in the answer to `guest`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+        /// End of the user's ban from this stream's chat, UTC ms; present only while banned.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        banned_until_ms: Option<u64>,
     },
     /// The stream's last messages, oldest first, without deleted ones (right after `hello`).
     ChatHistory {
@@ -297,9 +301,21 @@ mod tests {
                 resync: false,
                 onscreen: Vec::new(),
                 viewers: 12,
-                chat: ChatAbility { guests: true },
+                chat: Some(ChatAbility { guests: true }),
             },
             include_str!("../tests/golden/viewer_hello.json"),
+        );
+        golden(
+            &ServerMessage::Hello {
+                protocol: 1,
+                epoch: "00ff".into(),
+                offset: 4,
+                resync: false,
+                onscreen: Vec::new(),
+                viewers: 12,
+                chat: None,
+            },
+            include_str!("../tests/golden/viewer_hello_no_chat.json"),
         );
         golden(
             &ServerMessage::Viewers { count: 12 },
@@ -316,8 +332,24 @@ mod tests {
                 },
                 expires_at_ms: 1_764_115_200_000,
                 token: Some("h.p.s".into()),
+                banned_until_ms: None,
             },
             include_str!("../tests/golden/viewer_session.json"),
+        );
+        golden(
+            &ServerMessage::Session {
+                user: SessionUser {
+                    id: "u1".into(),
+                    name: "Alice".into(),
+                    send: true,
+                    moderate: false,
+                    guest: false,
+                },
+                expires_at_ms: 1_764_115_200_000,
+                token: None,
+                banned_until_ms: Some(1_764_072_600_000),
+            },
+            include_str!("../tests/golden/viewer_session_banned.json"),
         );
         golden(
             &ServerMessage::ChatHistory {
@@ -360,12 +392,12 @@ mod tests {
     }
 
     #[test]
-    fn a_hello_from_an_older_bridge_still_decodes() {
+    fn a_hello_from_an_older_bridge_still_decodes_as_one_without_chat() {
         let old =
             r#"{"kind":"hello","protocol":1,"epoch":"e","offset":0,"resync":false,"onscreen":[]}"#;
         match serde_json::from_str::<ServerMessage>(old).expect("decodes") {
             ServerMessage::Hello { viewers, chat, .. } => {
-                assert_eq!((viewers, chat), (0, ChatAbility { guests: false }));
+                assert_eq!((viewers, chat), (0, None));
             }
             other => panic!("{other:?}"),
         }

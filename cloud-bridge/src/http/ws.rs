@@ -6,7 +6,8 @@
 //! published to the broker; the sender gets `said`/`refused`/`session`/`error` here, everyone
 //! gets the result when it comes back from the broker. A malformed message is answered with
 //! `error` and the socket stays open; a socket earning too many refusals is closed, and so are a
-//! banned user's sockets.
+//! banned user's sockets (after the `banned` everyone gets). A close the bridge starts waits for
+//! the viewer's close, reading and discarding what it still sends, so that it is not reset.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -250,15 +251,7 @@ impl ChatConn {
             ClientMessage::Ping => return Vec::new(),
             ClientMessage::Auth { token } => {
                 match token::verify(app.chat.key.as_ref(), &token, now) {
-                    Ok(v) => {
-                        let reply = ServerMessage::Session {
-                            user: v.user.clone(),
-                            expires_at_ms: v.expires_at_ms,
-                            token: None,
-                        };
-                        self.session = Some(v);
-                        reply
-                    }
+                    Ok(v) => self.start_session(v, None, hub, now),
                     Err(e) => error(e.to_string()),
                 }
             }
@@ -354,7 +347,8 @@ impl ChatConn {
     }
 
     fn guest(&mut self, name: &str, hub: &Hub, app: &AppState, now: u64) -> ServerMessage {
-        let key = match (&app.chat.key, hub.chat_ability().guests) {
+        let guests = hub.chat_ability().is_some_and(|c| c.guests);
+        let key = match (&app.chat.key, guests) {
             (Some(key), true) => key,
             _ => {
                 return refusal(
@@ -379,17 +373,29 @@ impl ChatConn {
         };
         let signed = token::sign(key, &claims);
         match token::verify(Some(key), &signed, now) {
-            Ok(v) => {
-                let reply = ServerMessage::Session {
-                    user: v.user.clone(),
-                    expires_at_ms: v.expires_at_ms,
-                    token: Some(signed),
-                };
-                self.session = Some(v);
-                reply
-            }
+            Ok(v) => self.start_session(v, Some(signed), hub, now),
             Err(e) => error(e.to_string()),
         }
+    }
+
+    /// Takes a verified token as this connection's user; `session` tells the page who it is and,
+    /// while the user is banned, until when (so it can say so before a `say` is refused).
+    fn start_session(
+        &mut self,
+        v: Verified,
+        token: Option<String>,
+        hub: &Hub,
+        now: u64,
+    ) -> ServerMessage {
+        let banned_until_ms = hub.room().banned_until(&v.user.id, now);
+        let reply = ServerMessage::Session {
+            user: v.user.clone(),
+            expires_at_ms: v.expires_at_ms,
+            token,
+            banned_until_ms,
+        };
+        self.session = Some(v);
+        reply
     }
 
     /// Whether a ban signal concerns this connection's user and is in force.
@@ -552,11 +558,14 @@ async fn serve(socket: WebSocket, hub: Arc<Hub>, resume: Resume, app: AppState) 
             debug!(studio, stream, ?end, "viewer left");
         }
     }
-    goodbye(&mut tx, &end, app.viewer.queue).await;
+    goodbye(&mut tx, &mut rx, &end, app.viewer.queue).await;
 }
 
-/// Sends what the end calls for (an error message, a close frame), bounded in time.
-async fn goodbye(tx: &mut Tx, end: &End, queue: usize) {
+/// Sends what the end calls for (an error message, a close frame), bounded in time. After a close
+/// the bridge starts, it reads on until the viewer's close (RFC 6455's closing handshake): a
+/// socket dropped with the viewer's frames unread is reset, and a flooding client would see 1006
+/// instead of the close frame that says why.
+async fn goodbye(tx: &mut Tx, rx: &mut Rx, end: &End, queue: usize) {
     let flood_message: String;
     let ban_message: String;
     let (error, code, reason): (Option<&str>, u16, String) = match end {
@@ -599,7 +608,7 @@ async fn goodbye(tx: &mut Tx, end: &End, queue: usize) {
             )
         }
     };
-    let _ = timeout(CLOSE_TIMEOUT, async {
+    let sent = timeout(CLOSE_TIMEOUT, async {
         if let Some(message) = error {
             let msg = ServerMessage::Error {
                 message: message.to_owned(),
@@ -612,6 +621,34 @@ async fn goodbye(tx: &mut Tx, end: &End, queue: usize) {
             reason: Utf8Bytes::from(reason),
         })))
         .await
+    })
+    .await;
+    if matches!(sent, Ok(Ok(()))) {
+        await_close(rx).await;
+    }
+}
+
+/// Reads and discards the viewer's frames until its close frame arrives, the connection ends or
+/// [`CLOSE_TIMEOUT`] passes.
+async fn await_close(rx: &mut Rx) {
+    let _ = timeout(CLOSE_TIMEOUT, async {
+        while let Some(Ok(msg)) = rx.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Writes what is already queued for this viewer, bounded in time: before a banned user's socket
+/// is closed, so that it gets the `banned` broadcast (queued before the ban's signal) first.
+async fn write_queued(tx: &mut Tx, live: &mut Receiver<Frame>) {
+    let _ = timeout(CLOSE_TIMEOUT, async {
+        while let Ok(frame) = live.try_recv() {
+            tx.feed(Message::Text(frame)).await?;
+        }
+        tx.flush().await
     })
     .await;
 }
@@ -718,6 +755,7 @@ async fn session(
                     Err(RecvError::Closed) => return End::Shutdown,
                 };
                 if let Some(end) = end {
+                    write_queued(tx, live).await;
                     return end;
                 }
             }

@@ -49,8 +49,8 @@ pub struct Hub {
     tx: broadcast::Sender<Frame>,
     room: Mutex<Room>,
     control: broadcast::Sender<Control>,
-    chat_enabled: bool,
-    chat: ChatAbility,
+    /// `hello.chat`: `None` when chat is off.
+    chat: Option<ChatAbility>,
     viewers: AtomicU64,
     viewers_sent: AtomicU64,
 }
@@ -96,10 +96,10 @@ impl Hub {
             tx,
             room: Mutex::new(Room::new(chat.limits.clone(), now_ms())),
             control,
-            chat_enabled: chat.enabled,
-            chat: ChatAbility {
-                guests: chat.enabled && chat.guests && chat.key.is_some(),
-            },
+            // Chat on without a key is read-only: history and messages, no guests, no sign-in.
+            chat: chat.enabled.then_some(ChatAbility {
+                guests: chat.guests && chat.key.is_some(),
+            }),
             viewers: AtomicU64::new(0),
             viewers_sent: AtomicU64::new(0),
         }
@@ -119,18 +119,18 @@ impl Hub {
 
     /// Whether chat is on for this stream.
     pub fn chat_enabled(&self) -> bool {
-        self.chat_enabled
+        self.chat.is_some()
     }
 
-    /// What a connection may do in chat before authenticating.
-    pub fn chat_ability(&self) -> ChatAbility {
+    /// What a connection may do in chat before authenticating; `None` when chat is off.
+    pub fn chat_ability(&self) -> Option<ChatAbility> {
         self.chat
     }
 
     /// Applies a chat payload from the broker and sends what it changes to every viewer; false
     /// for a redelivery, a deleted message, or chat off.
     pub fn receive_chat(&self, event: ChatEvent) -> bool {
-        if !self.chat_enabled {
+        if !self.chat_enabled() {
             return false;
         }
         let mut room = self.room();
@@ -155,7 +155,7 @@ impl Hub {
         };
         match room.receive_ban(ban, now_ms) {
             Some(msg) => {
-                if self.chat_enabled {
+                if self.chat_enabled() {
                     let _ = self.tx.send(Frame::from(msg.encode()));
                 }
                 let _ = self.control.send(signal);
@@ -228,7 +228,7 @@ impl Hub {
             (state.join(resume), self.tx.subscribe())
         };
         let control = self.control.subscribe();
-        let chat_history = self.chat_enabled.then(|| {
+        let chat_history = self.chat_enabled().then(|| {
             Frame::from(
                 ServerMessage::ChatHistory {
                     messages: room.history(),
@@ -441,6 +441,60 @@ mod tests {
         assert!(matches!(next(&mut j.live), ServerMessage::Banned { user, .. } if user == "u1"));
         assert!(matches!(j.control.try_recv(), Ok(Control::Banned { user, .. }) if user == "u1"));
         assert!(hub.clear_ban("u1"));
+    }
+
+    #[test]
+    fn hello_offers_chat_only_when_it_is_on_and_guests_only_with_a_key() {
+        let hello_with = |chat: ChatConfig| {
+            let hub = Arc::new(Hub::new(
+                StreamConfig {
+                    studio: "demo".into(),
+                    stream: "main".into(),
+                    video_url: None,
+                },
+                &ViewerConfig {
+                    queue: 4,
+                    max_message_bytes: 4096,
+                    history: 4,
+                },
+                &chat,
+            ));
+            let j = hub.join(&Resume::Fresh);
+            let text = j.hello.as_str().to_owned();
+            let chat = match serde_json::from_str(&text) {
+                Ok(ServerMessage::Hello { chat, .. }) => chat,
+                other => panic!("{other:?}"),
+            };
+            (text, chat, j.chat_history.is_some())
+        };
+        let key = || Some(crate::chat::ChatKey::new(&[7; 32]).expect("32 bytes"));
+
+        let (text, chat, history) = hello_with(ChatConfig {
+            enabled: false,
+            guests: true,
+            key: key(),
+            ..ChatConfig::default()
+        });
+        assert!(!text.contains("\"chat\""), "chat off: no `chat` in {text}");
+        assert_eq!((chat, history), (None, false));
+
+        let (text, chat, history) = hello_with(ChatConfig {
+            guests: true,
+            ..ChatConfig::default()
+        });
+        assert!(text.contains(r#""chat":{"guests":false}"#), "{text}");
+        assert_eq!(
+            (chat, history),
+            (Some(ChatAbility { guests: false }), true),
+            "no key: read-only chat, no guests"
+        );
+
+        let (_, chat, _) = hello_with(ChatConfig {
+            guests: true,
+            key: key(),
+            ..ChatConfig::default()
+        });
+        assert_eq!(chat, Some(ChatAbility { guests: true }));
     }
 
     #[test]

@@ -204,7 +204,7 @@ impl HubState {
                 onscreen: self.onscreen.clone(),
                 // The shared hub fills these in: they are not the event history's business.
                 viewers: 0,
-                chat: Default::default(),
+                chat: None,
             },
             backlog,
             outcome,
@@ -604,7 +604,7 @@ mod tests {
                 resync: false,
                 onscreen: vec![want],
                 viewers: 0,
-                chat: Default::default(),
+                chat: None,
             }
         });
         assert_eq!(
