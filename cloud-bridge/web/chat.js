@@ -61,6 +61,8 @@ export function parseChatMessage(msg) {
         user: { id: u.id, name: u.name, send: u.send === true, moderate: u.moderate === true, guest: u.guest === true },
         expires_at_ms: isCount(msg.expires_at_ms) ? msg.expires_at_ms : null,
         token: isText(msg.token) ? msg.token : null,
+        // present while this user is banned
+        banned_until_ms: isCount(msg.banned_until_ms) ? msg.banned_until_ms : null,
       };
     }
     case "chat_history":
@@ -277,6 +279,12 @@ export class ChatState {
         this.authPending = false;
         this.authRefused = null;
         if (msg.token) this.#set(TOKEN_KEY, msg.token);
+        // The bridge's word on a ban is the truth: kept while it lasts, forgotten once it is lifted.
+        if (msg.banned_until_ms !== null && msg.banned_until_ms > nowMs) {
+          this.#set(BAN_KEY, JSON.stringify({ user: msg.user.id, until_ms: msg.banned_until_ms }));
+        } else if (this.ban?.user === msg.user.id) {
+          this.#remove(BAN_KEY);
+        }
         changes.push({ op: "status" });
         break;
       case "chat_history": {

@@ -56,8 +56,9 @@ describe("parseChatMessage", () => {
     assert.deepEqual(parseChatMessage({ kind: "chat_history", messages: [m, { id: 3 }, null] }).messages, [m]);
     assert.deepEqual(
       parseChatMessage({ kind: "session", user: { ...alice, guest: true }, expires_at_ms: 9, token: "g" }),
-      { kind: "session", user: { ...alice, guest: true }, expires_at_ms: 9, token: "g" },
+      { kind: "session", user: { ...alice, guest: true }, expires_at_ms: 9, token: "g", banned_until_ms: null },
     );
+    assert.equal(parseChatMessage({ kind: "session", user: alice, banned_until_ms: 5 }).banned_until_ms, 5);
     assert.deepEqual(parseChatMessage({ kind: "said", nonce: "c1", id: "m1" }), { kind: "said", nonce: "c1", id: "m1" });
     assert.deepEqual(parseChatMessage({ kind: "chat_deleted", id: "m1" }), { kind: "chat_deleted", id: "m1" });
     assert.deepEqual(parseChatMessage({ kind: "banned", user: "u1", until_ms: 7 }), { kind: "banned", user: "u1", until_ms: 7 });
@@ -260,6 +261,23 @@ describe("ChatState", () => {
     const reloaded = new ChatState({ storage: store });
     assert.equal(reloaded.opened(NOW + 2000).send, null, "a reload remembers the ban");
     assert.deepEqual(reloaded.opened(until + 1).send, { kind: "auth", token: "tok" }, "and forgets it when it ends");
+  });
+
+  test("a session that says its user is banned shows it at once; one that does not lifts a kept ban", () => {
+    const store = new Store();
+    store.setItem(TOKEN_KEY, "tok");
+    const state = new ChatState({ storage: store });
+    state.opened(NOW);
+    state.hello({ chat: { guests: false } });
+    const until = NOW + 600_000;
+    state.receive(parseChatMessage({ kind: "session", user: alice, expires_at_ms: NOW + 3_600_000, banned_until_ms: until }), NOW);
+    assert.equal(state.view(NOW).mode, "banned");
+    assert.equal(state.say("hello?", NOW).send, null);
+    assert.deepEqual(JSON.parse(store.getItem(BAN_KEY)), { user: alice.id, until_ms: until });
+    // lifted early: the next session says nothing of a ban
+    state.receive(parseChatMessage({ kind: "session", user: alice, expires_at_ms: NOW + 3_600_000 }), NOW + 1000);
+    assert.equal(store.getItem(BAN_KEY), null);
+    assert.equal(state.view(NOW + 1000).mode, "compose");
   });
 
   test("a ban learnt only from the close code still stops sending", () => {
