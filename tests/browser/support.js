@@ -339,6 +339,44 @@ export async function bridgeSetup({ chat = null, products = null } = {}) {
 }
 
 /**
+ * Starts a long-running process (RUST_LOG=info unless set, no colours), keeping the tail of its
+ * output for failure messages. `stop()` sends SIGTERM, then SIGKILL after 10 s.
+ */
+export function startProcess(cmd, args, { cwd, env = {} } = {}) {
+  const child = spawn(cmd, args, {
+    cwd,
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info", NO_COLOR: "1", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let output = "";
+  const keep = (chunk) => {
+    output += chunk;
+    if (output.length > 200_000) output = output.slice(-100_000);
+  };
+  child.stdout.setEncoding("utf8").on("data", keep);
+  child.stderr.setEncoding("utf8").on("data", keep);
+  let exited = null;
+  const exit = new Promise((resolve) => {
+    child.on("exit", (code, signal) => resolve((exited = { code, signal })));
+    child.on("error", (err) => resolve((exited = { code: null, signal: null, error: err })));
+  });
+  return {
+    child,
+    exit,
+    output: () => output,
+    exited: () => exited,
+    async stop() {
+      if (exited) return exited;
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+      const result = await exit;
+      clearTimeout(timer);
+      return result;
+    },
+  };
+}
+
+/**
  * Starts spotter-bridge and waits until /healthz answers 200. Rejects with the bridge's output if
  * it exits first or does not come up in time.
  */
@@ -351,48 +389,12 @@ export async function startBridge(setup, { timeoutMs = 30_000 } = {}) {
     .split(" ")
     .filter(Boolean)
     .map((a) => a.replace("{config}", setup.configFile));
-  const child = spawn(bin, args, {
-    cwd: setup.dir,
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "info", NO_COLOR: "1", ...setup.env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let output = "";
-  const keep = (chunk) => {
-    output += chunk;
-    if (output.length > 200_000) output = output.slice(-100_000);
-  };
-  child.stdout.setEncoding("utf8").on("data", keep);
-  child.stderr.setEncoding("utf8").on("data", keep);
-  let exited = null;
-  const exit = new Promise((resolve) => {
-    child.on("exit", (code, signal) => {
-      exited = { code, signal };
-      resolve(exited);
-    });
-    child.on("error", (err) => {
-      exited = { code: null, signal: null, error: err };
-      resolve(exited);
-    });
-  });
-
-  const bridge = {
-    child,
-    exit,
-    output: () => output,
-    async stop() {
-      if (exited) return exited;
-      child.kill("SIGTERM");
-      const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
-      const result = await exit;
-      clearTimeout(timer);
-      return result;
-    },
-  };
-
+  const bridge = startProcess(bin, args, { cwd: setup.dir, env: setup.env });
   try {
     await waitFor(
       "the bridge to answer GET /healthz",
       async () => {
+        const exited = bridge.exited();
         if (exited) {
           const how = exited.error ? exited.error.message : `code ${exited.code}, signal ${exited.signal}`;
           throw Object.assign(new Error(`spotter-bridge exited (${how}) before answering /healthz`), {
@@ -404,7 +406,7 @@ export async function startBridge(setup, { timeoutMs = 30_000 } = {}) {
       },
       { timeoutMs, everyMs: 100 },
     ).catch(async (err) => {
-      throw new Error(`${err.message}\n--- bridge output ---\n${output}`);
+      throw new Error(`${err.message}\n--- bridge output ---\n${bridge.output()}`);
     });
   } catch (err) {
     await bridge.stop();

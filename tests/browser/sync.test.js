@@ -15,7 +15,7 @@ import { after, before, describe, test } from "node:test";
 import mqtt from "mqtt";
 import { chromium } from "playwright-core";
 
-import { ROOT, freePort, launchChromium, startBridge, waitFor } from "./support.js";
+import { ROOT, freePort, launchChromium, startBridge, startProcess, waitFor } from "./support.js";
 
 /** The median and the largest of some numbers. */
 function p50max(xs) {
@@ -60,35 +60,6 @@ function run(cmd, args, { timeoutMs = 240_000 } = {}) {
       else reject(new Error(`${path.basename(cmd)} ${args.join(" ")}: exit ${code ?? signal}\n${output}`));
     });
   });
-}
-
-/** Starts a long-running process, keeping the tail of its output for failures. */
-function start(cmd, args, env = {}) {
-  const child = spawn(cmd, args, {
-    env: { ...process.env, RUST_LOG: "info", NO_COLOR: "1", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let output = "";
-  const keep = (c) => {
-    output += c;
-    if (output.length > 100_000) output = output.slice(-50_000);
-  };
-  child.stdout.setEncoding("utf8").on("data", keep);
-  child.stderr.setEncoding("utf8").on("data", keep);
-  let exited = null;
-  const exit = new Promise((resolve) => child.on("exit", (code, signal) => resolve((exited = { code, signal }))));
-  return {
-    output: () => output,
-    exited: () => exited,
-    async stop() {
-      if (exited) return exited;
-      child.kill("SIGTERM");
-      const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
-      const result = await exit;
-      clearTimeout(timer);
-      return result;
-    },
-  };
 }
 
 /**
@@ -226,7 +197,7 @@ describe("cards in step with the picture", { timeout: 420_000 }, () => {
         "",
       ].join("\n"),
     );
-    agent = start(path.join(BIN, "spotter-agent"), ["run", "--config", agentToml]);
+    agent = startProcess(path.join(BIN, "spotter-agent"), ["run", "--config", agentToml]);
     // The pages start playing as soon as the stream's playlist is there, long before the product
     // comes on screen (9 s into the clip).
     await waitFor("the agent's HLS playlist", () => {

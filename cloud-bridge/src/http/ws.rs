@@ -30,7 +30,7 @@ use super::pages::not_found_json;
 use super::AppState;
 use crate::chat::room::{check_nonce, rfc3339};
 use crate::chat::token::{self, Capability, Claims, GUEST_PREFIX};
-use crate::chat::{now_ms, Denied, FloodGuard, Verified};
+use crate::chat::{now_ms, Denied, FloodGuard, PublishError, Publisher, Verified};
 use crate::hub::{Control, Frame, Hub, JoinOutcome, Joined, Resume};
 use crate::metrics::Metrics;
 
@@ -192,6 +192,19 @@ pub struct ChatConn {
     flood: FloodGuard,
 }
 
+/// Hands what a viewer's request came to (a message, a deletion, a ban) to the broker, which
+/// brings it back to every bridge's viewers; the reason when it cannot (no broker, or away, or its
+/// queue full: the socket never waits on it).
+fn to_broker(
+    app: &AppState,
+    publish: impl FnOnce(&Publisher) -> Result<(), PublishError>,
+) -> Result<(), String> {
+    match &app.publisher {
+        Some(p) => publish(p).map_err(|e| e.to_string()),
+        None => Err("the chat is unavailable: no broker".into()),
+    }
+}
+
 fn refusal(nonce: Option<String>, code: RefusalCode, message: impl Into<String>) -> ServerMessage {
     ServerMessage::Refused {
         nonce,
@@ -270,18 +283,9 @@ impl ChatConn {
                     Err(d) => denied(nonce, d),
                     Ok(event) => {
                         let c = &hub.config;
-                        match app
-                            .publisher
-                            .as_ref()
-                            .map(|p| p.chat(&c.studio, &c.stream, &event))
-                        {
-                            Some(Ok(())) => ServerMessage::Said { nonce, id },
-                            Some(Err(e)) => refusal(nonce, RefusalCode::Unavailable, e.to_string()),
-                            None => refusal(
-                                nonce,
-                                RefusalCode::Unavailable,
-                                "the chat is unavailable: no broker",
-                            ),
+                        match to_broker(app, |p| p.chat(&c.studio, &c.stream, &event)) {
+                            Ok(()) => ServerMessage::Said { nonce, id },
+                            Err(why) => refusal(nonce, RefusalCode::Unavailable, why),
                         }
                     }
                 }
@@ -294,20 +298,12 @@ impl ChatConn {
                 let checked = hub.room().delete(user, &id);
                 match checked {
                     Err(d) => denied(None, d),
+                    // what it comes to reaches everyone, this viewer too, from the broker
                     Ok(event) => {
                         let c = &hub.config;
-                        match app
-                            .publisher
-                            .as_ref()
-                            .map(|p| p.chat(&c.studio, &c.stream, &event))
-                        {
-                            Some(Ok(())) => return Vec::new(),
-                            Some(Err(e)) => refusal(None, RefusalCode::Unavailable, e.to_string()),
-                            None => refusal(
-                                None,
-                                RefusalCode::Unavailable,
-                                "the chat is unavailable: no broker",
-                            ),
+                        match to_broker(app, |p| p.chat(&c.studio, &c.stream, &event)) {
+                            Ok(()) => return Vec::new(),
+                            Err(why) => refusal(None, RefusalCode::Unavailable, why),
                         }
                     }
                 }
@@ -326,18 +322,9 @@ impl ChatConn {
                     Err(d) => denied(None, d),
                     Ok(ban) => {
                         let c = &hub.config;
-                        match app
-                            .publisher
-                            .as_ref()
-                            .map(|p| p.ban(&c.studio, &c.stream, &ban))
-                        {
-                            Some(Ok(())) => return Vec::new(),
-                            Some(Err(e)) => refusal(None, RefusalCode::Unavailable, e.to_string()),
-                            None => refusal(
-                                None,
-                                RefusalCode::Unavailable,
-                                "the chat is unavailable: no broker",
-                            ),
+                        match to_broker(app, |p| p.ban(&c.studio, &c.stream, &ban)) {
+                            Ok(()) => return Vec::new(),
+                            Err(why) => refusal(None, RefusalCode::Unavailable, why),
                         }
                     }
                 }
