@@ -2,7 +2,7 @@
 //! each product where and when their truth file says, and nothing else.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use spotter_protocol::Catalog;
 use spotter_tests::clipgen::mean_diff;
@@ -119,77 +119,80 @@ fn clipgen() -> Command {
     Command::new(env!("CARGO_BIN_EXE_spotter-clipgen"))
 }
 
-#[test]
-fn cli_builds_a_catalog_and_a_clip_and_explains_bad_input() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cat = dir.path().join("cat");
-    let out = clipgen()
-        .args(["catalog", "--out"])
-        .arg(&cat)
-        .args(["--products", "LAMP-001", "MUG-001"])
-        .output()
-        .expect("clipgen runs");
+/// Requires the clip generator to have exited successfully, showing its stderr if not.
+fn assert_success(out: &Output) {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `spotter-clipgen catalog --out <out> --products <skus>`, which must succeed.
+fn catalog_cli(out: &Path, skus: &[&str]) {
+    let output = clipgen()
+        .args(["catalog", "--out"])
+        .arg(out)
+        .arg("--products")
+        .args(skus)
+        .output()
+        .expect("clipgen runs");
+    assert_success(&output);
+}
+
+/// `spotter-clipgen clip --catalog <catalog> --out <out> <args>`, run to its end.
+fn clip_cli(catalog: &Path, out: &Path, args: &[&str]) -> Output {
+    clipgen()
+        .args(["clip", "--catalog"])
+        .arg(catalog)
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .output()
+        .expect("clipgen runs")
+}
+
+#[test]
+fn cli_builds_a_catalog_and_a_clip_and_explains_bad_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cat = dir.path().join("cat");
+    catalog_cli(&cat, &["LAMP-001", "MUG-001"]);
     assert_eq!(
         Catalog::load(&cat).expect("valid catalog").products.len(),
         2
     );
 
     let clip = dir.path().join("c.mp4");
-    let out = clipgen()
-        .args(["clip", "--catalog"])
-        .arg(&cat)
-        .arg("--out")
-        .arg(&clip)
-        .args([
+    assert_success(&clip_cli(
+        &cat,
+        &clip,
+        &[
             "--duration-secs",
             "1",
             "--size",
             "320x180",
             "--show",
             "LAMP-001@0.2-0.8@0.4,0.5,0.5",
-        ])
-        .output()
-        .expect("clipgen runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        ],
+    ));
     assert!(Path::new(&clip).is_file() && truth_path(&clip).is_file());
 
-    let out = clipgen()
-        .args(["clip", "--catalog"])
-        .arg(&cat)
-        .arg("--out")
-        .arg(&clip)
-        .args(["--duration-secs", "1", "--show", "GTR-001@0-1"])
-        .output()
-        .expect("clipgen runs");
+    let out = clip_cli(
+        &cat,
+        &clip,
+        &["--duration-secs", "1", "--show", "GTR-001@0-1"],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("GTR-001") && err.contains("LAMP-001"),
         "{err}"
     );
 
-    let out = clipgen()
-        .args([
-            "clip",
-            "--catalog",
-            "x",
-            "--out",
-            "y",
-            "--duration-secs",
-            "1",
-            "--show",
-            "MUG@9-3",
-        ])
-        .output()
-        .expect("runs");
+    let out = clip_cli(
+        Path::new("x"),
+        Path::new("y"),
+        &["--duration-secs", "1", "--show", "MUG@9-3"],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("SKU@START-END"),
@@ -219,39 +222,21 @@ fn assert_frame_codes(clip: &Path, fps: u64, frames: u64) {
 fn frame_code_reads_back_on_every_frame_after_h264() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cat = dir.path().join("cat");
-    let out = clipgen()
-        .args(["catalog", "--out"])
-        .arg(&cat)
-        .args(["--products", "MUG-001"])
-        .output()
-        .expect("clipgen runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    catalog_cli(&cat, &["MUG-001"]);
 
     // 1280x720 through the command line, a product on screen beside the code
     let clip = dir.path().join("coded.mp4");
-    let out = clipgen()
-        .args(["clip", "--catalog"])
-        .arg(&cat)
-        .arg("--out")
-        .arg(&clip)
-        .args([
+    assert_success(&clip_cli(
+        &cat,
+        &clip,
+        &[
             "--duration-secs",
             "1.5",
             "--frame-code",
             "--show",
             "MUG-001@0.3-1.2",
-        ])
-        .output()
-        .expect("clipgen runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        ],
+    ));
     assert_frame_codes(&clip, 30, 45);
 
     // scaled: 8 px cells at 640x360, 25 fps

@@ -1,24 +1,20 @@
 //! Component test: the whole bridge in-process on free loopback ports with its embedded broker,
 //! fed by a real MQTT client and watched by real WebSocket and HTTP clients.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use spotter_bridge::{run_with_ready, BridgeConfig};
 use spotter_protocol::status::{OnScreen, OnScreenProduct};
 use spotter_protocol::viewer::{Card, ServerMessage};
 use spotter_protocol::{BBox, EventType, ProductEvent};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use support::{http_get, recv, sample, ws_connect, Running, Ws, WAIT};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
-
-const WAIT: Duration = Duration::from_secs(15);
 
 /// A 1x1 PNG.
 const PNG: &[u8] = &[
@@ -28,13 +24,6 @@ const PNG: &[u8] = &[
     0x05, 0x00, 0x01, 0x0D, 0x0A, 0x2D, 0xB4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E, 0x44, 0xAE,
     0x42, 0x60, 0x82,
 ];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
 
 fn write_catalog(dir: &Path) {
     std::fs::create_dir_all(dir).expect("mkdir");
@@ -69,35 +58,6 @@ fn event(kind: EventType, event_id: &str, seq: u64, sku: &str) -> Vec<u8> {
     .encode()
 }
 
-/// A minimal HTTP/1.1 GET: status, headers (lowercased names), body.
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    timeout(WAIT, s.read_to_end(&mut raw))
-        .await
-        .expect("response in time")
-        .expect("read");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("header end");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let body = raw[split + 4..].to_vec();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body)
-}
-
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
@@ -105,33 +65,12 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
-async fn ws_connect(addr: SocketAddr, query: &str) -> Ws {
-    let url = format!("ws://{addr}/ws/demo/main{query}");
-    let (ws, _) = timeout(WAIT, tokio_tungstenite::connect_async(url))
-        .await
-        .expect("ws connect in time")
-        .expect("ws connect");
-    ws
-}
-
-/// The next text frame as a ServerMessage (skipping pings, viewer counts and the chat's
-/// history, which this file's tests do not look at).
+/// The next message, skipping the chat's history too, which this file's tests do not look at.
 async fn next_message(ws: &mut Ws) -> ServerMessage {
     loop {
-        let msg = timeout(WAIT, ws.next())
-            .await
-            .expect("a message in time")
-            .expect("socket open")
-            .expect("frame");
-        match msg {
-            Message::Text(t) => match serde_json::from_str(t.as_str()).expect("a ServerMessage") {
-                ServerMessage::Viewers { .. } | ServerMessage::ChatHistory { .. } => continue,
-                other => return other,
-            },
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
+        match recv(ws).await {
+            ServerMessage::ChatHistory { .. } => continue,
+            other => return other,
         }
     }
 }
@@ -158,13 +97,6 @@ fn event_msg(msg: ServerMessage) -> (u64, Card) {
         ServerMessage::Event { offset, card } => (offset, card),
         other => panic!("expected event, got {other:?}"),
     }
-}
-
-/// The value of one metrics sample line (`name{labels}`), or 0 if absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Polls `/metrics` until `series` reaches `want` (a bounded wait for a counter updated just
@@ -195,33 +127,14 @@ fn mqtt_client(port: u16, id: &str) -> (AsyncClient, tokio::task::JoinHandle<()>
     (client, task)
 }
 
-struct Running {
-    _dir: tempfile::TempDir,
-    http: SocketAddr,
-    broker_port: u16,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off")),
-        )
-        .try_init();
-}
-
-/// Starts the bridge with its embedded broker on free loopback ports and waits until it is
-/// serving and subscribed.
-async fn start_bridge(queue: usize, history: usize) -> Running {
-    init_logs();
+/// Starts the bridge with the test catalog, its embedded broker and the viewer queue and
+/// history sizes given; the files live as long as the returned directory.
+async fn start_bridge(queue: usize, history: usize) -> (tempfile::TempDir, Running) {
     let dir = tempfile::tempdir().expect("tempdir");
     write_catalog(&dir.path().join("catalog"));
-    let broker_port = free_port();
-    let toml = format!(
-        r#"
+    let bridge = support::start_bridge(dir.path(), |broker_port| {
+        format!(
+            r#"
 [http]
 listen = "127.0.0.1:0"
 [mqtt]
@@ -239,27 +152,15 @@ queue = {queue}
 max_message_bytes = 4096
 history = {history}
 "#
-    );
-    let config = BridgeConfig::from_toml(&toml, dir.path()).expect("config");
-    let shutdown = CancellationToken::new();
-    let (ready_tx, ready_rx) = oneshot::channel();
-    let task = tokio::spawn(run_with_ready(config, shutdown.clone(), ready_tx));
-    let ready = timeout(WAIT, ready_rx)
-        .await
-        .expect("bridge ready in time")
-        .expect("bridge started");
-    Running {
-        _dir: dir,
-        http: ready.http,
-        broker_port,
-        shutdown,
-        task,
-    }
+        )
+    })
+    .await;
+    (dir, bridge)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_viewers_enriched_once_and_garbage_is_counted() {
-    let bridge = start_bridge(64, 16).await;
+    let (_dir, bridge) = start_bridge(64, 16).await;
     let (http, broker_port) = (bridge.http, bridge.broker_port);
 
     // A viewer joins before anything happened.
@@ -457,12 +358,7 @@ async fn events_reach_viewers_enriched_once_and_garbage_is_counted() {
     );
 
     // Shutdown: viewers are told the bridge is going away and run() returns cleanly.
-    bridge.shutdown.cancel();
-    let result = timeout(WAIT, bridge.task)
-        .await
-        .expect("stops in time")
-        .expect("task");
-    result.expect("clean shutdown");
+    bridge.stop().await;
     loop {
         match timeout(WAIT, viewer.next()).await.expect("close in time") {
             Some(Ok(Message::Close(Some(frame)))) => {
@@ -478,7 +374,7 @@ async fn events_reach_viewers_enriched_once_and_garbage_is_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_that_stops_reading_is_dropped_and_never_slows_the_others() {
-    let bridge = start_bridge(64, 16).await;
+    let (_dir, bridge) = start_bridge(64, 16).await;
     let http = bridge.http;
     let mut good = ws_connect(http, "").await;
     hello(next_message(&mut good).await);
@@ -568,11 +464,6 @@ async fn a_viewer_that_stops_reading_is_dropped_and_never_slows_the_others() {
     let (_, card) = event_msg(next_message(&mut good).await);
     assert_eq!(card.event_id, "last");
 
-    bridge.shutdown.cancel();
-    timeout(WAIT, bridge.task)
-        .await
-        .expect("stops in time")
-        .expect("task")
-        .expect("clean shutdown");
+    bridge.stop().await;
     agent_loop.abort();
 }

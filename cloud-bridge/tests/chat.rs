@@ -1,66 +1,27 @@
 //! Component test of chat: the whole bridge in-process with its embedded broker on free loopback
 //! ports, real WebSocket clients for two viewers and a moderator, and hostile input.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use spotter_bridge::chat::token::{sign, Capability, Claims};
 use spotter_bridge::chat::ChatKey;
-use spotter_bridge::{run_with_ready, BridgeConfig};
 use spotter_protocol::chat::RefusalCode;
 use spotter_protocol::viewer::ServerMessage;
-use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use support::{http_get, recv, sample, ws_connect, Running, Ws, WAIT};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 
-const WAIT: Duration = Duration::from_secs(15);
 const KEY: [u8; 32] = *b"0123456789abcdef0123456789abcdef";
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off")),
-        )
-        .try_init();
-}
-
-struct Running {
-    http: SocketAddr,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        timeout(WAIT, self.task)
-            .await
-            .expect("stops in time")
-            .expect("task")
-            .expect("clean shutdown");
-    }
-}
-
-/// Starts a bridge whose files (catalog, key, state) live in `dir`, with a fresh embedded broker.
+/// Starts a chat-enabled bridge whose files (catalog, key, state) live in `dir`, with a fresh
+/// embedded broker.
 async fn start_bridge(dir: &Path) -> Running {
-    init_logs();
     std::fs::create_dir_all(dir.join("catalog")).expect("mkdir");
     std::fs::write(
         dir.join("catalog/catalog.toml"),
@@ -68,9 +29,9 @@ async fn start_bridge(dir: &Path) -> Running {
     )
     .expect("catalog");
     std::fs::write(dir.join("chat.key"), KEY).expect("key");
-    let broker_port = free_port();
-    let toml = format!(
-        r#"
+    support::start_bridge(dir, |broker_port| {
+        format!(
+            r#"
 [http]
 listen = "127.0.0.1:0"
 [mqtt]
@@ -86,37 +47,9 @@ state_dir = "state"
 guests = true
 blocked_words = ["spam"]
 "#
-    );
-    let config = BridgeConfig::from_toml(&toml, dir).expect("config");
-    let shutdown = CancellationToken::new();
-    let (ready_tx, ready_rx) = oneshot::channel();
-    let task = tokio::spawn(run_with_ready(config, shutdown.clone(), ready_tx));
-    let ready = timeout(WAIT, ready_rx)
-        .await
-        .expect("bridge ready in time")
-        .expect("bridge started");
-    Running {
-        http: ready.http,
-        shutdown,
-        task,
-    }
-}
-
-/// `GET path` over HTTP/1.1, the body as text.
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    timeout(WAIT, s.read_to_end(&mut raw))
-        .await
-        .expect("response in time")
-        .expect("read");
-    let text = String::from_utf8(raw).expect("utf8");
-    text.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
+        )
+    })
+    .await
 }
 
 fn token(user: &str, name: &str, moderator: bool) -> String {
@@ -149,11 +82,7 @@ struct Viewer {
 }
 
 async fn connect(http: SocketAddr) -> Viewer {
-    let url = format!("ws://{http}/ws/demo/main");
-    let (mut ws, _) = timeout(WAIT, tokio_tungstenite::connect_async(url))
-        .await
-        .expect("connect in time")
-        .expect("connect");
+    let mut ws = ws_connect(http, "").await;
     let viewers_in_hello = match recv(&mut ws).await {
         ServerMessage::Hello { viewers, chat, .. } => {
             assert!(chat.expect("chat is on: hello says so").guests);
@@ -174,25 +103,6 @@ async fn connect(http: SocketAddr) -> Viewer {
 
 async fn send(ws: &mut Ws, json: &str) {
     ws.send(Message::Text(json.into())).await.expect("send");
-}
-
-/// The next message, viewer counts and pings skipped.
-async fn recv(ws: &mut Ws) -> ServerMessage {
-    loop {
-        let msg = timeout(WAIT, ws.next())
-            .await
-            .expect("a message in time")
-            .expect("socket open")
-            .expect("frame");
-        match msg {
-            Message::Text(t) => match serde_json::from_str(t.as_str()).expect("a ServerMessage") {
-                ServerMessage::Viewers { .. } => continue,
-                other => return other,
-            },
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
 }
 
 /// Reads until the close frame; returns its code and reason, and the messages before it.
@@ -564,19 +474,14 @@ async fn hostile_input_is_refused_and_other_viewers_see_none_of_it() {
     assert_eq!((next.id, next.text.as_str()), (id, "after the storm"));
     assert!(carol.history.iter().all(|m| !m.text.starts_with("flood")));
     // Counted for the operator (the flood closed the socket at the 21st refusal in 10 s).
-    let metrics = http_get(http, "/metrics").await;
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let (_, _, body) = http_get(http, "/metrics").await;
+    let metrics = String::from_utf8(body).expect("utf8");
     assert!(
-        value("spotter_bridge_chat_refused_total") >= 21.0,
+        sample(&metrics, "spotter_bridge_chat_refused_total") >= 21.0,
         "{metrics}"
     );
     assert!(
-        value("spotter_bridge_chat_messages_total") >= 4.0,
+        sample(&metrics, "spotter_bridge_chat_messages_total") >= 4.0,
         "{metrics}"
     );
     drop((watcher, mallory, bad, bin, carol));

@@ -1,0 +1,149 @@
+//! What the bridge's component tests share: a bridge started in-process on free loopback ports,
+//! and the HTTP and WebSocket clients that watch it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use spotter_bridge::{run_with_ready, BridgeConfig};
+use spotter_protocol::viewer::ServerMessage;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// How long any one step may take before the test fails rather than hangs.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off")),
+        )
+        .try_init();
+}
+
+/// A bridge running in this process.
+pub struct Running {
+    pub http: SocketAddr,
+    /// The embedded broker's port.
+    #[allow(
+        dead_code,
+        reason = "only the tests that publish to the broker read it"
+    )]
+    pub broker_port: u16,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Cancels the bridge and requires `run` to return cleanly in time.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        timeout(WAIT, self.task)
+            .await
+            .expect("stops in time")
+            .expect("task")
+            .expect("clean shutdown");
+    }
+}
+
+/// Starts the bridge from the TOML that `config` writes for a free embedded-broker port (paths
+/// relative to `dir`) and waits until it is serving and subscribed.
+pub async fn start_bridge(dir: &Path, config: impl FnOnce(u16) -> String) -> Running {
+    init_logs();
+    let broker_port = free_port();
+    let config = BridgeConfig::from_toml(&config(broker_port), dir).expect("config");
+    let shutdown = CancellationToken::new();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let task = tokio::spawn(run_with_ready(config, shutdown.clone(), ready_tx));
+    let ready = timeout(WAIT, ready_rx)
+        .await
+        .expect("bridge ready in time")
+        .expect("bridge started");
+    Running {
+        http: ready.http,
+        broker_port,
+        shutdown,
+        task,
+    }
+}
+
+/// A minimal HTTP/1.1 GET: status, headers (lowercased names), body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body)
+}
+
+/// The value of one metrics sample line (`name{labels}`), or 0 if absent.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A viewer's WebSocket on the `demo/main` stream, with `query` (`?epoch=..`, or empty).
+pub async fn ws_connect(addr: SocketAddr, query: &str) -> Ws {
+    let url = format!("ws://{addr}/ws/demo/main{query}");
+    let (ws, _) = timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("ws connect in time")
+        .expect("ws connect");
+    ws
+}
+
+/// The next text frame as a ServerMessage, viewer counts and pings skipped.
+pub async fn recv(ws: &mut Ws) -> ServerMessage {
+    loop {
+        let msg = timeout(WAIT, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("socket open")
+            .expect("frame");
+        match msg {
+            Message::Text(t) => match serde_json::from_str(t.as_str()).expect("a ServerMessage") {
+                ServerMessage::Viewers { .. } => continue,
+                other => return other,
+            },
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
