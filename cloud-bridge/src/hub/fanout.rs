@@ -128,14 +128,17 @@ impl Hub {
     }
 
     /// Applies a chat payload from the broker and sends what it changes to every viewer; false
-    /// for a redelivery, a deleted message, or chat off.
-    pub fn receive_chat(&self, event: ChatEvent) -> bool {
+    /// for a redelivery, a deleted message, or chat off. `count` runs for what it sends, before
+    /// any viewer can see it, so that whoever reads the counter after seeing a message finds it
+    /// counted.
+    pub fn receive_chat(&self, event: ChatEvent, count: impl FnOnce()) -> bool {
         if !self.chat_enabled() {
             return false;
         }
         let mut room = self.room();
         match room.receive(event) {
             Some(msg) => {
+                count();
                 // Under the room's lock: see the module's doc.
                 let _ = self.tx.send(Frame::from(msg.encode()));
                 true
@@ -395,14 +398,14 @@ mod tests {
     #[test]
     fn chat_reaches_each_viewer_once_across_history_and_live() {
         let hub = hub(8);
-        assert!(hub.receive_chat(chat("m1")));
+        assert!(hub.receive_chat(chat("m1"), || {}));
         let mut j = hub.join(&Resume::Fresh);
         match serde_json::from_str(j.chat_history.as_ref().expect("history").as_str()) {
             Ok(ServerMessage::ChatHistory { messages }) => assert_eq!(messages.len(), 1),
             other => panic!("{other:?}"),
         }
-        assert!(hub.receive_chat(chat("m2")));
-        assert!(!hub.receive_chat(chat("m2")), "redelivery");
+        assert!(hub.receive_chat(chat("m2"), || {}));
+        assert!(!hub.receive_chat(chat("m2"), || {}), "redelivery");
         assert!(matches!(next(&mut j.live), ServerMessage::Chat { message } if message.id == "m2"));
         assert_eq!(j.live.try_recv(), Err(TryRecvError::Empty));
     }

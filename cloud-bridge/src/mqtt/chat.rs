@@ -58,8 +58,8 @@ impl ChatIngest {
         match (parsed.kind, parsed.user) {
             (TopicKind::Chat, _) => match ChatEvent::decode(payload) {
                 Ok(event) => {
-                    if hub.receive_chat(event) {
-                        Metrics::inc(&self.metrics.chat_messages);
+                    let metrics = &self.metrics;
+                    if hub.receive_chat(event, || Metrics::inc(&metrics.chat_messages)) {
                         debug!(topic, "chat delivered");
                     }
                 }
