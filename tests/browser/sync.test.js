@@ -70,6 +70,7 @@ function run(cmd, args, { timeoutMs = 240_000 } = {}) {
  */
 function watchCards() {
   window.__cardFrames = [];
+  window.__firstFrame = null;
   const canvas = document.createElement("canvas");
   function frameNumber() {
     const video = document.getElementById("video");
@@ -117,6 +118,14 @@ function watchCards() {
         c.removedNodes.forEach((n) => record("leave", n));
       }
     }).observe(cards, { childList: true });
+    // The first frame this page showed: a card whose frame went by before it is due at once.
+    const video = document.getElementById("video");
+    const first = () => {
+      const n = frameNumber();
+      if (n === null) video.requestVideoFrameCallback(first);
+      else window.__firstFrame = n;
+    };
+    video?.requestVideoFrameCallback(first);
   };
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();
@@ -264,8 +273,12 @@ describe("cards in step with the picture", { timeout: 420_000 }, () => {
     const rows = [];
     for (const { name: player } of VIEWERS) {
       const page = pages[player];
+      const shownFirst = await page.evaluate(() => window.__firstFrame);
       for (const { sku, first, end } of appearances) {
         const id = first.event_id;
+        // Due on its own frame, or on the page's first if that came later (a late joiner's player
+        // may start after the product appeared).
+        const due = Math.max(frameOf(first), shownFirst ?? 0);
         const seen = await waitFor(
           `the ${player} page to show and then remove the card of ${sku}`,
           async () => {
@@ -281,7 +294,8 @@ describe("cards in step with the picture", { timeout: 420_000 }, () => {
           sku,
           enterFrame: seen.enter.frame,
           recognisedFrame: frameOf(first),
-          enterLateMs: seen.enter.frame === null ? null : ((seen.enter.frame - frameOf(first)) * 1000) / FPS,
+          pageFirstFrame: shownFirst,
+          enterLateMs: seen.enter.frame === null ? null : ((seen.enter.frame - due) * 1000) / FPS,
           leaveFrame: seen.leave.frame,
           endFrame: frameOf(end),
           leaveLateMs: seen.leave.frame === null ? null : ((seen.leave.frame - frameOf(end)) * 1000) / FPS,
