@@ -26,8 +26,11 @@ lint:
 unit:
 	$(CARGO) test --workspace --all-targets
 
+# Screenshots of the viewer page (desktop and phone width, with cards, chat and video) are kept in
+# target/browser-artifacts.
 browser:
-	cd tests/browser && SPOTTER_BRIDGE_BIN=$(CURDIR)/target/debug/spotter-bridge node --test
+	cd tests/browser && SPOTTER_BRIDGE_BIN=$(CURDIR)/target/debug/spotter-bridge \
+		SPOTTER_ARTIFACTS=$(CURDIR)/target/browser-artifacts node --test
 
 bench: setup
 	$(CARGO) bench --profile dev -p spotter-models --bench forward
