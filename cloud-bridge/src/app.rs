@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::broker;
 use crate::chat::Publisher;
 use crate::config::BridgeConfig;
+use crate::http::admission::{self, Admission, BudgetSource};
 use crate::http::{router, AppState};
 use crate::hub::Hubs;
 use crate::metrics::Metrics;
@@ -24,7 +25,9 @@ use crate::mqtt::chat::{self as chat_broker, ChatIngest};
 use crate::mqtt::{subscriber, Ingest};
 use crate::shelf::Shelf;
 
-/// How long shutdown waits for connections and tasks to finish.
+/// How long shutdown waits for connections and tasks to finish: every viewer is sent close 1012
+/// at once and each goodbye is bounded by a couple of seconds, so this is the worst case, well
+/// inside the unit's `TimeoutStopSec=`.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long start-up waits for the subscription before serving HTTP anyway.
@@ -70,6 +73,44 @@ pub fn check(config: &BridgeConfig) -> anyhow::Result<Summary> {
         products: shelf.len(),
         images: shelf.image_count(),
     })
+}
+
+/// The open-files limit before and after [`raise_open_files_limit`] (`None`: unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFiles {
+    /// The soft limit found at start.
+    pub was: Option<u64>,
+    /// The soft limit now.
+    pub soft: Option<u64>,
+    /// The hard limit (the most the soft one can be raised to without privileges).
+    pub hard: Option<u64>,
+}
+
+/// Raises the soft open-files limit to the hard one: systemd starts services at a soft 1,024,
+/// which Rust's runtime does not raise, and each viewer holds a socket.
+pub fn raise_open_files_limit() -> std::io::Result<OpenFiles> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let found = getrlimit(Resource::Nofile);
+    if found.current != found.maximum {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: found.maximum,
+                maximum: found.maximum,
+            },
+        )?;
+    }
+    let now = getrlimit(Resource::Nofile);
+    Ok(OpenFiles {
+        was: found.current,
+        soft: now.current,
+        hard: now.maximum,
+    })
+}
+
+/// The soft open-files limit now (`None`: unlimited).
+fn open_files_soft_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
 /// Runs the bridge until `shutdown` is cancelled (or a component fails).
@@ -120,6 +161,28 @@ async fn serve(
         .context("cannot read the HTTP listener's address")?;
 
     let metrics = Arc::new(Metrics::default());
+    let soft = open_files_soft_limit();
+    let (budget, source) = admission::budget(soft.unwrap_or(u64::MAX), config.max_viewers);
+    match source {
+        BudgetSource::ConfigCapped => warn!(
+            max_connections = config.max_viewers,
+            open_files = soft,
+            viewers = budget,
+            "viewer.max_connections is over what the open-files limit leaves for viewers: raise LimitNOFILE="
+        ),
+        _ => info!(open_files = soft, viewers = budget, from = ?source, "viewer budget"),
+    }
+    if budget == 0 {
+        warn!(
+            open_files = soft,
+            "the open-files limit leaves no room for viewers: every viewer gets HTTP 503"
+        );
+    }
+    metrics.viewers_budget.store(
+        u64::try_from(budget).unwrap_or(u64::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let admission = Admission::new(budget);
     let hubs = Arc::new(Hubs::with_chat(
         &config.streams,
         &config.viewer,
@@ -194,6 +257,8 @@ async fn serve(
         publisher: config.chat.enabled.then_some(publisher),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
+        admission,
+        subscribed: subscribed.clone(),
     });
     let stop_serving = shutdown.clone();
     let mut server = tracker.spawn(async move {
@@ -239,7 +304,10 @@ async fn serve(
         }
     };
 
-    info!("shutting down");
+    info!(
+        timeout_s = SHUTDOWN_TIMEOUT.as_secs(),
+        "shutting down: no new connections, viewers told to reconnect elsewhere (close 1012)"
+    );
     shutdown.cancel();
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_TIMEOUT, tracker.wait())

@@ -193,6 +193,10 @@ pub struct RawViewer {
     /// Events kept per stream so a reconnecting viewer gets what it missed.
     #[serde(default = "default_history")]
     pub history: usize,
+    /// Most viewer sockets open at once (then HTTP 503); default, and at most: the open-files
+    /// limit less a reserve for the broker, its clients and files.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 impl Default for RawViewer {
@@ -201,6 +205,7 @@ impl Default for RawViewer {
             queue: default_queue(),
             max_message_bytes: default_max_message_bytes(),
             history: default_history(),
+            max_connections: None,
         }
     }
 }
@@ -232,6 +237,9 @@ pub struct BridgeConfig {
     pub streams: Vec<StreamConfig>,
     /// Viewer limits.
     pub viewer: ViewerConfig,
+    /// `viewer.max_connections`: at most this many viewer sockets (the open-files limit applies
+    /// in any case).
+    pub max_viewers: Option<usize>,
     /// Chat settings and key.
     pub chat: ChatConfig,
 }
@@ -383,6 +391,9 @@ impl RawConfig {
         check_range("viewer.queue", v.queue, 1, 1 << 20)?;
         check_range("viewer.max_message_bytes", v.max_message_bytes, 64, 1 << 20)?;
         check_range("viewer.history", v.history, 0, 1 << 20)?;
+        if let Some(m) = v.max_connections {
+            check_range("viewer.max_connections", m, 1, 1 << 24)?;
+        }
 
         let chat = self
             .chat
@@ -404,6 +415,7 @@ impl RawConfig {
                 max_message_bytes: v.max_message_bytes,
                 history: v.history,
             },
+            max_viewers: v.max_connections,
             chat,
         })
     }

@@ -8,43 +8,55 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use spotter_bridge::BridgeConfig;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// Spotter's cloud bridge: receives product events over MQTT, enriches them with the catalog
 /// and pushes them to viewers over WebSockets, next to the viewer page and product images.
 ///
-/// Every config key can be overridden from the environment as SPOTTER_BRIDGE__<TABLE>__<KEY>
-/// (e.g. SPOTTER_BRIDGE__HTTP__LISTEN=0.0.0.0:8080). Logs go to stdout; filter with RUST_LOG
-/// (default "info,rumqttd=off": the embedded broker logs ERROR on every normal client
-/// disconnect; RUST_LOG=info,rumqttd=warn shows its messages).
+/// Without a subcommand it runs the bridge (`run`). --config goes before or after the
+/// subcommand (`spotter-bridge --config FILE validate` and `spotter-bridge validate --config FILE`
+/// are the same). Every config key can be overridden from the environment as
+/// SPOTTER_BRIDGE__<TABLE>__<KEY> (e.g. SPOTTER_BRIDGE__HTTP__LISTEN=0.0.0.0:8080).
+///
+/// Logs go to stdout; filter with RUST_LOG (default "info"). The embedded broker (rumqttd) logs
+/// ERROR on every normal client disconnect and floods when out of files, so it stays silent
+/// unless RUST_LOG names it: RUST_LOG=info,rumqttd=warn shows its messages.
+///
+/// At start the soft open-files limit is raised to the hard one (set LimitNOFILE= in the unit);
+/// viewers beyond that limit less a reserve for the broker (or [viewer] max_connections) get
+/// HTTP 503. GET /healthz says the process is alive, GET /readyz that it is subscribed to the
+/// broker. On SIGTERM it stops accepting, sends every viewer close 1012 (service restart: the
+/// page reconnects, to another replica behind a balancer) and exits within 10 s.
 #[derive(Debug, Parser)]
-#[command(
-    name = "spotter-bridge",
-    version,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "spotter-bridge", version)]
 struct Cli {
+    /// The TOML config file (see bridge.example.toml).
+    #[arg(
+        short,
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "SPOTTER_BRIDGE_CONFIG",
+        default_value = "/etc/spotter/bridge.toml"
+    )]
+    config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
-    #[command(flatten)]
-    run: ConfigArg,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the bridge (the default when no subcommand is given).
-    Run(ConfigArg),
+    Run,
     /// Check the config file and the catalog, print a summary, and exit.
-    Validate(ConfigArg),
+    Validate,
     /// Print a chat token signed with the chat key (found as `run` finds it).
     Token(TokenArgs),
 }
 
 #[derive(Debug, Args)]
 struct TokenArgs {
-    #[command(flatten)]
-    config: ConfigArg,
     /// The user id: 1-64 characters of [A-Za-z0-9_.@-].
     #[arg(long, value_name = "ID")]
     user: String,
@@ -59,33 +71,32 @@ struct TokenArgs {
     ttl: std::time::Duration,
 }
 
-#[derive(Debug, Args)]
-struct ConfigArg {
-    /// The TOML config file (see bridge.example.toml).
-    #[arg(
-        short,
-        long,
-        value_name = "FILE",
-        env = "SPOTTER_BRIDGE_CONFIG",
-        default_value = "/etc/spotter/bridge.toml"
-    )]
-    config: PathBuf,
+/// The log filter: `RUST_LOG` (default "info"), with the embedded broker off unless it names
+/// rumqttd itself, so that a unit's `RUST_LOG=info` does not let it flood the journal.
+fn log_filter(rust_log: Option<&str>) -> String {
+    match rust_log.map(str::trim).filter(|s| !s.is_empty()) {
+        None => "info,rumqttd=off".to_owned(),
+        Some(s) if s.contains("rumqttd") => s.to_owned(),
+        Some(s) => format!("{s},rumqttd=off"),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off"));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = EnvFilter::try_new(log_filter(rust_log.as_deref())).unwrap_or_else(|e| {
+        eprintln!("warning: RUST_LOG is not a valid filter ({e}): logging at info");
+        EnvFilter::new("info,rumqttd=off")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stdout)
         .init();
 
-    let result = match cli.command {
-        Some(Command::Validate(arg)) => validate(&arg.config),
-        Some(Command::Run(arg)) => run(&arg.config),
-        Some(Command::Token(args)) => token(&args),
-        None => run(&cli.run.config),
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Validate => validate(&cli.config),
+        Command::Run => run(&cli.config),
+        Command::Token(args) => token(&cli.config, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -161,9 +172,9 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn token(args: &TokenArgs) -> anyhow::Result<()> {
+fn token(path: &std::path::Path, args: &TokenArgs) -> anyhow::Result<()> {
     use spotter_bridge::chat::token::{sign, verify, Capability, Claims};
-    let config = load(&args.config.config)?;
+    let config = load(path)?;
     let key = config.chat.key.as_ref().context(
         "no chat key: set chat.key_file, the chat-key systemd credential or SPOTTER_CHAT_KEY (at least 32 bytes)",
     )?;
@@ -196,6 +207,17 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
 
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config = load(path)?;
+    match spotter_bridge::app::raise_open_files_limit() {
+        Ok(f) => info!(
+            soft_was = f.was,
+            soft = f.soft,
+            hard = f.hard,
+            "open-files limit raised (a limit not shown is unlimited)"
+        ),
+        Err(e) => {
+            warn!(error = %e, "cannot raise the open-files limit: viewers are capped by the current one")
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -233,4 +255,50 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         () = terminate => info!(signal = "SIGTERM", "stopping"),
     }
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn config_before_or_after_the_subcommand() {
+        for args in [
+            &["spotter-bridge", "--config", "/x.toml", "validate"][..],
+            &["spotter-bridge", "validate", "--config", "/x.toml"],
+            &["spotter-bridge", "-c", "/x.toml", "run"],
+            &["spotter-bridge", "run", "-c", "/x.toml"],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parses");
+            assert_eq!(cli.config, PathBuf::from("/x.toml"), "{args:?}");
+        }
+        let cli = Cli::try_parse_from(["spotter-bridge", "--config", "/x.toml"]).expect("parses");
+        assert!(cli.command.is_none(), "no subcommand runs");
+        let cli = Cli::try_parse_from([
+            "spotter-bridge",
+            "token",
+            "--user",
+            "u",
+            "--name",
+            "n",
+            "--config",
+            "/x.toml",
+        ])
+        .expect("parses");
+        assert_eq!(cli.config, PathBuf::from("/x.toml"));
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rumqttd_stays_quiet_unless_named() {
+        assert_eq!(log_filter(None), "info,rumqttd=off");
+        assert_eq!(log_filter(Some("")), "info,rumqttd=off");
+        assert_eq!(log_filter(Some("info")), "info,rumqttd=off");
+        assert_eq!(
+            log_filter(Some("debug,spotter_bridge=trace")),
+            "debug,spotter_bridge=trace,rumqttd=off"
+        );
+        assert_eq!(log_filter(Some("info,rumqttd=warn")), "info,rumqttd=warn");
+    }
 }

@@ -92,6 +92,11 @@ pub struct Metrics {
     pub viewers_connected: AtomicI64,
     /// Viewer sockets accepted since start.
     pub viewers_accepted: AtomicU64,
+    /// Viewers refused with HTTP 503 because the viewer budget was spent.
+    pub viewers_refused_full: AtomicU64,
+    /// Viewer sockets allowed at once (the open-files limit less a reserve, or
+    /// `viewer.max_connections`).
+    pub viewers_budget: AtomicU64,
     /// Viewers that reconnected and got what they missed.
     pub viewers_recovered: AtomicU64,
     /// Viewers that asked to recover and were told to resync.
@@ -273,6 +278,32 @@ impl Metrics {
             "spotter_bridge_viewers_accepted_total",
             &[],
             get(&self.viewers_accepted),
+        );
+
+        header(
+            &mut out,
+            "spotter_bridge_viewers_refused_full_total",
+            "counter",
+            "Viewers refused with HTTP 503: the viewer budget was spent.",
+        );
+        sample(
+            &mut out,
+            "spotter_bridge_viewers_refused_full_total",
+            &[],
+            get(&self.viewers_refused_full),
+        );
+
+        header(
+            &mut out,
+            "spotter_bridge_viewers_budget",
+            "gauge",
+            "Viewer WebSockets allowed at once (open-files limit less a reserve, or viewer.max_connections).",
+        );
+        sample(
+            &mut out,
+            "spotter_bridge_viewers_budget",
+            &[],
+            get(&self.viewers_budget),
         );
 
         header(

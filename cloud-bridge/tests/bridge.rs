@@ -357,16 +357,16 @@ async fn events_reach_viewers_enriched_once_and_garbage_is_counted() {
         snapshot
     );
 
-    // Shutdown: viewers are told the bridge is going away and run() returns cleanly.
+    // Shutdown: viewers are told to reconnect (service restart) and run() returns cleanly.
     bridge.stop().await;
     loop {
         match timeout(WAIT, viewer.next()).await.expect("close in time") {
             Some(Ok(Message::Close(Some(frame)))) => {
-                assert_eq!(u16::from(frame.code), 1001);
+                assert_eq!(u16::from(frame.code), 1012);
                 break;
             }
             Some(Ok(Message::Text(_) | Message::Ping(_))) => continue,
-            other => panic!("expected a going-away close, got {other:?}"),
+            other => panic!("expected a service-restart close, got {other:?}"),
         }
     }
     agent_loop.abort();

@@ -70,9 +70,27 @@ pub fn not_found_json(studio: &str, stream: &str) -> Response {
     )
 }
 
-/// `GET /healthz`
+/// `GET /healthz`: the process is alive and serving HTTP.
 pub async fn healthz() -> &'static str {
     "ok"
+}
+
+/// `GET /readyz`: 200 while subscribed to the broker (events reach this bridge's viewers) and not
+/// stopping; 503 with the reason otherwise, so a balancer sends viewers elsewhere.
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    let reason = if app.shutdown.is_cancelled() {
+        "the bridge is stopping"
+    } else if !*app.subscribed.borrow() {
+        "not subscribed to the broker: see the log for the connection error"
+    } else {
+        return with_headers(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            NO_CACHE,
+            "ready",
+        );
+    };
+    json_error(StatusCode::SERVICE_UNAVAILABLE, reason.to_owned())
 }
 
 /// `GET /`: the first configured stream's page.

@@ -8,11 +8,13 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use super::admission::Admission;
 use super::{pages, ws};
 use crate::chat::{ChatConfig, Publisher};
 use crate::config::{ViewerConfig, WebConfig};
@@ -37,10 +39,14 @@ pub struct AppState {
     pub chat: Arc<ChatConfig>,
     /// Publishes chat to the broker; `None` refuses every post as unavailable.
     pub publisher: Option<Publisher>,
-    /// Cancelled at shutdown: open sockets close with "going away".
+    /// Cancelled at shutdown: open sockets close with 1012 "service restart".
     pub shutdown: CancellationToken,
     /// Tracks viewer connections so shutdown waits for their goodbyes.
     pub tracker: TaskTracker,
+    /// The viewers' share of the open files.
+    pub admission: Arc<Admission>,
+    /// True while subscribed to the broker (`/readyz`).
+    pub subscribed: watch::Receiver<bool>,
 }
 
 /// Every route.
@@ -53,6 +59,7 @@ pub fn router(state: AppState) -> Router {
     };
     Router::new()
         .route("/healthz", get(pages::healthz))
+        .route("/readyz", get(pages::readyz))
         .route("/", get(pages::root))
         .route("/watch/{studio}/{stream}", get(pages::watch))
         .route("/static/{file}", get(pages::static_file))
@@ -93,6 +100,8 @@ mod tests {
         dir: tempfile::TempDir,
         app: Router,
         image_url: String,
+        subscribed: watch::Sender<bool>,
+        shutdown: CancellationToken,
     }
 
     fn fixture(with_dirs: bool) -> Fixture {
@@ -151,6 +160,8 @@ images = ["mug.png"]
         } else {
             WebConfig::default()
         };
+        let (subscribed, subscribed_rx) = watch::channel(false);
+        let shutdown = CancellationToken::new();
         let app = router(AppState {
             hubs: Arc::new(Hubs::new(&streams, &viewer)),
             shelf: Arc::new(shelf),
@@ -159,13 +170,17 @@ images = ["mug.png"]
             viewer,
             chat: Arc::new(ChatConfig::default()),
             publisher: None,
-            shutdown: CancellationToken::new(),
+            shutdown: shutdown.clone(),
             tracker: TaskTracker::new(),
+            admission: Admission::new(4),
+            subscribed: subscribed_rx,
         });
         Fixture {
             dir,
             app,
             image_url,
+            subscribed,
+            shutdown,
         }
     }
 
@@ -222,6 +237,37 @@ images = ["mug.png"]
             StatusCode::NOT_FOUND
         );
         assert_eq!(get(&f.app, "/nothing/here").await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn ready_only_while_subscribed_and_not_stopping() {
+        let f = fixture(false);
+        let (s, h, body) = get(&f.app, "/readyz").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(header(&h, header::CONTENT_TYPE), "application/json");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert!(
+            v["error"].as_str().expect("error").contains("broker"),
+            "{v}"
+        );
+        assert_eq!(
+            get(&f.app, "/healthz").await.0,
+            StatusCode::OK,
+            "alive all the same"
+        );
+
+        f.subscribed.send_replace(true);
+        let (s, _, body) = get(&f.app, "/readyz").await;
+        assert_eq!((s, body.as_slice()), (StatusCode::OK, b"ready".as_slice()));
+
+        f.shutdown.cancel();
+        let (s, _, body) = get(&f.app, "/readyz").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert!(
+            v["error"].as_str().expect("error").contains("stopping"),
+            "{v}"
+        );
     }
 
     #[tokio::test]

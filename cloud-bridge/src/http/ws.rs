@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -26,7 +27,7 @@ use tokio::sync::broadcast::Receiver;
 use tokio::time::{interval_at, timeout, Instant};
 use tracing::{debug, info};
 
-use super::pages::not_found_json;
+use super::pages::{json_error, not_found_json};
 use super::AppState;
 use crate::chat::room::{check_nonce, rfc3339};
 use crate::chat::token::{self, Capability, Claims, GUEST_PREFIX};
@@ -55,7 +56,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// WebSocket close codes (RFC 6455 section 7.4.1).
 pub mod close_code {
-    /// The bridge is shutting down.
+    /// The page is leaving (browsers send it; the bridge does not).
     pub const GOING_AWAY: u16 = 1001;
     /// A frame type the bridge does not accept (binary).
     pub const UNSUPPORTED: u16 = 1003;
@@ -63,6 +64,9 @@ pub mod close_code {
     pub const INVALID_PAYLOAD: u16 = 1007;
     /// Oversize frames, silence, flooding.
     pub const POLICY: u16 = 1008;
+    /// The bridge is stopping (a deploy, a scale-in): reconnect, to another replica behind the
+    /// balancer, with the cursor.
+    pub const SERVICE_RESTART: u16 = 1012;
     /// Fell behind: reconnect (with the cursor) to recover.
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The user was banned from the chat (application code).
@@ -436,6 +440,14 @@ pub async fn upgrade(
     let Some(hub) = app.hubs.get(&studio, &stream).cloned() else {
         return not_found_json(&studio, &stream).into_response();
     };
+    let Some(slot) = app.admission.try_admit() else {
+        Metrics::inc(&app.metrics.viewers_refused_full);
+        debug!(
+            budget = app.admission.budget(),
+            "viewer refused: this bridge is full"
+        );
+        return full(app.admission.budget());
+    };
     let resume = params.resume();
     let max = app.viewer.max_message_bytes;
     // Keeps the task tracker waiting for this connection at shutdown.
@@ -447,8 +459,20 @@ pub async fn upgrade(
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
             let _tracked = tracked;
+            let _slot = slot;
             serve(socket, hub, resume, app).await;
         })
+}
+
+/// The 503 for a viewer over the budget: the balancer or the page's backoff tries again.
+fn full(budget: usize) -> Response {
+    let mut resp = json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("this bridge is full ({budget} viewers): try again shortly"),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    resp
 }
 
 struct Connected(Arc<Metrics>);
@@ -569,7 +593,7 @@ async fn goodbye(tx: &mut Tx, rx: &mut Rx, end: &End, queue: usize) {
         ),
         End::Idle => (None, close_code::POLICY, "idle: nothing received".into()),
         End::BadInput { code, message } => (Some(message), *code, truncate(message, 120)),
-        End::Shutdown => (None, close_code::GOING_AWAY, "bridge shutting down".into()),
+        End::Shutdown => (None, close_code::SERVICE_RESTART, "service restart".into()),
         End::Flooding => {
             flood_message = format!(
                 "flooding: more than {} refusals within {} s; reconnect and slow down",
