@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use spotter_mqtt_link::{Endpoint, TlsSettings};
 use spotter_protocol::topic::validate_segment;
 
 use crate::audio::LiveAudio;
@@ -325,7 +326,8 @@ impl Default for RawTracker {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMqtt {
-    /// `mqtt://host:port` (plain TCP).
+    /// The broker: `mqtt://` or `tcp://` (plain, port 1883 by default), `mqtts://` or `ssl://`
+    /// (TLS, port 8883 by default), then `host[:port]`; no path, query or credentials.
     #[serde(default = "default_mqtt_url")]
     pub url: String,
     /// Client id (for AWS IoT Core, the thing name); default `spotter-<studio>-<stream>`.
@@ -337,15 +339,17 @@ pub struct RawMqtt {
     #[serde(default = "default_stats_interval")]
     pub stats_interval_secs: f64,
     /// For `mqtts://`: the CA certificate(s) the broker's certificate must chain to (PEM).
-    /// AWS IoT Core: Amazon Root CA 1.
+    /// AWS IoT Core: Amazon Root CA 1. Unset: the systemd credential `mqtt-ca`, else the
+    /// system's roots.
     pub ca_file: Option<PathBuf>,
-    /// For `mqtts://`: this device's certificate (PEM), for mutual TLS.
+    /// For `mqtts://`: this device's certificate (PEM), for mutual TLS. Unset: the systemd
+    /// credential `mqtt-cert`, if any.
     pub cert_file: Option<PathBuf>,
-    /// For `mqtts://`: this device's private key (PEM). A secret: keep it in a systemd
-    /// credential, not beside this file.
+    /// For `mqtts://`: this device's private key (PEM). A secret: keep it in the systemd
+    /// credential `mqtt-key` (read when this is unset), not beside this file.
     pub key_file: Option<PathBuf>,
-    /// For `mqtts://`: an ALPN protocol to offer; AWS IoT Core on port 443 wants
-    /// `x-amzn-mqtt-ca`.
+    /// For `mqtts://`: the ALPN protocol to offer; by default `x-amzn-mqtt-ca` on port 443
+    /// (AWS IoT Core) and none elsewhere; `""` offers none.
     pub alpn: Option<String>,
     /// Most publishes a second on the connection (AWS IoT Core's limit is 100); a backlog
     /// replayed after an outage is paced to it.
@@ -726,79 +730,30 @@ impl Default for TrackerConfig {
 /// Validated MQTT settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttConfig {
-    /// Broker host.
-    pub host: String,
-    /// Broker port.
-    pub port: u16,
+    /// The broker and how to reach it (plain, TLS, mutual TLS).
+    pub broker: Endpoint,
     /// Client id.
     pub client_id: String,
     /// Keep-alive.
     pub keepalive: Duration,
     /// Stats period.
     pub stats_interval: Duration,
-    /// TLS, for `mqtts://` URLs.
-    pub tls: Option<TlsFiles>,
     /// Publish rate limit, per second.
     pub max_publishes_per_sec: u32,
 }
 
-/// The PEM material for a TLS connection to the broker, read at start.
-#[derive(Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// CA certificates.
-    pub ca: Vec<u8>,
-    /// Client certificate and private key, for mutual TLS.
-    pub client: Option<(Vec<u8>, Vec<u8>)>,
-    /// ALPN protocol to offer.
-    pub alpn: Option<String>,
-}
-
-impl std::fmt::Debug for TlsFiles {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsFiles")
-            .field("ca_bytes", &self.ca.len())
-            .field("client_certificate", &self.client.is_some())
-            .field("alpn", &self.alpn)
-            .finish()
-    }
-}
-
 impl RawMqtt {
-    fn tls(&self, secure: bool) -> Result<Option<TlsFiles>, ConfigError> {
-        let read = |key: &'static str, path: &Path| {
-            std::fs::read(path)
-                .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))
-        };
-        if !secure {
-            if self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some() {
-                return Err(invalid(
-                    "mqtt.url",
-                    "TLS files are set: use an mqtts:// URL",
-                ));
-            }
-            return Ok(None);
-        }
-        let ca_path = self.ca_file.as_deref().ok_or_else(|| {
-            invalid(
-                "mqtt.ca_file",
-                "required with mqtts:// (the CA that signed the broker's certificate)",
-            )
-        })?;
-        let client = match (&self.cert_file, &self.key_file) {
-            (Some(c), Some(k)) => Some((read("mqtt.cert_file", c)?, read("mqtt.key_file", k)?)),
-            (None, None) => None,
-            _ => {
-                return Err(invalid(
-                    "mqtt.key_file",
-                    "mutual TLS needs both mqtt.cert_file and mqtt.key_file",
-                ))
-            }
-        };
-        Ok(Some(TlsFiles {
-            ca: read("mqtt.ca_file", ca_path)?,
-            client,
+    /// The broker link: one parser and one TLS set-up with the bridge's (`spotter-mqtt-link`).
+    fn endpoint(&self) -> Result<Endpoint, ConfigError> {
+        let tls = TlsSettings {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
             alpn: self.alpn.clone(),
-        }))
+        };
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        Endpoint::from_settings(&self.url, &tls, credentials.as_deref())
+            .map_err(|e| invalid(e.key, e.reason))
     }
 }
 
@@ -951,20 +906,6 @@ pub fn host_port(url: &str, default_port: u16) -> Result<(String, u16), String> 
     Ok((host.to_owned(), port))
 }
 
-/// Parses `mqtt://host[:port]` (plain TCP, port 1883 by default) or `mqtts://host[:port]` (TLS,
-/// port 8883 by default); returns host, port and whether it is TLS.
-pub fn parse_mqtt_url(url: &str) -> Result<(String, u16, bool), String> {
-    let secure = if url.starts_with("mqtts://") {
-        true
-    } else if url.starts_with("mqtt://") || url.starts_with("tcp://") {
-        false
-    } else {
-        return Err(format!("{url:?} must start with mqtt:// or mqtts://"));
-    };
-    let (host, port) = host_port(url, if secure { 8883 } else { 1883 })?;
-    Ok((host, port, secure))
-}
-
 impl RawConfig {
     /// Validates into the typed configuration.
     pub fn validate(self) -> Result<AgentConfig, ConfigError> {
@@ -1022,9 +963,7 @@ impl RawConfig {
                 ));
             }
         }
-        let (host, port, secure) =
-            parse_mqtt_url(&self.mqtt.url).map_err(|r| invalid("mqtt.url", r))?;
-        let tls = self.mqtt.tls(secure)?;
+        let broker = self.mqtt.endpoint()?;
         if !(1..=10_000).contains(&self.mqtt.max_publishes_per_sec) {
             return Err(invalid(
                 "mqtt.max_publishes_per_sec",
@@ -1149,8 +1088,7 @@ impl RawConfig {
             outbox,
             tracker: self.tracker.validate()?,
             mqtt: MqttConfig {
-                host,
-                port,
+                broker,
                 client_id: self
                     .mqtt
                     .client_id
@@ -1161,7 +1099,6 @@ impl RawConfig {
                     "mqtt.stats_interval_secs",
                     self.mqtt.stats_interval_secs,
                 )?,
-                tls,
                 max_publishes_per_sec: self.mqtt.max_publishes_per_sec,
             },
             analysis: AnalysisConfig {
@@ -1248,7 +1185,7 @@ mod tests {
         let c = parse("studio = \"s1\"\n[analysis]\ncatalog = \"cat\"\n").expect("valid");
         assert_eq!(c.stream, "main");
         assert_eq!(c.source, Source::Test { audio: None });
-        assert_eq!(c.mqtt.port, 1883);
+        assert_eq!(c.mqtt.broker.port(), 1883);
         assert_eq!(c.mqtt.client_id, "spotter-s1-main");
         assert_eq!(c.analysis.fps, 5.0);
         assert_eq!(c.upload, Upload::None);
@@ -1460,20 +1397,35 @@ mod tests {
     }
 
     #[test]
-    fn mqtt_urls() {
-        assert_eq!(
-            parse_mqtt_url("mqtt://h:1884").expect("ok"),
-            ("h".into(), 1884, false)
-        );
-        assert_eq!(
-            parse_mqtt_url("mqtt://h").expect("ok"),
-            ("h".into(), 1883, false)
-        );
-        assert_eq!(
-            parse_mqtt_url("mqtts://h").expect("ok"),
-            ("h".into(), 8883, true)
-        );
-        assert!(parse_mqtt_url("mqtt://:1").is_err());
-        assert!(parse_mqtt_url("mqtt://h:x").is_err());
+    fn mqtt_urls_get_the_same_answers_as_the_bridge() {
+        use spotter_mqtt_link::broker_url::examples::{BAD, GOOD};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = spotter_mqtt_link::testing::make_certificates(dir.path(), "s1");
+        let with = |url: &str, tls: bool| {
+            let ca = if tls {
+                format!("ca_file = {:?}\n", certs.ca.display().to_string())
+            } else {
+                String::new()
+            };
+            parse(&format!(
+                "studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[mqtt]\nurl = \"{url}\"\n{ca}"
+            ))
+        };
+        for &(url, host, port, tls) in GOOD {
+            let c = with(url, tls).unwrap_or_else(|e| panic!("{url}: {e}"));
+            let b = &c.mqtt.broker;
+            assert_eq!(
+                (b.host(), b.port(), b.tls().is_some()),
+                (host, port, tls),
+                "{url}"
+            );
+        }
+        for &(url, says) in BAD {
+            let err = with(url, false).expect_err(url).to_string();
+            assert!(
+                err.contains("mqtt.url") && err.contains(says),
+                "{url}: {err}"
+            );
+        }
     }
 }

@@ -380,7 +380,7 @@ fn check_model_and_catalog(cfg: &AgentConfig) -> Vec<Check> {
 }
 
 fn check_broker(cfg: &AgentConfig) -> Check {
-    let addr = format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port);
+    let addr = format!("{}:{}", cfg.mqtt.broker.host(), cfg.mqtt.broker.port());
     let resolved = match addr.to_socket_addrs() {
         Ok(mut a) => a.next(),
         Err(e) => {

@@ -188,12 +188,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             let photos: usize = catalog.products.iter().map(|p| p.images.len()).sum();
             println!(
-                "configuration OK: studio {:?}, stream {:?}, source {:?}, broker {}:{}, catalog {} ({} products, {} photos)",
+                "configuration OK: studio {:?}, stream {:?}, source {:?}, broker {}, catalog {} ({} products, {} photos)",
                 cfg.studio,
                 cfg.stream,
                 cfg.source,
-                cfg.mqtt.host,
-                cfg.mqtt.port,
+                cfg.mqtt.broker,
                 cfg.analysis.catalog.display(),
                 catalog.products.len(),
                 photos

@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
 use spotter_protocol::backoff::Backoff;
 use spotter_protocol::ratelimit::TokenBucket;
 use spotter_protocol::{AgentState, OnScreen, ProductEvent, Stats, Status, Topic, TopicKind};
@@ -131,18 +131,8 @@ pub fn connect_with(
     use anyhow::Context as _;
     let outbox = Outbox::open(&outbox.dir, outbox.max_bytes, MAX_IN_FLIGHT)
         .with_context(|| format!("cannot open the outbox in {}", outbox.dir.display()))?;
-    let mut opts = MqttOptions::new(&mqtt.client_id, &mqtt.host, mqtt.port);
-    if let Some(tls) = &mqtt.tls {
-        // rustls with ring (no C toolchain needed for cross builds); once per process
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        opts.set_transport(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Simple {
-                ca: tls.ca.clone(),
-                alpn: tls.alpn.as_ref().map(|a| vec![a.as_bytes().to_vec()]),
-                client_auth: tls.client.clone(),
-            },
-        ));
-    }
+    // plain, TLS or mutual TLS, set up once with the bridge's (`spotter-mqtt-link`)
+    let mut opts = mqtt.broker.options(&mqtt.client_id);
     opts.set_keep_alive(mqtt.keepalive);
     opts.set_clean_session(false);
     // room for every outstanding event plus the status and snapshot, so rumqttc never holds
@@ -331,7 +321,8 @@ async fn poll(
                 }
                 let _ = links.send(Link::Lost);
                 let delay = backoff.next_delay(rand_unit());
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost");
+                let error = spotter_mqtt_link::explain(&e);
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost");
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(delay) => {}

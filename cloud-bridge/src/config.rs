@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use spotter_mqtt_link::{Endpoint, TlsSettings};
 use spotter_protocol::topic::validate_segment;
 
 use crate::chat::config::process_env;
@@ -98,15 +99,34 @@ pub struct RawMqtt {
     /// Where the embedded broker listens (plain MQTT 3.1.1 over TCP).
     #[serde(default = "default_embedded_listen")]
     pub embedded_listen: String,
-    /// The broker to subscribe to, `mqtt://host:port`; defaults to the embedded one.
+    /// The broker to subscribe to; defaults to the embedded one. `mqtt://` or `tcp://` (plain,
+    /// port 1883 by default), `mqtts://` or `ssl://` (TLS, port 8883 by default), then
+    /// `host[:port]`; no path, query or credentials. The agent takes the same URLs.
     #[serde(default)]
     pub url: Option<String>,
-    /// MQTT client id; defaults to `spotter-bridge-<random>` so replicas never collide.
+    /// MQTT client id; defaults to `spotter-bridge-<random>` so replicas never collide. AWS IoT
+    /// Core: a name the bridge's policy lets it connect as.
     #[serde(default)]
     pub client_id: Option<String>,
     /// MQTT keep-alive, seconds.
     #[serde(default = "default_keepalive_secs")]
     pub keepalive_secs: u64,
+    /// For `mqtts://`: the CA certificate(s) the broker's certificate must chain to (PEM).
+    /// Unset: the systemd credential `mqtt-ca`, else the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// For `mqtts://`: the bridge's certificate (PEM), for mutual TLS. Unset: the systemd
+    /// credential `mqtt-cert`, if any.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// For `mqtts://`: the bridge's private key (PEM). A secret: keep it in the systemd
+    /// credential `mqtt-key` (read when this is unset), not beside this file.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// For `mqtts://`: the ALPN protocol to offer; by default `x-amzn-mqtt-ca` on port 443
+    /// (AWS IoT Core) and none elsewhere; `""` offers none.
+    #[serde(default)]
+    pub alpn: Option<String>,
 }
 
 impl Default for RawMqtt {
@@ -117,6 +137,10 @@ impl Default for RawMqtt {
             url: None,
             client_id: None,
             keepalive_secs: default_keepalive_secs(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            alpn: None,
         }
     }
 }
@@ -256,31 +280,13 @@ pub struct HttpConfig {
 pub struct MqttConfig {
     /// Where the embedded broker listens, when it runs.
     pub embedded: Option<SocketAddr>,
-    /// The broker to subscribe to.
-    pub broker: BrokerAddr,
+    /// The broker to subscribe to and how (plain, TLS, mutual TLS); shows as its URL and TLS
+    /// mode.
+    pub broker: Endpoint,
     /// Client id.
     pub client_id: String,
     /// Keep-alive interval.
     pub keepalive: Duration,
-}
-
-/// A plain-TCP broker address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerAddr {
-    /// Host name or IP address (IPv6 without brackets).
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-}
-
-impl std::fmt::Display for BrokerAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "mqtt://[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "mqtt://{}:{}", self.host, self.port)
-        }
-    }
 }
 
 /// Validated `[web]`.
@@ -352,7 +358,8 @@ impl RawConfig {
     /// Checks every value and resolves relative paths against `base`.
     pub fn validate(self, base: &Path) -> Result<BridgeConfig, ConfigError> {
         let listen = parse_addr("http.listen", &self.http.listen)?;
-        let mqtt = self.mqtt.validate()?;
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        let mqtt = self.mqtt.validate(base, credentials.as_deref())?;
 
         let mut streams = Vec::with_capacity(self.streams.len());
         let mut seen = HashSet::new();
@@ -422,10 +429,32 @@ impl RawConfig {
 }
 
 impl RawMqtt {
-    fn validate(self) -> Result<MqttConfig, ConfigError> {
+    /// `credentials`: `$CREDENTIALS_DIRECTORY`, for the TLS material not named in the file.
+    fn validate(self, base: &Path, credentials: Option<&Path>) -> Result<MqttConfig, ConfigError> {
         let embedded_listen = parse_addr("mqtt.embedded_listen", &self.embedded_listen)?;
+        let resolve = |p: &PathBuf| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                base.join(p)
+            }
+        };
+        let tls = TlsSettings {
+            ca_file: self.ca_file.as_ref().map(resolve),
+            cert_file: self.cert_file.as_ref().map(resolve),
+            key_file: self.key_file.as_ref().map(resolve),
+            alpn: self.alpn.clone(),
+        };
         let broker = match (&self.url, self.embedded) {
-            (Some(url), _) => parse_broker_url(url).map_err(|r| invalid("mqtt.url", r))?,
+            // one parser and one TLS set-up with the agent's (`spotter-mqtt-link`)
+            (Some(url), _) => Endpoint::from_settings(url, &tls, credentials)
+                .map_err(|e| invalid(e.key, e.reason))?,
+            (None, _) if tls.any_set() => {
+                return Err(invalid(
+                    "mqtt.url",
+                    "TLS keys (ca_file, cert_file, key_file, alpn) are set but no url: set mqtt.url to the broker's mqtts:// URL",
+                ))
+            }
             (None, true) => {
                 // A wildcard listen address is not something to connect to: use loopback.
                 let ip = match embedded_listen.ip() {
@@ -433,10 +462,7 @@ impl RawMqtt {
                     ip if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
                     ip => ip,
                 };
-                BrokerAddr {
-                    host: ip.to_string(),
-                    port: embedded_listen.port(),
-                }
+                Endpoint::plain(ip.to_string(), embedded_listen.port())
             }
             (None, false) => {
                 return Err(invalid(
@@ -514,66 +540,6 @@ fn check_video_url(url: &str) -> Result<(), String> {
     }
 }
 
-/// Parses `mqtt://host[:port]` (or `tcp://`); the port defaults to 1883.
-fn parse_broker_url(url: &str) -> Result<BrokerAddr, String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| {
-            if url.starts_with("mqtts://") || url.starts_with("ssl://") {
-                format!("{url:?}: TLS is not supported yet: use a plain mqtt:// URL")
-            } else {
-                format!("{url:?} must look like \"mqtt://host:1883\"")
-            }
-        })?;
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.contains('@') {
-        return Err(
-            "credentials in the URL are not supported: remove the user:password@ part".into(),
-        );
-    }
-    if rest.contains(['/', '?', '#']) {
-        return Err(format!(
-            "{url:?} must have no path or query: use \"mqtt://host:port\""
-        ));
-    }
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("{url:?}: unclosed '[' in an IPv6 address"))?;
-        match after {
-            "" => (host, None),
-            p => (
-                host,
-                Some(
-                    p.strip_prefix(':')
-                        .ok_or_else(|| format!("{url:?}: expected ':' after ']'"))?,
-                ),
-            ),
-        }
-    } else {
-        match rest.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (rest, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("{url:?} has no host"));
-    }
-    let port = match port {
-        None => 1883,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("{url:?}: port {p:?} is not a number from 1 to 65535"))?,
-    };
-    Ok(BrokerAddr {
-        host: host.to_owned(),
-        port,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -593,7 +559,10 @@ mod tests {
             c.mqtt.embedded,
             Some("127.0.0.1:1883".parse().expect("addr"))
         );
-        assert_eq!(c.mqtt.broker.to_string(), "mqtt://127.0.0.1:1883");
+        assert_eq!(
+            c.mqtt.broker.to_string(),
+            "mqtt://127.0.0.1:1883 (plain TCP)"
+        );
         assert_eq!(c.streams[0].studio, "demo");
         assert_eq!(c.streams[0].stream, "main");
         assert_eq!(c.viewer.queue, 256);
@@ -636,13 +605,7 @@ mod tests {
         assert_eq!(c.http.listen, "0.0.0.0:9000".parse().expect("addr"));
         assert_eq!(c.viewer.queue, 32);
         assert_eq!(c.mqtt.embedded, None);
-        assert_eq!(
-            c.mqtt.broker,
-            BrokerAddr {
-                host: "broker.internal".into(),
-                port: 1883
-            }
-        );
+        assert_eq!(c.mqtt.broker, Endpoint::plain("broker.internal", 1883));
         assert_eq!(c.mqtt.client_id, "1234");
     }
 
@@ -662,7 +625,16 @@ mod tests {
         let cases = [
             ("[http]\nlisten = \"localhost\"\n", "http.listen"),
             ("[viewer]\nqueue = 0\n", "viewer.queue"),
-            ("[mqtt]\nurl = \"mqtts://x\"\n", "mqtt.url"),
+            ("[mqtt]\nurl = \"mqtts://x:0\"\n", "mqtt.url"),
+            (
+                "[mqtt]\nurl = \"mqtt://x\"\nca_file = \"ca.pem\"\n",
+                "mqtt.url",
+            ),
+            ("[mqtt]\ncert_file = \"c.pem\"\n", "mqtt.url"),
+            (
+                "[mqtt]\nurl = \"mqtts://x\"\nca_file = \"/nonexistent/ca.pem\"\n",
+                "mqtt.ca_file",
+            ),
             ("[mqtt]\nembedded = false\n", "mqtt.url"),
             ("[mqtt]\nclient_id = \"a b\"\n", "mqtt.client_id"),
         ];
@@ -689,40 +661,89 @@ mod tests {
     }
 
     #[test]
-    fn broker_urls() {
-        let ok = |u: &str| parse_broker_url(u).expect(u);
-        assert_eq!(
-            ok("mqtt://h:1884"),
-            BrokerAddr {
-                host: "h".into(),
-                port: 1884
-            }
-        );
-        assert_eq!(
-            ok("tcp://h"),
-            BrokerAddr {
-                host: "h".into(),
-                port: 1883
-            }
-        );
-        assert_eq!(
-            ok("mqtt://[::1]:1900/"),
-            BrokerAddr {
-                host: "::1".into(),
-                port: 1900
-            }
-        );
-        assert_eq!(ok("mqtt://[::1]:1900").to_string(), "mqtt://[::1]:1900");
-        for bad in [
-            "http://h",
-            "mqtt://",
-            "mqtt://h:0",
-            "mqtt://h:x",
-            "mqtt://u:p@h",
-            "mqtt://h/x",
-        ] {
-            assert!(parse_broker_url(bad).is_err(), "{bad}");
+    fn broker_urls_get_the_same_answers_as_the_agent() {
+        use spotter_mqtt_link::broker_url::examples::{BAD, GOOD};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = spotter_mqtt_link::testing::make_certificates(dir.path(), "bridge");
+        let with = |url: &str, tls: bool| {
+            let ca = if tls { "ca_file = \"ca.crt\"\n" } else { "" };
+            BridgeConfig::from_toml(
+                &format!("[mqtt]\nembedded = false\nurl = \"{url}\"\n{ca}[[stream]]\nstudio = \"a\"\nstream = \"b\"\n"),
+                dir.path(),
+            )
+        };
+        for &(url, host, port, tls) in GOOD {
+            let c = with(url, tls).unwrap_or_else(|e| panic!("{url}: {e}"));
+            let b = &c.mqtt.broker;
+            assert_eq!(
+                (b.host(), b.port(), b.tls().is_some()),
+                (host, port, tls),
+                "{url}"
+            );
         }
+        for &(url, says) in BAD {
+            let err = with(url, false).expect_err(url).to_string();
+            assert!(
+                err.contains("mqtt.url") && err.contains(says),
+                "{url}: {err}"
+            );
+        }
+        // the TLS files resolve against the file's directory, like every path in it
+        let c = with("mqtts://h:443", true).expect("tls");
+        assert_eq!(
+            c.mqtt.broker.to_string(),
+            format!(
+                "mqtts://h:443 (TLS, CA {}, no client certificate, ALPN x-amzn-mqtt-ca)",
+                certs.ca.display()
+            )
+        );
+    }
+
+    #[test]
+    fn the_example_iot_policy_lets_the_bridge_publish_only_chat_and_bans() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/aws-iot-policy.json");
+        let text = std::fs::read_to_string(path).expect("the example policy");
+        let policy: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let resources = |action: &str| -> Vec<String> {
+            let statements = policy["Statement"].as_array().expect("statements");
+            statements
+                .iter()
+                .filter(|s| s["Effect"] == "Allow" && s["Action"] == action)
+                .flat_map(|s| match &s["Resource"] {
+                    serde_json::Value::Array(a) => a.clone(),
+                    one => vec![one.clone()],
+                })
+                .map(|r| r.as_str().expect("a resource").to_owned())
+                .collect()
+        };
+        let ends = |action: &str| -> Vec<String> {
+            resources(action)
+                .iter()
+                .map(|r| {
+                    r.rsplit_once(":topic")
+                        .map_or(r.clone(), |(_, t)| t.to_owned())
+                })
+                .collect()
+        };
+        assert_eq!(
+            ends("iot:Publish"),
+            ["/spotter/v1/*/*/chat", "/spotter/v1/*/*/ban/*"]
+        );
+        assert_eq!(ends("iot:RetainPublish"), ["/spotter/v1/*/*/ban/*"]);
+        let subscribed = resources("iot:Subscribe");
+        for kind in ["events", "onscreen", "chat", "ban/+"] {
+            assert!(
+                subscribed
+                    .iter()
+                    .any(|r| r.ends_with(&format!("/+/+/{kind}"))),
+                "{kind}: {subscribed:?}"
+            );
+        }
+        assert_eq!(resources("iot:Receive").len(), 4);
+        assert_eq!(
+            resources("iot:Connect"),
+            ["arn:aws:iot:REGION:ACCOUNT_ID:client/${iot:Connection.Thing.ThingName}"]
+        );
     }
 
     #[test]
@@ -732,7 +753,10 @@ mod tests {
             Path::new(""),
         )
         .expect("valid");
-        assert_eq!(c.mqtt.broker.to_string(), "mqtt://127.0.0.1:1999");
+        assert_eq!(
+            c.mqtt.broker.to_string(),
+            "mqtt://127.0.0.1:1999 (plain TCP)"
+        );
         assert!(c.mqtt.client_id.starts_with("spotter-bridge-"));
     }
 }

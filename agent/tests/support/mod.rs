@@ -179,12 +179,10 @@ pub fn publisher_settings(
 ) -> (MqttConfig, Topics, OutboxConfig) {
     (
         MqttConfig {
-            host: "127.0.0.1".into(),
-            port,
+            broker: spotter_mqtt_link::Endpoint::plain("127.0.0.1", port),
             client_id: client_id.into(),
             keepalive: Duration::from_secs(5),
             stats_interval: Duration::from_secs(10),
-            tls: None,
             max_publishes_per_sec: 100,
         },
         Topics::for_stream(STUDIO, STREAM).expect("valid topics"),

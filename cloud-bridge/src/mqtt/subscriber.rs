@@ -7,9 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode,
-};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
 use spotter_protocol::topic::{Topic, TopicKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -51,11 +49,8 @@ pub fn filters() -> Vec<SubscribeFilter> {
 
 /// The client (cheap to clone, for publishing) and its event loop, which [`run`] drives.
 pub fn connect(config: &MqttConfig) -> (AsyncClient, EventLoop) {
-    let mut options = MqttOptions::new(
-        config.client_id.clone(),
-        config.broker.host.clone(),
-        config.broker.port,
-    );
+    // plain, TLS or mutual TLS, set up once with the agent's (`spotter-mqtt-link`)
+    let mut options = config.broker.options(config.client_id.clone());
     options
         .set_keep_alive(config.keepalive)
         // Stateless: what was missed while away is recovered from the retained on-screen topic.
@@ -74,7 +69,7 @@ pub async fn run(
     subscribed: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
-    let broker = config.broker.to_string();
+    let broker = config.broker.url().to_string();
     let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_MAX);
     let set_connected = |up: bool| {
         metrics
@@ -82,7 +77,7 @@ pub async fn run(
             .store(i64::from(up), Ordering::Relaxed);
         subscribed.send_replace(up);
     };
-    info!(%broker, client_id = %config.client_id, "connecting to broker");
+    info!(link = %config.broker, client_id = %config.client_id, "connecting to broker");
 
     loop {
         let polled = tokio::select! {
@@ -128,7 +123,7 @@ pub async fn run(
                 let delay = backoff.next_delay(fastrand::f64());
                 warn!(
                     %broker,
-                    error = %e,
+                    error = %spotter_mqtt_link::explain(&e),
                     attempt = backoff.attempts(),
                     retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                     "broker connection failed, retrying after backoff"
