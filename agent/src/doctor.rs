@@ -380,7 +380,13 @@ fn check_model_and_catalog(cfg: &AgentConfig) -> Vec<Check> {
 }
 
 fn check_broker(cfg: &AgentConfig) -> Check {
-    let addr = format!("{}:{}", cfg.mqtt.broker.host(), cfg.mqtt.broker.port());
+    let b = &cfg.mqtt.broker;
+    // an IPv6 address is bracketed to be resolved with its port
+    let addr = if b.host().contains(':') {
+        format!("[{}]:{}", b.host(), b.port())
+    } else {
+        format!("{}:{}", b.host(), b.port())
+    };
     let resolved = match addr.to_socket_addrs() {
         Ok(mut a) => a.next(),
         Err(e) => {
