@@ -18,7 +18,8 @@ use crate::broker;
 use crate::chat::Publisher;
 use crate::config::BridgeConfig;
 use crate::http::admission::{self, Admission, BudgetSource};
-use crate::http::{router, AppState};
+use crate::http::serve::Serving;
+use crate::http::{router, serve as http_serve, AppState};
 use crate::hub::Hubs;
 use crate::metrics::Metrics;
 use crate::mqtt::chat::{self as chat_broker, ChatIngest};
@@ -182,7 +183,12 @@ async fn serve(
         u64::try_from(budget).unwrap_or(u64::MAX),
         std::sync::atomic::Ordering::Relaxed,
     );
-    let admission = Admission::new(budget);
+    let admission = Admission::with_per_address(budget, config.max_per_address);
+    info!(
+        per_address = config.max_per_address,
+        header_timeout_s = config.http.header_timeout.as_secs(),
+        "viewer limits per address (0: none) and for slow clients"
+    );
     let hubs = Arc::new(Hubs::with_chat(
         &config.streams,
         &config.viewer,
@@ -247,6 +253,12 @@ async fn serve(
         }
     }
 
+    let serving = Serving {
+        header_timeout: config.http.header_timeout,
+        metrics: metrics.clone(),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+    };
     let app = router(AppState {
         hubs: hubs.clone(),
         shelf,
@@ -260,12 +272,7 @@ async fn serve(
         admission,
         subscribed: subscribed.clone(),
     });
-    let stop_serving = shutdown.clone();
-    let mut server = tracker.spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop_serving.cancelled().await })
-            .await
-    });
+    let mut server = tracker.spawn(http_serve::serve(listener, app, serving));
     for hub in hubs.all() {
         let c = &hub.config;
         info!(
@@ -286,9 +293,8 @@ async fn serve(
                 break match finished {
                     // Graceful shutdown finishes the server too; when both are ready at once,
                     // `select!` may poll this branch first, and that is not a failure.
-                    Ok(Ok(())) if shutdown.is_cancelled() => Ok(()),
-                    Ok(Ok(())) => Err(anyhow!("the HTTP server stopped on its own")),
-                    Ok(Err(e)) => Err(anyhow!(e).context("the HTTP server failed")),
+                    Ok(()) if shutdown.is_cancelled() => Ok(()),
+                    Ok(()) => Err(anyhow!("the HTTP server stopped on its own")),
                     Err(e) => Err(anyhow!(e).context("the HTTP server task failed")),
                 };
             }

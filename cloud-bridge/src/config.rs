@@ -75,14 +75,23 @@ pub struct RawHttp {
     /// Address the HTTP server (page, WebSocket, images, metrics) listens on.
     #[serde(default = "default_http_listen")]
     pub listen: String,
+    /// Seconds a client has to send a request's headers, from when the connection opens or the
+    /// previous response was sent; then the connection is closed (slow and silent clients).
+    #[serde(default = "default_header_timeout_secs")]
+    pub header_timeout_secs: u64,
 }
 
 impl Default for RawHttp {
     fn default() -> Self {
         RawHttp {
             listen: default_http_listen(),
+            header_timeout_secs: default_header_timeout_secs(),
         }
     }
+}
+
+fn default_header_timeout_secs() -> u64 {
+    10
 }
 
 fn default_http_listen() -> String {
@@ -221,6 +230,12 @@ pub struct RawViewer {
     /// limit less a reserve for the broker, its clients and files.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Most viewer sockets open at once from one IP address (then HTTP 429); 0: no limit. Generous,
+    /// because a NAT'd office or a mobile carrier puts many viewers behind one address. Behind a
+    /// load balancer every viewer comes from the balancer's address: set 0 and limit on the
+    /// balancer (forwarded headers are not trusted).
+    #[serde(default = "default_max_per_address")]
+    pub max_per_address: usize,
 }
 
 impl Default for RawViewer {
@@ -230,8 +245,13 @@ impl Default for RawViewer {
             max_message_bytes: default_max_message_bytes(),
             history: default_history(),
             max_connections: None,
+            max_per_address: default_max_per_address(),
         }
     }
+}
+
+fn default_max_per_address() -> usize {
+    64
 }
 
 fn default_queue() -> usize {
@@ -264,6 +284,9 @@ pub struct BridgeConfig {
     /// `viewer.max_connections`: at most this many viewer sockets (the open-files limit applies
     /// in any case).
     pub max_viewers: Option<usize>,
+    /// `viewer.max_per_address`: at most this many viewer sockets from one IP address (0: no
+    /// limit).
+    pub max_per_address: usize,
     /// Chat settings and key.
     pub chat: ChatConfig,
 }
@@ -273,6 +296,8 @@ pub struct BridgeConfig {
 pub struct HttpConfig {
     /// Listen address.
     pub listen: SocketAddr,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
 }
 
 /// Validated `[mqtt]`.
@@ -358,6 +383,16 @@ impl RawConfig {
     /// Checks every value and resolves relative paths against `base`.
     pub fn validate(self, base: &Path) -> Result<BridgeConfig, ConfigError> {
         let listen = parse_addr("http.listen", &self.http.listen)?;
+        if !(1..=600).contains(&self.http.header_timeout_secs) {
+            return Err(invalid(
+                "http.header_timeout_secs",
+                format!(
+                    "{} is out of range: use 1-600",
+                    self.http.header_timeout_secs
+                ),
+            ));
+        }
+        let header_timeout = Duration::from_secs(self.http.header_timeout_secs);
         let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         let mqtt = self.mqtt.validate(base, credentials.as_deref())?;
 
@@ -401,6 +436,7 @@ impl RawConfig {
         if let Some(m) = v.max_connections {
             check_range("viewer.max_connections", m, 1, 1 << 24)?;
         }
+        check_range("viewer.max_per_address", v.max_per_address, 0, 1 << 24)?;
 
         let chat = self
             .chat
@@ -409,7 +445,10 @@ impl RawConfig {
 
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         Ok(BridgeConfig {
-            http: HttpConfig { listen },
+            http: HttpConfig {
+                listen,
+                header_timeout,
+            },
             mqtt,
             catalog_dir: resolve(self.catalog.dir),
             web: WebConfig {
@@ -423,6 +462,7 @@ impl RawConfig {
                 history: v.history,
             },
             max_viewers: v.max_connections,
+            max_per_address: v.max_per_address,
             chat,
         })
     }
@@ -568,6 +608,8 @@ mod tests {
         assert_eq!(c.viewer.queue, 256);
         assert_eq!(c.viewer.max_message_bytes, 4096);
         assert_eq!(c.viewer.history, 1024);
+        assert_eq!(c.max_per_address, 64);
+        assert_eq!(c.http.header_timeout, Duration::from_secs(10));
         assert!(c.chat.enabled && !c.chat.guests);
         assert_eq!(c.chat.limits.max_chars, 500);
         assert_eq!(c.chat.limits.history, 50);
@@ -621,10 +663,24 @@ mod tests {
     }
 
     #[test]
+    fn per_address_limit_can_be_turned_off() {
+        let c = BridgeConfig::from_toml(
+            "[viewer]\nmax_per_address = 0\n[[stream]]\nstudio = \"demo\"\nstream = \"main\"\n",
+            Path::new(""),
+        )
+        .expect("valid");
+        assert_eq!(c.max_per_address, 0);
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let cases = [
             ("[http]\nlisten = \"localhost\"\n", "http.listen"),
             ("[viewer]\nqueue = 0\n", "viewer.queue"),
+            (
+                "[http]\nheader_timeout_secs = 0\n",
+                "http.header_timeout_secs",
+            ),
             ("[mqtt]\nurl = \"mqtts://x:0\"\n", "mqtt.url"),
             (
                 "[mqtt]\nurl = \"mqtt://x\"\nca_file = \"ca.pem\"\n",

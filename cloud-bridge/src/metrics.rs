@@ -94,6 +94,11 @@ pub struct Metrics {
     pub viewers_accepted: AtomicU64,
     /// Viewers refused with HTTP 503 because the viewer budget was spent.
     pub viewers_refused_full: AtomicU64,
+    /// Viewers refused with HTTP 429 because their address held `viewer.max_per_address` sockets.
+    pub viewers_refused_address: AtomicU64,
+    /// HTTP connections closed because their request headers did not arrive within
+    /// `http.header_timeout_secs` (slow or silent clients).
+    pub http_header_timeouts: AtomicU64,
     /// Viewer sockets allowed at once (the open-files limit less a reserve, or
     /// `viewer.max_connections`).
     pub viewers_budget: AtomicU64,
@@ -291,6 +296,32 @@ impl Metrics {
             "spotter_bridge_viewers_refused_full_total",
             &[],
             get(&self.viewers_refused_full),
+        );
+
+        header(
+            &mut out,
+            "spotter_bridge_viewers_refused_address_total",
+            "counter",
+            "Viewers refused with HTTP 429: their address held viewer.max_per_address sockets.",
+        );
+        sample(
+            &mut out,
+            "spotter_bridge_viewers_refused_address_total",
+            &[],
+            get(&self.viewers_refused_address),
+        );
+
+        header(
+            &mut out,
+            "spotter_bridge_http_header_timeouts_total",
+            "counter",
+            "HTTP connections closed: request headers not received within http.header_timeout_secs.",
+        );
+        sample(
+            &mut out,
+            "spotter_bridge_http_header_timeouts_total",
+            &[],
+            get(&self.http_header_timeouts),
         );
 
         header(

@@ -9,12 +9,13 @@
 //! banned user's sockets (after the `banned` everyone gets). A close the bridge starts waits for
 //! the viewer's close, reading and discarding what it still sends, so that it is not reset.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -27,6 +28,7 @@ use tokio::sync::broadcast::Receiver;
 use tokio::time::{interval_at, timeout, Instant};
 use tracing::{debug, info};
 
+use super::admission::Refused;
 use super::pages::{json_error, not_found_json};
 use super::AppState;
 use crate::chat::room::{check_nonce, rfc3339};
@@ -433,6 +435,7 @@ impl ChatConn {
 /// `GET /ws/{studio}/{stream}`
 pub async fn upgrade(
     State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((studio, stream)): Path<(String, String)>,
     Query(params): Query<WsParams>,
     ws: WebSocketUpgrade,
@@ -440,13 +443,25 @@ pub async fn upgrade(
     let Some(hub) = app.hubs.get(&studio, &stream).cloned() else {
         return not_found_json(&studio, &stream).into_response();
     };
-    let Some(slot) = app.admission.try_admit() else {
-        Metrics::inc(&app.metrics.viewers_refused_full);
-        debug!(
-            budget = app.admission.budget(),
-            "viewer refused: this bridge is full"
-        );
-        return full(app.admission.budget());
+    let slot = match app.admission.try_admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(Refused::Full) => {
+            Metrics::inc(&app.metrics.viewers_refused_full);
+            debug!(
+                budget = app.admission.budget(),
+                "viewer refused: this bridge is full"
+            );
+            return full(app.admission.budget());
+        }
+        Err(Refused::Address) => {
+            Metrics::inc(&app.metrics.viewers_refused_address);
+            debug!(
+                %peer,
+                per_address = app.admission.per_address(),
+                "viewer refused: too many viewers from its address"
+            );
+            return too_many_from_address(app.admission.per_address());
+        }
     };
     let resume = params.resume();
     let max = app.viewer.max_message_bytes;
@@ -469,6 +484,19 @@ fn full(budget: usize) -> Response {
     let mut resp = json_error(
         StatusCode::SERVICE_UNAVAILABLE,
         format!("this bridge is full ({budget} viewers): try again shortly"),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    resp
+}
+
+/// The 429 for an address that already holds its share of viewers.
+fn too_many_from_address(per_address: usize) -> Response {
+    let mut resp = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "too many viewers from this address ({per_address}): close a tab or try again shortly"
+        ),
     );
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
