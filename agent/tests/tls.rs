@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rumqttc::AsyncClient;
 use spotter_agent::mqtt;
-use spotter_mqtt_link::testing::{make_certificates, TlsMosquitto};
+use spotter_mqtt_link::testing::{connack_or_failure, make_certificates, TlsMosquitto};
 use spotter_mqtt_link::{Endpoint, TlsSettings};
 use support::{event, publisher_settings, Subscriber};
 use tokio_util::sync::CancellationToken;
@@ -74,19 +74,9 @@ async fn the_agent_connects_with_its_certificate_and_a_client_without_one_is_ref
     let mut opts = endpoint.options("no-certificate");
     opts.set_keep_alive(Duration::from_secs(5));
     let (_client, mut eventloop) = AsyncClient::new(opts, 4);
-    let refused = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match eventloop.poll().await {
-                Err(e) => return spotter_mqtt_link::explain(&e),
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                    return String::from("CONNACK")
-                }
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .expect("the broker answered within 10 s");
+    let refused = tokio::time::timeout(Duration::from_secs(10), connack_or_failure(&mut eventloop))
+        .await
+        .expect("the broker answered within 10 s");
     assert!(
         refused.contains("the broker wants a client certificate: set mqtt.cert_file"),
         "a client without a certificate: {refused}"

@@ -4,59 +4,19 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use spotter_protocol::status::{OnScreen, OnScreenProduct};
 use spotter_protocol::viewer::{Card, ServerMessage};
-use spotter_protocol::{BBox, EventType, ProductEvent};
-use support::{http_get, recv, sample, ws_connect, Running, Ws, WAIT};
+use spotter_protocol::{BBox, EventType};
+use support::{
+    event, http_get, mqtt_client, publish_event, recv, sample, write_catalog, ws_connect, Running,
+    Ws, PNG, WAIT,
+};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A 1x1 PNG.
-const PNG: &[u8] = &[
-    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
-    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
-    0x89, 0x00, 0x00, 0x00, 0x0A, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0x00, 0x01, 0x00, 0x00,
-    0x05, 0x00, 0x01, 0x0D, 0x0A, 0x2D, 0xB4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E, 0x44, 0xAE,
-    0x42, 0x60, 0x82,
-];
-
-fn write_catalog(dir: &Path) {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    std::fs::write(dir.join("mug.png"), PNG).expect("write png");
-    std::fs::write(
-        dir.join("catalog.toml"),
-        r#"
-[[product]]
-sku = "MUG-001"
-name = "Enamel camp mug"
-price = "14.00"
-currency = "USD"
-url = "https://shop.example/mug-001"
-images = ["mug.png"]
-"#,
-    )
-    .expect("write catalog");
-}
-
-fn event(kind: EventType, event_id: &str, seq: u64, sku: &str) -> Vec<u8> {
-    ProductEvent {
-        v: 1,
-        kind,
-        event_id: event_id.into(),
-        seq,
-        sku: sku.into(),
-        score: 0.875,
-        bbox: BBox([0.25, 0.125, 0.75, 0.875]),
-        captured_at_ms: 1_764_072_000_000 + seq,
-        pts_ms: seq * 40,
-    }
-    .encode()
-}
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
@@ -116,15 +76,6 @@ async fn metric_reaches(addr: SocketAddr, series: &str, want: f64) -> String {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// An MQTT client whose event loop runs in the background.
-fn mqtt_client(port: u16, id: &str) -> (AsyncClient, tokio::task::JoinHandle<()>) {
-    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-    opts.set_max_packet_size(64 * 1024, 64 * 1024);
-    let (client, mut eventloop) = AsyncClient::new(opts, 32);
-    let task = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    (client, task)
 }
 
 /// Starts the bridge with the test catalog, its embedded broker and the viewer queue and
@@ -403,15 +354,7 @@ async fn a_viewer_that_stops_reading_is_dropped_and_never_slows_the_others() {
                 EventType::End
             };
             let payload = event(kind, &format!("e-{}", seq.div_ceil(2)), seq, "MUG-001");
-            agent
-                .publish(
-                    "spotter/v1/demo/main/events",
-                    QoS::AtLeastOnce,
-                    false,
-                    payload,
-                )
-                .await
-                .expect("queued");
+            publish_event(&agent, payload).await;
         }
         for _ in 0..32 {
             let (offset, _) = event_msg(next_message(&mut good).await);
@@ -452,15 +395,7 @@ async fn a_viewer_that_stops_reading_is_dropped_and_never_slows_the_others() {
     }
     // The good one is still live.
     seq += 1;
-    agent
-        .publish(
-            "spotter/v1/demo/main/events",
-            QoS::AtLeastOnce,
-            false,
-            event(EventType::New, "last", seq, "MUG-001"),
-        )
-        .await
-        .expect("queued");
+    publish_event(&agent, event(EventType::New, "last", seq, "MUG-001")).await;
     let (_, card) = event_msg(next_message(&mut good).await);
     assert_eq!(card.event_id, "last");
 

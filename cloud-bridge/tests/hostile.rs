@@ -5,15 +5,15 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, MqttOptions, QoS};
 use spotter_protocol::viewer::ServerMessage;
-use spotter_protocol::{BBox, EventType, ProductEvent};
-use support::{http_get, recv, sample, ws_connect, Running, Ws, WAIT};
+use spotter_protocol::EventType;
+use support::{
+    event, http_get, mqtt_client, publish_event, recv, sample, ws_connect, Running, Ws, WAIT,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout, Instant};
@@ -22,26 +22,10 @@ use tokio_tungstenite::tungstenite;
 /// The header bound the slow-client test configures, seconds.
 const HEADER_TIMEOUT_SECS: u64 = 2;
 
-fn write_catalog(dir: &Path) {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    std::fs::write(
-        dir.join("catalog.toml"),
-        r#"
-[[product]]
-sku = "MUG-001"
-name = "Enamel camp mug"
-price = "14.00"
-currency = "USD"
-url = "https://shop.example/mug-001"
-"#,
-    )
-    .expect("write catalog");
-}
-
 /// The bridge with the test catalog; `extra` goes at the end of `[http]`.
 async fn start(http_extra: &str) -> (tempfile::TempDir, Running) {
     let dir = tempfile::tempdir().expect("tempdir");
-    write_catalog(&dir.path().join("catalog"));
+    support::write_catalog(&dir.path().join("catalog"));
     let bridge = support::start_bridge(dir.path(), |broker_port| {
         format!(
             r#"
@@ -81,36 +65,6 @@ async fn next_event(ws: &mut Ws) -> (String, u64) {
             other => panic!("expected an event, got {other:?}"),
         }
     }
-}
-
-fn agent(port: u16) -> (AsyncClient, tokio::task::JoinHandle<()>) {
-    let (client, mut eventloop) = AsyncClient::new(MqttOptions::new("agent", "127.0.0.1", port), 8);
-    let task = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    (client, task)
-}
-
-async fn publish(agent: &AsyncClient, event_id: &str, seq: u64) {
-    let payload = ProductEvent {
-        v: 1,
-        kind: EventType::New,
-        event_id: event_id.into(),
-        seq,
-        sku: "MUG-001".into(),
-        score: 0.875,
-        bbox: BBox([0.25, 0.125, 0.75, 0.875]),
-        captured_at_ms: 1_764_072_000_000 + seq,
-        pts_ms: seq * 40,
-    }
-    .encode();
-    agent
-        .publish(
-            "spotter/v1/demo/main/events",
-            QoS::AtLeastOnce,
-            false,
-            payload,
-        )
-        .await
-        .expect("queued");
 }
 
 async fn metrics(addr: SocketAddr) -> String {
@@ -227,10 +181,10 @@ async fn slow_and_silent_clients_are_closed_at_the_header_bound_while_viewers_ge
     let mut silent = TcpStream::connect(http).await.expect("connect");
 
     // Meanwhile an ordinary viewer connects and gets its events.
-    let (agent, agent_loop) = agent(bridge.broker_port);
+    let (agent, agent_loop) = mqtt_client(bridge.broker_port, "agent");
     let mut viewer = ws_connect(http, "").await;
     greeted(&mut viewer).await;
-    publish(&agent, "e-1", 1).await;
+    publish_event(&agent, event(EventType::New, "e-1", 1, "MUG-001")).await;
     assert_eq!(next_event(&mut viewer).await, ("e-1".to_owned(), 1));
 
     let mut got = Vec::new();
@@ -258,7 +212,7 @@ async fn slow_and_silent_clients_are_closed_at_the_header_bound_while_viewers_ge
     );
 
     // The viewer was not disturbed and still gets the next one.
-    publish(&agent, "e-2", 2).await;
+    publish_event(&agent, event(EventType::New, "e-2", 2, "MUG-001")).await;
     assert_eq!(next_event(&mut viewer).await, ("e-2".to_owned(), 2));
     let text = metrics(http).await;
     assert_eq!(

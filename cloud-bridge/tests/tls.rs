@@ -6,39 +6,19 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, MqttOptions, QoS};
 use spotter_bridge::mqtt::subscriber;
 use spotter_bridge::BridgeConfig;
-use spotter_mqtt_link::testing::{make_certificates, AlpnServer, Certificates, TlsMosquitto};
+use spotter_mqtt_link::testing::{
+    connack_or_failure, make_certificates, AlpnServer, Certificates, TlsMosquitto,
+};
 use spotter_protocol::viewer::ServerMessage;
-use spotter_protocol::{BBox, EventType, ProductEvent};
-use support::{http_get, recv, sample, ws_connect, WAIT};
+use spotter_protocol::EventType;
+use support::{event, http_get, mqtt_client, publish_event, recv, sample, ws_connect, WAIT};
 
 /// The client id the bridge connects as (the certificate's common name too, as on IoT Core).
 const CLIENT_ID: &str = "bridge-under-tls";
-
-/// A 1x1 PNG, the catalog's one image.
-const PNG: &[u8] = &[
-    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
-    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
-    0x89, 0x00, 0x00, 0x00, 0x0A, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0x00, 0x01, 0x00, 0x00,
-    0x05, 0x00, 0x01, 0x0D, 0x0A, 0x2D, 0xB4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E, 0x44, 0xAE,
-    0x42, 0x60, 0x82,
-];
-
-fn write_catalog(dir: &Path) {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    std::fs::write(dir.join("mug.png"), PNG).expect("write png");
-    std::fs::write(
-        dir.join("catalog.toml"),
-        "[[product]]\nsku = \"MUG-001\"\nname = \"Enamel camp mug\"\nprice = \"14.00\"\n\
-         currency = \"USD\"\nurl = \"https://shop.example/mug-001\"\nimages = [\"mug.png\"]\n",
-    )
-    .expect("write catalog");
-}
 
 /// The bridge's configuration for the broker at `url`, with `tls` lines in `[mqtt]` (paths
 /// relative to the test's directory, as an operator's would be to the file's).
@@ -57,7 +37,7 @@ const MUTUAL: &str =
 fn setup() -> (tempfile::TempDir, Certificates) {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = make_certificates(dir.path(), CLIENT_ID);
-    write_catalog(&dir.path().join("catalog"));
+    support::write_catalog(&dir.path().join("catalog"));
     (dir, certs)
 }
 
@@ -96,30 +76,8 @@ async fn the_bridge_subscribes_with_its_certificate_and_an_event_reaches_a_viewe
     ));
 
     // the agent's side: an event published on the broker's plain listener
-    let mut opts = MqttOptions::new("test-agent", "127.0.0.1", broker.plain);
-    opts.set_keep_alive(Duration::from_secs(5));
-    let (agent, mut agent_loop) = AsyncClient::new(opts, 8);
-    let agent_task = tokio::spawn(async move { while agent_loop.poll().await.is_ok() {} });
-    let event = ProductEvent {
-        v: 1,
-        kind: EventType::New,
-        event_id: "over-tls".into(),
-        seq: 1,
-        sku: "MUG-001".into(),
-        score: 0.875,
-        bbox: BBox([0.25, 0.125, 0.75, 0.875]),
-        captured_at_ms: 1_764_072_000_000,
-        pts_ms: 40,
-    };
-    agent
-        .publish(
-            "spotter/v1/demo/main/events",
-            QoS::AtLeastOnce,
-            false,
-            event.encode(),
-        )
-        .await
-        .expect("queued");
+    let (agent, agent_task) = mqtt_client(broker.plain, "test-agent");
+    publish_event(&agent, event(EventType::New, "over-tls", 1, "MUG-001")).await;
 
     let card = loop {
         match recv(&mut viewer).await {
@@ -140,19 +98,9 @@ async fn the_bridge_subscribes_with_its_certificate_and_an_event_reaches_a_viewe
 /// fails; the error as the bridge logs it.
 async fn first_failure(config: &BridgeConfig) -> String {
     let (_client, mut eventloop) = subscriber::connect(&config.mqtt);
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match eventloop.poll().await {
-                Err(e) => return spotter_mqtt_link::explain(&e),
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                    return String::from("CONNACK")
-                }
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .expect("the broker answered in time")
+    tokio::time::timeout(WAIT, connack_or_failure(&mut eventloop))
+        .await
+        .expect("the broker answered in time")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

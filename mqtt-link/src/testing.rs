@@ -1,6 +1,7 @@
 //! For the agent's and the bridge's component tests (feature `test-support`): certificates made
-//! by openssl, a real Mosquitto that requires a client certificate, and `openssl s_server`
-//! reporting the ALPN protocols a client offers. Panics on failure, as test code does.
+//! by openssl, a real Mosquitto that requires a client certificate, `openssl s_server`
+//! reporting the ALPN protocols a client offers, and what a broker answers a client's first
+//! connection. Panics on failure, as test code does.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -247,5 +248,20 @@ impl Drop for AlpnServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Polls `eventloop` until the broker accepts the connection (`"CONNACK"`) or the connection
+/// fails: the error as [`crate::explain`] words it, which is what the agent and the bridge log.
+/// Unbounded: the caller puts its own timeout around it.
+pub async fn connack_or_failure(eventloop: &mut rumqttc::EventLoop) -> String {
+    loop {
+        match eventloop.poll().await {
+            Err(e) => return crate::explain(&e),
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                return String::from("CONNACK")
+            }
+            Ok(_) => {}
+        }
     }
 }

@@ -1,13 +1,16 @@
-//! What the bridge's component tests share: a bridge started in-process on free loopback ports,
-//! and the HTTP and WebSocket clients that watch it.
+//! What the bridge's component tests share: the test catalog and events, a bridge started
+//! in-process on free loopback ports, and the MQTT, HTTP and WebSocket clients around it.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use rumqttc::{AsyncClient, MqttOptions, QoS};
 use spotter_bridge::{run_with_ready, BridgeConfig};
+use spotter_mqtt_link::testing::free_port;
 use spotter_protocol::viewer::ServerMessage;
+use spotter_protocol::{BBox, EventType, ProductEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -20,11 +23,87 @@ pub const WAIT: Duration = Duration::from_secs(15);
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+/// A 1x1 PNG, the test catalog's one image.
+#[allow(
+    dead_code,
+    reason = "the chat and service tests bring their own catalogs"
+)]
+pub const PNG: &[u8] = &[
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4,
+    0x89, 0x00, 0x00, 0x00, 0x0A, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0x00, 0x01, 0x00, 0x00,
+    0x05, 0x00, 0x01, 0x0D, 0x0A, 0x2D, 0xB4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E, 0x44, 0xAE,
+    0x42, 0x60, 0x82,
+];
+
+/// Writes the test catalog in `dir`: one product, `MUG-001`, with [`PNG`] as its image.
+#[allow(
+    dead_code,
+    reason = "the chat and service tests bring their own catalogs"
+)]
+pub fn write_catalog(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(dir.join("mug.png"), PNG).expect("write png");
+    std::fs::write(
+        dir.join("catalog.toml"),
+        r#"
+[[product]]
+sku = "MUG-001"
+name = "Enamel camp mug"
+price = "14.00"
+currency = "USD"
+url = "https://shop.example/mug-001"
+images = ["mug.png"]
+"#,
+    )
+    .expect("write catalog");
+}
+
+/// An agent's event for `demo/main`, encoded as it goes on the wire.
+#[allow(
+    dead_code,
+    reason = "the chat and service tests publish no events through it"
+)]
+pub fn event(kind: EventType, event_id: &str, seq: u64, sku: &str) -> Vec<u8> {
+    ProductEvent {
+        v: 1,
+        kind,
+        event_id: event_id.into(),
+        seq,
+        sku: sku.into(),
+        score: 0.875,
+        bbox: BBox([0.25, 0.125, 0.75, 0.875]),
+        captured_at_ms: 1_764_072_000_000 + seq,
+        pts_ms: seq * 40,
+    }
+    .encode()
+}
+
+/// Publishes an encoded event on `demo/main`'s events topic, as the agent does.
+#[allow(
+    dead_code,
+    reason = "the chat and service tests publish no events through it"
+)]
+pub async fn publish_event(agent: &AsyncClient, payload: Vec<u8>) {
+    agent
+        .publish(
+            "spotter/v1/demo/main/events",
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        )
+        .await
+        .expect("queued");
+}
+
+/// An MQTT client on the broker at `port` whose event loop runs in the background.
+#[allow(dead_code, reason = "only the tests that publish to the broker use it")]
+pub fn mqtt_client(port: u16, id: &str) -> (AsyncClient, tokio::task::JoinHandle<()>) {
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_max_packet_size(64 * 1024, 64 * 1024);
+    let (client, mut eventloop) = AsyncClient::new(opts, 32);
+    let task = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    (client, task)
 }
 
 fn init_logs() {
