@@ -11,12 +11,24 @@ use std::time::{Duration, Instant};
 /// Where Debian puts Mosquitto.
 pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
-/// A free loopback TCP port.
+/// A free loopback TCP port, never one this process was given before: tests run in parallel
+/// threads, and the kernel may hand the same free port to two of them before either binds it
+/// (two embedded brokers racing for one port, one silently serving both bridges).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Waits until something accepts connections on `port`.
