@@ -249,12 +249,24 @@ describe("cards in step with the picture", { timeout: 420_000 }, () => {
       timeoutMs: 120_000,
       everyMs: 20,
     }).then(() => openPage(VIEWERS.find((v) => v.name === "late")));
-    const shots = ["ivs", "hls"].map(async (player) => {
-      const page = pages[player];
-      await page.locator("#cards .card img").first().waitFor({ timeout: 120_000 });
-      const file = path.join(artifacts, `sync-${player}-${player === "hls" ? "phone" : "desktop"}.png`);
-      await page.screenshot({ path: file, fullPage: player === "hls" });
-    });
+    // Taken once every page shows the second product's card, seconds from any card entering or
+    // leaving: a screenshot holds up the browser's compositor, which would make another page's
+    // card late.
+    const shots = (async () => {
+      const second = await waitFor(`${SKUS[1]}'s new event`, () => events.find((e) => e.type === "new" && e.sku === SKUS[1]), {
+        timeoutMs: 120_000,
+        everyMs: 100,
+      });
+      await waitFor(`every page to show ${SKUS[1]}'s card`, async () => {
+        for (const { name } of VIEWERS) {
+          const frames = await pages[name]?.evaluate(() => window.__cardFrames);
+          if (!frames?.some((f) => f.what === "enter" && f.eventId === second.event_id)) return false;
+        }
+        return true;
+      }, { timeoutMs: 120_000, everyMs: 100 });
+      await pages.ivs.screenshot({ path: path.join(artifacts, "sync-ivs-desktop.png") });
+      await pages.hls.screenshot({ path: path.join(artifacts, "sync-hls-phone.png"), fullPage: true });
+    })();
     const appearances = await waitFor(
       "every product's new and end events",
       () => {
@@ -269,7 +281,7 @@ describe("cards in step with the picture", { timeout: 420_000 }, () => {
     ).catch((err) => {
       throw new Error(`${err.message}; events: ${JSON.stringify(events)}\n--- agent ---\n${agent.output().slice(-4000)}`);
     });
-    await Promise.all([...shots, late]);
+    await Promise.all([shots, late]);
     const rows = [];
     for (const { name: player } of VIEWERS) {
       const page = pages[player];
