@@ -1398,7 +1398,7 @@ mod tests {
 
     #[test]
     fn mqtt_urls_get_the_same_answers_as_the_bridge() {
-        use spotter_mqtt_link::broker_url::examples::{BAD, GOOD};
+        use spotter_mqtt_link::broker_url::examples::assert_same_answers;
         let dir = tempfile::tempdir().expect("tempdir");
         let certs = spotter_mqtt_link::testing::make_certificates(dir.path(), "s1");
         let with = |url: &str, tls: bool| {
@@ -1411,21 +1411,6 @@ mod tests {
                 "studio = \"s1\"\n[analysis]\ncatalog = \"c\"\n[mqtt]\nurl = \"{url}\"\n{ca}"
             ))
         };
-        for &(url, host, port, tls) in GOOD {
-            let c = with(url, tls).unwrap_or_else(|e| panic!("{url}: {e}"));
-            let b = &c.mqtt.broker;
-            assert_eq!(
-                (b.host(), b.port(), b.tls().is_some()),
-                (host, port, tls),
-                "{url}"
-            );
-        }
-        for &(url, says) in BAD {
-            let err = with(url, false).expect_err(url).to_string();
-            assert!(
-                err.contains("mqtt.url") && err.contains(says),
-                "{url}: {err}"
-            );
-        }
+        assert_same_answers(|url, tls| with(url, tls).map(|c| c.mqtt.broker));
     }
 }

@@ -203,6 +203,32 @@ pub mod examples {
         ("mqtt://h%20x", "not a host name"),
         ("mqtt://[::1", "not a URL"),
     ];
+
+    /// Runs both tables through one side's `[mqtt] url`: `parse(url, tls)` reads a config with
+    /// that URL (and, when `tls`, a CA file) into that side's broker endpoint, or its error,
+    /// which must name `mqtt.url`.
+    pub fn assert_same_answers<E: std::fmt::Display>(
+        parse: impl Fn(&str, bool) -> Result<crate::Endpoint, E>,
+    ) {
+        for &(url, host, port, tls) in GOOD {
+            let b = parse(url, tls).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(
+                (b.host(), b.port(), b.tls().is_some()),
+                (host, port, tls),
+                "{url}"
+            );
+        }
+        for &(url, says) in BAD {
+            let err = match parse(url, false) {
+                Ok(b) => panic!("{url} was accepted as {b}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                err.contains("mqtt.url") && err.contains(says),
+                "{url}: {err}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]
