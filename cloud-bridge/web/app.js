@@ -6,10 +6,10 @@
 // goes in through textContent, and links and image sources go through safeUrl so a catalog entry
 // cannot smuggle in a javascript: URL.
 
-import { CardBook, CardList, el, safeUrl } from "./cards.js";
+import { CardBook, CardList } from "./cards.js";
 import { CHAT_KINDS, parseChatMessage, startChat, takeFragmentToken } from "./chat.js";
 import { backoffDelay, preferredPlayer, startVideo } from "./player.js";
-import { CardSchedule, TOLERANCE_MS } from "./sync.js";
+import { CardSchedule, reached } from "./sync.js";
 
 export { backoffDelay };
 
@@ -207,8 +207,7 @@ function connectCards(url, list, conn, hooks = {}) {
 
   /** Whether the frame captured at `at` is on screen (or there is no picture to wait for). */
   function isDue(at) {
-    if (shown.mode === "none") return true;
-    return shown.ms !== null && at <= shown.ms + TOLERANCE_MS;
+    return shown.mode === "none" || reached(at, shown.ms);
   }
 
   function hold(card, at) {

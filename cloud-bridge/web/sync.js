@@ -111,6 +111,14 @@ export class StampTrack {
 }
 
 /**
+ * Whether the frame captured at `at` is on screen when the displayed frame's capture time is
+ * `displayed` (null: no frame's is known), within `TOLERANCE_MS`.
+ */
+export function reached(at, displayed) {
+  return displayed !== null && displayed !== undefined && at <= displayed + TOLERANCE_MS;
+}
+
+/**
  * Cards waiting for their frame: each is held until the capture time of the frame on screen
  * reaches `at` (its `captured_at_ms`, or a snapshot card's `appeared_at_ms`), then released in
  * capture-time order (arrival order among equal times), so an appearance's `new`, `update` and
@@ -139,9 +147,7 @@ export class CardSchedule {
    */
   due(displayed, now) {
     let n = 0;
-    if (displayed !== null && displayed !== undefined) {
-      while (n < this.#held.length && this.#held[n].at <= displayed + TOLERANCE_MS) n++;
-    }
+    while (n < this.#held.length && reached(this.#held[n].at, displayed)) n++;
     let last = -1;
     this.#held.forEach((e, i) => {
       if (now - e.since >= MAX_HOLD_MS) last = i;
