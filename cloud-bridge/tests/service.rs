@@ -15,8 +15,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use spotter_bridge::app::SHUTDOWN_TIMEOUT;
+use spotter_mqtt_link::testing::free_port;
 use spotter_protocol::viewer::ServerMessage;
-use spotter_protocol::{BBox, EventType, ProductEvent};
+use spotter_protocol::EventType;
 use support::{http_get, recv, sample, ws_connect, Ws, WAIT};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -40,13 +41,6 @@ fn unit_values(unit: &str, key: &str) -> Vec<String> {
         .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
         .map(str::to_owned)
         .collect()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 /// A test directory with a one-product catalog and a config for free loopback ports.
@@ -280,21 +274,6 @@ async fn help_explains_both_orders() {
     }
 }
 
-fn event(seq: u64) -> Vec<u8> {
-    ProductEvent {
-        v: 1,
-        kind: EventType::New,
-        event_id: "ev-1".into(),
-        seq,
-        sku: "MUG-001".into(),
-        score: 0.875,
-        bbox: BBox([0.25, 0.125, 0.75, 0.875]),
-        captured_at_ms: 1_764_072_000_000 + seq,
-        pts_ms: seq * 40,
-    }
-    .encode()
-}
-
 /// The first message of a viewer that skips the chat's history.
 async fn first(ws: &mut Ws) -> ServerMessage {
     loop {
@@ -372,7 +351,7 @@ async fn viewers_over_the_open_files_budget_get_503_while_broker_and_metrics_sta
             "spotter/v1/demo/main/events",
             QoS::AtLeastOnce,
             false,
-            event(1),
+            support::event(EventType::New, "ev-1", 1, "MUG-001"),
         )
         .await
         .expect("queued");

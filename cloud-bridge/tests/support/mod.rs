@@ -60,10 +60,7 @@ images = ["mug.png"]
 }
 
 /// An agent's event for `demo/main`, encoded as it goes on the wire.
-#[allow(
-    dead_code,
-    reason = "the chat and service tests publish no events through it"
-)]
+#[allow(dead_code, reason = "the chat tests publish no events")]
 pub fn event(kind: EventType, event_id: &str, seq: u64, sku: &str) -> Vec<u8> {
     ProductEvent {
         v: 1,
