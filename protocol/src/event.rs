@@ -3,10 +3,19 @@
 //! One appearance has one stable `event_id`; its events go `new`, then any number of `update`,
 //! then `end`. `seq` increases by one for every event a stream publishes, so a consumer can drop
 //! duplicates (same `event_id` and a `seq` it has already seen) after redelivery.
+//!
+//! `session` names the numbering `seq` belongs to: the agent creates it with its outbox's
+//! sequence and keeps it as long as the sequence continues (across restarts), so a new session
+//! means the numbering restarted. Together they are a position that means the same to every
+//! consumer: the bridge's replicas use the session as their hub's epoch and `seq` as the offset.
+//! Agents that predate it send no session; their events belong to [`LEGACY_SESSION`].
 
 use serde::{Deserialize, Serialize};
 
 use crate::PROTOCOL_VERSION;
+
+/// The session of events and snapshots that carry none (an agent that predates sessions).
+pub const LEGACY_SESSION: &str = "legacy";
 
 /// Largest payload accepted on an event topic (AWS IoT Core's limit is 128 KB; events are tiny).
 pub const MAX_EVENT_BYTES: usize = 4096;
@@ -63,6 +72,11 @@ pub struct ProductEvent {
     pub event_id: String,
     /// Per-stream sequence number, increasing by one for each event published.
     pub seq: u64,
+    /// The agent session `seq` counts in: changes exactly when the numbering restarts (a new or
+    /// wiped outbox). Always sent by this agent; absent from older agents' events, which belong
+    /// to [`LEGACY_SESSION`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     /// The catalog product.
     pub sku: String,
     /// Recognition confidence, 0..=1.
@@ -137,6 +151,9 @@ impl ProductEvent {
             ));
         }
         check_id("event_id", &self.event_id)?;
+        if let Some(session) = &self.session {
+            check_id("session", session)?;
+        }
         check_id("sku", &self.sku)?;
         if !(self.score.is_finite() && (0.0..=1.0).contains(&self.score)) {
             return Err(invalid(
@@ -145,6 +162,11 @@ impl ProductEvent {
             ));
         }
         self.bbox.validate().map_err(|r| invalid("bbox", r))
+    }
+
+    /// The session `seq` counts in, [`LEGACY_SESSION`] for an event that names none.
+    pub fn session(&self) -> &str {
+        self.session.as_deref().unwrap_or(LEGACY_SESSION)
     }
 
     /// Decodes and validates a payload received from the broker.
@@ -175,6 +197,7 @@ mod tests {
             kind: EventType::New,
             event_id: "01J9ZKX3T1V2Q8M4N5P6R7S8T9".into(),
             seq: 42,
+            session: Some("5f3a9c0e7b1d2468".into()),
             sku: "MUG-001".into(),
             score: 0.875,
             bbox: BBox([0.25, 0.125, 0.75, 0.875]),
@@ -191,6 +214,19 @@ mod tests {
             ProductEvent::decode(golden.as_bytes()).expect("decodes"),
             sample()
         );
+    }
+
+    #[test]
+    fn an_event_without_a_session_is_a_legacy_one() {
+        let golden = include_str!("../tests/golden/event_new.json").trim();
+        let old = golden.replace(r#""session":"5f3a9c0e7b1d2468","#, "");
+        assert_ne!(old, golden, "the golden event carries a session");
+        let e = ProductEvent::decode(old.as_bytes()).expect("an older agent's event decodes");
+        assert_eq!((e.session.as_deref(), e.session()), (None, LEGACY_SESSION));
+        assert!(!String::from_utf8(e.encode())
+            .expect("utf8")
+            .contains("session"));
+        assert_eq!(sample().session(), "5f3a9c0e7b1d2468");
     }
 
     #[test]
@@ -212,6 +248,11 @@ mod tests {
             err.to_string().contains("sku") && err.to_string().contains("byte 3"),
             "{err}"
         );
+
+        let mut e = sample();
+        e.session = Some(String::new());
+        let err = ProductEvent::decode(&e.encode()).expect_err("empty session");
+        assert!(err.to_string().contains("session"), "{err}");
 
         let err = ProductEvent::decode(br#"{"v":1,"type":"new"}"#).expect_err("missing fields");
         assert!(err.to_string().contains("missing field"), "{err}");

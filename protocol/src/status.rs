@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{check_id, BBox, DecodeError};
+use crate::event::{check_id, BBox, DecodeError, LEGACY_SESSION};
 use crate::PROTOCOL_VERSION;
 
 /// The agent's state as seen by the broker.
@@ -75,6 +75,10 @@ pub struct OnScreen {
     pub v: u32,
     /// The sequence number of the last event this snapshot includes.
     pub seq: u64,
+    /// The agent session `seq` counts in (see [`crate::event`]); absent from older agents'
+    /// snapshots, which belong to [`LEGACY_SESSION`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     /// The products in view.
     pub products: Vec<OnScreenProduct>,
 }
@@ -85,9 +89,17 @@ impl OnScreen {
         serde_json::to_vec(self).expect("OnScreen always serializes")
     }
 
+    /// The session `seq` counts in, [`LEGACY_SESSION`] for a snapshot that names none.
+    pub fn session(&self) -> &str {
+        self.session.as_deref().unwrap_or(LEGACY_SESSION)
+    }
+
     /// Decodes and validates a received payload.
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let s: OnScreen = serde_json::from_slice(payload)?;
+        if let Some(session) = &s.session {
+            check_id("session", session)?;
+        }
         for p in &s.products {
             check_id("products.event_id", &p.event_id)?;
             check_id("products.sku", &p.sku)?;
@@ -210,6 +222,14 @@ mod tests {
         let golden = include_str!("../tests/golden/onscreen.json").trim();
         let s = OnScreen::decode(golden.as_bytes()).expect("decodes");
         assert_eq!(s.products.len(), 1);
+        assert_eq!(s.session(), "5f3a9c0e7b1d2468");
         assert_eq!(String::from_utf8(s.encode()).expect("utf8"), golden);
+
+        let old = golden.replace(r#""session":"5f3a9c0e7b1d2468","#, "");
+        let s = OnScreen::decode(old.as_bytes()).expect("an older agent's snapshot decodes");
+        assert_eq!(s.session(), LEGACY_SESSION);
+        let bad = golden.replace("5f3a9c0e7b1d2468", "has space");
+        let err = OnScreen::decode(bad.as_bytes()).expect_err("bad session");
+        assert!(err.to_string().contains("session"), "{err}");
     }
 }

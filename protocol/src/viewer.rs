@@ -1,9 +1,11 @@
 //! Messages on the viewer WebSocket (`/ws/<studio>/<stream>`), bridge to browser and back.
 //!
 //! The bridge sends `hello` first (the hub's epoch and offset, and what is on screen now), then one
-//! `event` per product event, each with the offset it has in the hub's ring buffer. A client that
-//! reconnects with `?epoch=..&offset=..` gets what it missed, or `hello` with `resync: true` when
-//! that is no longer held.
+//! `event` per product event with its offset. The epoch is the agent's session and an event's
+//! offset is the agent's `seq` (see [`crate::event`]), so a position means the same on every
+//! bridge replica. Offsets increase but may skip numbers (events a bridge refused). A client keeps
+//! the epoch and one past the last offset it saw, and reconnects with `?epoch=..&offset=..`: it
+//! gets what it missed, or `hello` with `resync: true` when that is not held.
 //!
 //! Chat shares the socket: `chat_history` follows `hello`, then `chat`, `chat_deleted`, `banned`
 //! and `viewers` arrive among the events; a client authenticates with `auth` (or asks for a guest
@@ -58,6 +60,15 @@ pub struct Card {
     pub appeared_at_ms: u64,
     /// Catalog data.
     pub product: ProductInfo,
+    /// The agent session `seq` counts in: the bridge's hub uses it as its epoch. Set by the
+    /// bridge, never sent to viewers (`hello.epoch` says it once).
+    #[serde(skip)]
+    pub session: String,
+    /// Which of the bridge's broker subscriptions delivered the event (counted up on every
+    /// connection that starts without a stored session), so that the hub can tell where it may
+    /// have missed events. Set by the bridge, never sent to viewers.
+    #[serde(skip)]
+    pub subscription: u64,
 }
 
 /// Bridge to browser.
@@ -68,13 +79,17 @@ pub enum ServerMessage {
     Hello {
         /// Wire version.
         protocol: u32,
-        /// The hub's epoch: changes when the hub's history restarts.
+        /// The hub's epoch: the agent session whose events follow (changes when its numbering
+        /// restarts).
         epoch: String,
-        /// Offset of the next event this connection will receive.
+        /// The connection has every event before this offset (from this `hello` and its client's
+        /// own history); every event it is sent has an offset at least this.
         offset: u64,
         /// Whether the client asked to recover and could not: drop local state.
         resync: bool,
-        /// What is on screen now.
+        /// What is on screen now; on a recovery, possibly older than what the client holds, so
+        /// a client applies it before the events that follow (empty when the client is ahead of
+        /// the bridge).
         onscreen: Vec<Card>,
         /// Viewers of this stream on this bridge now.
         #[serde(default)]
@@ -86,7 +101,7 @@ pub enum ServerMessage {
     },
     /// One product event.
     Event {
-        /// Offset in the hub's history.
+        /// The event's position in the epoch: the agent's `seq`.
         offset: u64,
         /// The card.
         card: Card,
@@ -244,7 +259,7 @@ mod tests {
     #[test]
     fn event_message_golden() {
         let msg = ServerMessage::Event {
-            offset: 3,
+            offset: 9,
             card: Card {
                 kind: EventType::New,
                 event_id: "e-1".into(),
@@ -262,6 +277,8 @@ mod tests {
                     url: "https://shop.example/mug-001".into(),
                     image: Some("/img/0123abcd/mug-front.png".into()),
                 },
+                session: String::new(),
+                subscription: 0,
             },
         };
         let golden = include_str!("../tests/golden/viewer_event.json").trim();
@@ -296,7 +313,7 @@ mod tests {
         golden(
             &ServerMessage::Hello {
                 protocol: 1,
-                epoch: "00ff".into(),
+                epoch: "5f3a9c0e7b1d2468".into(),
                 offset: 4,
                 resync: false,
                 onscreen: Vec::new(),
@@ -308,7 +325,7 @@ mod tests {
         golden(
             &ServerMessage::Hello {
                 protocol: 1,
-                epoch: "00ff".into(),
+                epoch: "5f3a9c0e7b1d2468".into(),
                 offset: 4,
                 resync: false,
                 onscreen: Vec::new(),
