@@ -22,6 +22,7 @@ fn event(seq: u64) -> ProductEvent {
         kind: EventType::Update,
         event_id: "5f0c7d1e-8a4b-4c1f-9e2d-3b6a7c8d9e0f".into(),
         seq,
+        session: Some("0123456789abcdef".into()),
         sku: "MUG-001".into(),
         score: 0.8734,
         bbox: BBox([0.2512, 0.1245, 0.7523, 0.8761]),

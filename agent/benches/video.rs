@@ -277,7 +277,8 @@ fn glass_to_event(
             ..TrackerConfig::default()
         },
         first_seq,
-    );
+    )
+    .with_session(publisher.session().to_owned());
     let mut sent = 0usize;
     let end = Instant::now() + Duration::from_secs(secs);
     let done = CancellationToken::new();

@@ -84,6 +84,7 @@ pub struct Publisher {
     commands: mpsc::UnboundedSender<Command>,
     stats: Arc<OutboxStats>,
     first_seq: u64,
+    session: String,
 }
 
 impl std::fmt::Debug for Command {
@@ -150,6 +151,7 @@ pub fn connect_with(
         commands: tx,
         stats: outbox.stats(),
         first_seq: outbox.first_seq(),
+        session: outbox.session(),
     };
     Ok((
         publisher,
@@ -169,6 +171,12 @@ impl Publisher {
     /// outbox has ever stored, so a restarted agent continues the sequence.
     pub fn first_seq(&self) -> u64 {
         self.first_seq
+    }
+
+    /// The session [`Publisher::first_seq`] belongs to: the outbox's, stored with its sequence.
+    /// Every event and snapshot carries it.
+    pub fn session(&self) -> &str {
+        &self.session
     }
 
     /// The outbox's counters now (depth, dropped, acknowledged).

@@ -334,7 +334,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     // source silent, ingest gone), rebuild it, carrying the tracker over, until the show ends.
     // A lost upload is dropped at once so that analysis goes on, and tried again after a
     // backoff; a lost source is reopened after a backoff.
-    let mut tracker = Tracker::new(cfg.tracker.clone(), first_seq);
+    let mut tracker =
+        Tracker::new(cfg.tracker.clone(), first_seq).with_session(publisher.session().to_owned());
     let mut supervisor = Supervisor::new(cfg.upload != Upload::None);
     if cfg.source.live_audio().is_some() {
         supervisor = supervisor.with_live_audio();

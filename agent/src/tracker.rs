@@ -98,6 +98,8 @@ pub struct Tracker {
     cfg: TrackerConfig,
     tracks: BTreeMap<String, Track>,
     next_seq: u64,
+    /// The session `next_seq` counts in (see `spotter_protocol::event`).
+    session: String,
     /// Time of the last frame observed.
     last_ms: u64,
 }
@@ -109,14 +111,27 @@ pub struct Tracker {
 pub const EXPECT_FOR_MS: u64 = 1000;
 
 impl Tracker {
-    /// A tracker whose first event will carry sequence number `first_seq`.
+    /// A tracker whose first event will carry sequence number `first_seq`, in a new session of
+    /// its own (a numbering kept only in memory restarts with the process).
     pub fn new(cfg: TrackerConfig, first_seq: u64) -> Self {
         Tracker {
             cfg,
             tracks: BTreeMap::new(),
             next_seq: first_seq,
+            session: crate::outbox::durable::format_session(crate::outbox::durable::new_session()),
             last_ms: 0,
         }
+    }
+
+    /// Counts in `session`: the outbox's, whose stored sequence `first_seq` continues.
+    pub fn with_session(mut self, session: String) -> Self {
+        self.session = session;
+        self
+    }
+
+    /// The session its events carry.
+    pub fn session(&self) -> &str {
+        &self.session
     }
 
     fn event(
@@ -135,6 +150,7 @@ impl Tracker {
             kind,
             event_id: event_id.to_owned(),
             seq,
+            session: Some(self.session.clone()),
             sku: sku.to_owned(),
             score: score.clamp(0.0, 1.0),
             bbox: BBox(bbox),
@@ -286,6 +302,7 @@ impl Tracker {
         OnScreen {
             v: PROTOCOL_VERSION,
             seq: self.next_seq.saturating_sub(1),
+            session: Some(self.session.clone()),
             products: self
                 .tracks
                 .iter()

@@ -80,6 +80,7 @@ pub struct Outbox {
     queue: Queue<Vec<u8>>,
     first_seq: u64,
     next_seq: u64,
+    session: u64,
     stats: Arc<OutboxStats>,
     /// A write failed: rewrite the log from memory before trusting it again.
     needs_compaction: bool,
@@ -100,9 +101,13 @@ impl Outbox {
             let size = event_record_len(payload.len());
             dropped += queue.restore(id, seq, size, payload).len() as u64;
         }
+        // a sequence that restarts (a new outbox, or one whose counters were lost) gets a new
+        // session; one that continues keeps its own
+        let session = recovered.session.unwrap_or_else(new_session);
         log.compact(
             queue.next_id(),
             recovered.next_seq,
+            session,
             queue.iter().map(|e| (e.id, e.seq, e.item.as_slice())),
         )?;
         let outbox = Outbox {
@@ -111,6 +116,7 @@ impl Outbox {
             queue,
             first_seq: recovered.next_seq,
             next_seq: recovered.next_seq,
+            session,
             stats: Arc::new(OutboxStats::default()),
             needs_compaction: false,
             last_drop_warning: None,
@@ -141,6 +147,12 @@ impl Outbox {
     /// was when opened: where the tracker continues after a restart.
     pub fn first_seq(&self) -> u64 {
         self.first_seq
+    }
+
+    /// The session of the outbox's sequence, as 16 hex digits: created with the sequence and
+    /// stored with it, so it changes exactly when the numbering restarts (a new or wiped outbox).
+    pub fn session(&self) -> String {
+        format_session(self.session)
     }
 
     /// The directory.
@@ -302,11 +314,23 @@ impl Outbox {
         let result = self.log.compact(
             queue.next_id(),
             self.next_seq,
+            self.session,
             queue.iter().map(|e| (e.id, e.seq, e.item.as_slice())),
         );
         self.needs_compaction = result.is_err();
         Ok(result?)
     }
+}
+
+/// A new random session id.
+pub fn new_session() -> u64 {
+    // 64 random bits: two outboxes of a stream never share one in practice
+    uuid::Uuid::new_v4().as_u64_pair().0
+}
+
+/// A session id as it goes on the wire: 16 lowercase hex digits.
+pub fn format_session(session: u64) -> String {
+    format!("{session:016x}")
 }
 
 #[cfg(test)]
@@ -315,6 +339,28 @@ mod tests {
 
     fn payload(seq: u64) -> Vec<u8> {
         format!("{{\"seq\":{seq:04},\"pad\":\"{}\"}}", "x".repeat(50)).into_bytes()
+    }
+
+    #[test]
+    fn the_session_lasts_as_long_as_the_sequence() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ob = Outbox::open(dir.path(), 1 << 20, 4).expect("open");
+        let session = ob.session();
+        assert_eq!(session.len(), 16);
+        assert!(session.bytes().all(|b| b.is_ascii_hexdigit()), "{session}");
+        for seq in 1..=3 {
+            ob.push(seq, payload(seq)).expect("push");
+        }
+        drop(ob);
+        let ob = Outbox::open(dir.path(), 1 << 20, 4).expect("reopen");
+        assert_eq!((ob.first_seq(), ob.session()), (4, session.clone()));
+        drop(ob);
+
+        // a wiped outbox starts the numbering again, in a new session
+        std::fs::remove_file(dir.path().join(super::super::log::LOG_FILE)).expect("wipe");
+        let ob = Outbox::open(dir.path(), 1 << 20, 4).expect("reopen");
+        assert_eq!(ob.first_seq(), 1);
+        assert_ne!(ob.session(), session);
     }
 
     #[test]

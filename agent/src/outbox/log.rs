@@ -4,7 +4,8 @@
 //! uses the directory), and transiently `outbox.log.tmp` (a compaction in progress).
 //!
 //! Record: `len: u32 LE | crc32(body): u32 LE | body`, where body is one of
-//! `1 | next_id: u64 | next_seq: u64` (meta, first in every compacted file),
+//! `1 | next_id: u64 | next_seq: u64 | session: u64` (meta, first in every compacted file; logs
+//! written before sessions have a meta record without `session`),
 //! `2 | id: u64 | seq: u64 | payload` (an event), or `3 | id: u64` (an event acknowledged or
 //! dropped). Integers are little-endian.
 //!
@@ -52,6 +53,8 @@ pub enum Record {
         next_id: u64,
         /// The sequence number after the highest one ever stored.
         next_seq: u64,
+        /// The session the sequence belongs to; `None` in a log written before sessions.
+        session: Option<u64>,
     },
     /// An event to deliver.
     Event {
@@ -75,10 +78,17 @@ impl Record {
         let start = out.len();
         out.extend_from_slice(&[0; HEADER]);
         match self {
-            Record::Meta { next_id, next_seq } => {
+            Record::Meta {
+                next_id,
+                next_seq,
+                session,
+            } => {
                 out.push(META);
                 out.extend_from_slice(&next_id.to_le_bytes());
                 out.extend_from_slice(&next_seq.to_le_bytes());
+                if let Some(session) = session {
+                    out.extend_from_slice(&session.to_le_bytes());
+                }
             }
             Record::Event { id, seq, payload } => {
                 out.push(EVENT);
@@ -103,9 +113,10 @@ impl Record {
             Some(u64::from_le_bytes(body.get(at..at + 8)?.try_into().ok()?))
         };
         match *body.first()? {
-            META if body.len() == 17 => Some(Record::Meta {
+            META if body.len() == 17 || body.len() == 25 => Some(Record::Meta {
                 next_id: u64_at(1)?,
                 next_seq: u64_at(9)?,
+                session: u64_at(17),
             }),
             EVENT if body.len() >= 17 => Some(Record::Event {
                 id: u64_at(1)?,
@@ -161,6 +172,9 @@ pub struct Recovered {
     pub next_id: u64,
     /// The sequence number after the highest one ever stored (1 for a new outbox).
     pub next_seq: u64,
+    /// The session of that sequence; `None` for a new outbox (or one written before sessions,
+    /// or whose first record was damaged): the sequence then gets a new one.
+    pub session: Option<u64>,
     /// Events not acknowledged, `(id, seq, payload)` in id order.
     pub events: Vec<(u64, u64, Vec<u8>)>,
     /// Damage found (the damaged file is kept as `outbox.log.damaged`).
@@ -170,15 +184,18 @@ pub struct Recovered {
 /// Replays records into the events still to deliver and the counters.
 pub fn replay(records: Vec<Record>) -> Recovered {
     let (mut next_id, mut next_seq) = (1u64, 1u64);
+    let mut session = None;
     let mut live: BTreeMap<u64, (u64, Vec<u8>)> = BTreeMap::new();
     for r in records {
         match r {
             Record::Meta {
                 next_id: i,
                 next_seq: s,
+                session: k,
             } => {
                 next_id = next_id.max(i);
                 next_seq = next_seq.max(s);
+                session = k.or(session);
             }
             Record::Event { id, seq, payload } => {
                 next_id = next_id.max(id.saturating_add(1));
@@ -193,6 +210,7 @@ pub fn replay(records: Vec<Record>) -> Recovered {
     Recovered {
         next_id,
         next_seq,
+        session,
         events: live.into_iter().map(|(id, (s, p))| (id, s, p)).collect(),
         damage: None,
     }
@@ -370,15 +388,22 @@ impl Log {
         self.append(&records, false)
     }
 
-    /// Replaces the log with a meta record and `live` events `(id, seq, payload)`, atomically.
+    /// Replaces the log with a meta record (the counters and the sequence's `session`) and
+    /// `live` events `(id, seq, payload)`, atomically.
     pub fn compact<'a>(
         &mut self,
         next_id: u64,
         next_seq: u64,
+        session: u64,
         live: impl Iterator<Item = (u64, u64, &'a [u8])>,
     ) -> Result<(), LogError> {
         let mut buf = Vec::new();
-        Record::Meta { next_id, next_seq }.encode(&mut buf);
+        Record::Meta {
+            next_id,
+            next_seq,
+            session: Some(session),
+        }
+        .encode(&mut buf);
         for (id, seq, payload) in live {
             Record::Event {
                 id,
@@ -425,6 +450,7 @@ mod tests {
             Record::Meta {
                 next_id: 5,
                 next_seq: 40,
+                session: Some(77),
             },
             event(5, 40, b"a"),
             event(6, 41, b"b"),
@@ -434,9 +460,9 @@ mod tests {
         ];
         let r = replay(records);
         assert_eq!(r.events, vec![(6, 41, b"b".to_vec())]);
-        assert_eq!((r.next_id, r.next_seq), (8, 43));
+        assert_eq!((r.next_id, r.next_seq, r.session), (8, 43, Some(77)));
         let empty = replay(Vec::new());
-        assert_eq!((empty.next_id, empty.next_seq), (1, 1));
+        assert_eq!((empty.next_id, empty.next_seq, empty.session), (1, 1, None));
     }
 
     #[test]
@@ -465,7 +491,8 @@ mod tests {
         let (mut log, r) = Log::open(dir.path()).expect("open");
         assert!(r.events.is_empty());
         assert!(matches!(Log::open(dir.path()), Err(LogError::Locked(_))));
-        log.compact(r.next_id, r.next_seq, std::iter::empty())
+        assert_eq!(r.session, None, "a new outbox has no session yet");
+        log.compact(r.next_id, r.next_seq, 77, std::iter::empty())
             .expect("compact");
         log.append_event(&[], 1, 10, b"one").expect("append");
         log.append_event(&[], 2, 11, b"two").expect("append");
@@ -473,10 +500,11 @@ mod tests {
         drop(log);
         let (mut log, r) = Log::open(dir.path()).expect("reopen");
         assert_eq!(r.events, vec![(2, 11, b"two".to_vec())]);
-        assert_eq!((r.next_id, r.next_seq), (3, 12));
+        assert_eq!((r.next_id, r.next_seq, r.session), (3, 12, Some(77)));
         log.compact(
             r.next_id,
             r.next_seq,
+            77,
             r.events.iter().map(|(i, s, p)| (*i, *s, p.as_slice())),
         )
         .expect("compact");
@@ -485,8 +513,9 @@ mod tests {
         let (_log, r) = Log::open(dir.path()).expect("reopen");
         assert!(r.events.is_empty());
         assert_eq!(
-            r.next_seq, 12,
-            "the sequence survives everything being acknowledged"
+            (r.next_seq, r.session),
+            (12, Some(77)),
+            "the sequence and its session survive everything being acknowledged"
         );
     }
 
@@ -494,7 +523,7 @@ mod tests {
     fn a_damaged_tail_is_reported_and_kept_aside() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut log, r) = Log::open(dir.path()).expect("open");
-        log.compact(r.next_id, r.next_seq, std::iter::empty())
+        log.compact(r.next_id, r.next_seq, 5, std::iter::empty())
             .expect("compact");
         log.append_event(&[], 1, 1, b"kept").expect("append");
         let path = log.path().to_owned();
@@ -508,6 +537,20 @@ mod tests {
         assert!(dir.path().join(DAMAGED_FILE).is_file());
     }
 
+    #[test]
+    fn a_meta_record_from_before_sessions_still_reads() {
+        let mut buf = Vec::new();
+        let old = Record::Meta {
+            next_id: 3,
+            next_seq: 9,
+            session: None,
+        };
+        old.encode(&mut buf);
+        assert_eq!(buf.len(), HEADER + 17, "the layout of older logs");
+        let r = replay(decode_all(&buf).0);
+        assert_eq!((r.next_id, r.next_seq, r.session), (3, 9, None));
+    }
+
     proptest! {
         #[test]
         fn records_round_trip(
@@ -516,7 +559,7 @@ mod tests {
             payload in proptest::collection::vec(any::<u8>(), 0..300),
         ) {
             let records = vec![
-                Record::Meta { next_id: id, next_seq: seq },
+                Record::Meta { next_id: id, next_seq: seq, session: Some(seq ^ id) },
                 Record::Event { id, seq, payload: payload.clone() },
                 Record::Remove { id },
             ];
@@ -526,7 +569,7 @@ mod tests {
             }
             prop_assert_eq!(
                 buf.len() as u64,
-                event_record_len(payload.len()) + (HEADER + 17 + HEADER + 9) as u64
+                event_record_len(payload.len()) + (HEADER + 25 + HEADER + 9) as u64
             );
             let (decoded, damage) = decode_all(&buf);
             prop_assert_eq!(decoded, records);

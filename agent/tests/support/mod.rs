@@ -227,6 +227,7 @@ pub fn event(seq: u64) -> ProductEvent {
         kind: EventType::Update,
         event_id: "0b9e8a50-delivery-test".into(),
         seq,
+        session: Some("0123456789abcdef".into()),
         sku: "MUG-001".into(),
         score: 0.875,
         bbox: BBox([0.25, 0.125, 0.75, 0.875]),
