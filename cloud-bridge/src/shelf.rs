@@ -131,6 +131,9 @@ impl Shelf {
             // The hub sets it from the appearance's `new`.
             appeared_at_ms: event.captured_at_ms,
             product: product.clone(),
+            session: event.session().to_owned(),
+            // The subscriber stamps it.
+            subscription: 0,
         })
     }
 
@@ -148,6 +151,9 @@ impl Shelf {
             pts_ms: 0,
             appeared_at_ms: p.since_ms,
             product: product.clone(),
+            // The snapshot's; the subscriber stamps both.
+            session: String::new(),
+            subscription: 0,
         })
     }
 }
@@ -256,6 +262,7 @@ url = "https://shop.example/gift"
             kind: EventType::New,
             event_id: "e-1".into(),
             seq: 3,
+            session: None,
             sku: "MUG-001".into(),
             score: 0.9,
             bbox: BBox::FULL,

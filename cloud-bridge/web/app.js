@@ -103,8 +103,11 @@ export function parseServerMessage(text) {
 }
 
 /**
- * Where this page is in the hub's history, for `?epoch=&offset=` on reconnect. `offset` is the
- * offset of the next event wanted, the same meaning as `hello.offset`.
+ * Where this page is in the stream, for `?epoch=&offset=` on reconnect. The epoch is the agent's
+ * session and an event's offset its sequence number, the same on every bridge replica; offsets
+ * increase but may skip numbers (events a bridge refused). `next` means "every event before it
+ * is here", the same meaning as `hello.offset`: one past the last offset seen. An event below it
+ * (the synthetic ones a bridge makes from a snapshot carry the snapshot's offset) moves nothing.
  */
 export class Cursor {
   epoch = null;

@@ -1,5 +1,33 @@
-//! One stream's hub as a pure state machine: deduplication, offsets in an epoch, the ring buffer
-//! that lets a reconnecting viewer recover, and the on-screen snapshot for late joiners.
+//! One stream's hub as a pure state machine: deduplication, positions in an epoch, the ring
+//! buffer that lets a reconnecting viewer recover, and the on-screen snapshot for late joiners.
+//!
+//! Positions come from the agent, so they mean the same on every bridge replica: the epoch is the
+//! agent's session and an event's offset is its `seq` (see `spotter_protocol::event`). Offsets
+//! increase but may skip numbers: an event a bridge refuses (unknown SKU, malformed) leaves a gap,
+//! the same gap on every replica. A client's position is "I have every event before offset N".
+//!
+//! A replica holds a *complete range* of the epoch: every offset from `complete_from` up to its
+//! newest. The range starts at the first event received since the replica (re)subscribed with a
+//! fresh MQTT session, or just after the retained snapshot's seq when the next event continues
+//! from it; a later event that does not continue the sequence where a new subscription began, a
+//! snapshot newer than every event held (the replica missed events), or the ring's eviction moves
+//! the start up. Resuming from `(E, N)`:
+//! - `E` is the epoch and `N` within the range (up to one past the newest): recovered, with the
+//!   held events from `N` on;
+//! - `E` is the epoch and `N` beyond the newest (the client saw events on another replica that
+//!   this one has not received yet), or this replica has heard of no epoch yet: recovered with
+//!   nothing to send, and no live event below `N` may be sent ([`Join::live_from`]);
+//! - otherwise (another epoch, `N` before the range): resync, with what is on screen.
+//!
+//! A snapshot that shows the replica missed events is made true for viewers with synthetic `end`
+//! and `new` events at the snapshot's seq: they bring a viewer to the state the snapshot
+//! describes, which is the state after every event up to that seq; the complete range restarts
+//! just after it, so nobody resumes from a position the synthetic events only summarised.
+//!
+//! The epoch changes when an event or snapshot of another agent session arrives (and the first
+//! time one arrives, replacing the random epoch a replica starts with): connections that joined in
+//! another epoch hold positions of that epoch and must resync (compare [`HubState::epoch`] before
+//! and after [`HubState::apply`] and [`HubState::apply_snapshot`]).
 //!
 //! Each accepted event is encoded once, here, into a [`Frame`] that every connection shares.
 //! Each card gets its appearance's `appeared_at_ms`: the capture time of its `new`, remembered
@@ -9,6 +37,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use axum::extract::ws::Utf8Bytes;
+use spotter_protocol::event::LEGACY_SESSION;
 use spotter_protocol::viewer::{Card, ServerMessage};
 use spotter_protocol::{EventType, PROTOCOL_VERSION};
 
@@ -26,7 +55,8 @@ pub const MIN_DEDUP_MEMORY: usize = 4096;
 /// What happened to an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    /// New: encoded at this offset, to be sent to every viewer.
+    /// New: encoded at this offset (the agent's seq), to be sent to every viewer whose
+    /// `live_from` it reaches.
     Accepted {
         /// Its offset.
         offset: u64,
@@ -42,11 +72,11 @@ pub enum Applied {
 pub enum Resume {
     /// A first connection.
     Fresh,
-    /// `?epoch=E&offset=N`: the next offset the client wants.
+    /// `?epoch=E&offset=N`: the client has every event of epoch `E` before offset `N`.
     From {
         /// The epoch it saw.
         epoch: String,
-        /// The next offset it wants.
+        /// One past the last offset it saw.
         offset: u64,
     },
     /// Something was given but it is not a usable position (missing half, not a number).
@@ -62,6 +92,10 @@ pub struct Join {
     pub backlog: Vec<Frame>,
     /// How the resume went.
     pub outcome: JoinOutcome,
+    /// The lowest offset of a live event this connection may be sent (the `hello`'s offset):
+    /// the client has every event below it, from its own history or the backlog. A client
+    /// ahead of this replica sets it above anything the replica has received yet.
+    pub live_from: u64,
 }
 
 /// How a join was served.
@@ -69,9 +103,9 @@ pub struct Join {
 pub enum JoinOutcome {
     /// No position given.
     Fresh,
-    /// Everything since the position was still held.
+    /// Everything since the position is sent, or the client is ahead of this replica.
     Recovered,
-    /// The position is gone (another epoch, or evicted from the ring): start over.
+    /// The position cannot be served (another epoch, or before what is held): start over.
     Resync,
 }
 
@@ -87,40 +121,58 @@ struct Seen {
 #[derive(Debug)]
 pub struct HubState {
     epoch: String,
-    next_offset: u64,
+    /// Whether `epoch` is an agent session (false until the first event or snapshot).
+    known: bool,
+    /// Every event of the epoch from this offset up to `next` is held (in `history`).
+    complete_from: u64,
+    /// One past the newest offset seen in the epoch (event, or snapshot seq).
+    next: u64,
+    /// The broker subscription whose deliveries continue the range; `None` until an event
+    /// shows that the sequence continues across a new subscription (or restarts the range).
+    subscription: Option<u64>,
     history: VecDeque<(u64, Frame)>,
     history_cap: usize,
     onscreen: Vec<Card>,
     seen: HashMap<String, Seen>,
     dedup_cap: usize,
     tick: u64,
-    max_seq: Option<u64>,
+}
+
+fn session_of(card: &Card) -> &str {
+    if card.session.is_empty() {
+        LEGACY_SESSION
+    } else {
+        &card.session
+    }
 }
 
 impl HubState {
-    /// A hub with the given epoch (random per process start) keeping `history` events.
+    /// A hub keeping `history` events, in a placeholder `epoch` (random per process start) until
+    /// the first event or snapshot names the agent's session.
     pub fn new(epoch: String, history: usize) -> Self {
         HubState {
             epoch,
-            next_offset: 0,
+            known: false,
+            complete_from: 0,
+            next: 0,
+            subscription: None,
             history: VecDeque::with_capacity(history.min(4096)),
             history_cap: history,
             onscreen: Vec::new(),
             seen: HashMap::new(),
             dedup_cap: history.saturating_mul(2).max(MIN_DEDUP_MEMORY),
             tick: 0,
-            max_seq: None,
         }
     }
 
-    /// The epoch.
+    /// The epoch: the agent session of the events held.
     pub fn epoch(&self) -> &str {
         &self.epoch
     }
 
-    /// The offset the next accepted event will get.
+    /// One past the newest offset seen: where a fresh client starts.
     pub fn next_offset(&self) -> u64 {
-        self.next_offset
+        self.next
     }
 
     /// The cards on screen now, oldest first.
@@ -128,32 +180,53 @@ impl HubState {
         &self.onscreen
     }
 
-    /// Applies one enriched event: drops redeliveries, sets `appeared_at_ms`, updates the
-    /// on-screen map, and encodes it.
-    pub fn apply(&mut self, mut card: Card) -> Applied {
-        let seen = self.seen.get(&card.event_id);
-        if seen.is_some_and(|s| card.seq <= s.seq) {
-            return Applied::Duplicate;
+    /// Applies one enriched event: starts a new epoch for a new session, checks the range where
+    /// a new subscription began, drops redeliveries, sets `appeared_at_ms`, updates the
+    /// on-screen map, and encodes it at its seq.
+    pub fn apply(&mut self, card: Card) -> Applied {
+        if !self.known || session_of(&card) != self.epoch {
+            let session = session_of(&card).to_owned();
+            self.start_epoch(session, card.seq);
+            self.subscription = Some(card.subscription);
+        } else if self.subscription != Some(card.subscription) {
+            // The first event through a new subscription: had it missed events, the sequence
+            // would not continue here.
+            if card.seq != self.next {
+                self.restart_range(card.seq);
+            }
+            self.subscription = Some(card.subscription);
         }
-        card.appeared_at_ms = match (card.kind, seen) {
-            (EventType::New, _) | (_, None) => card.captured_at_ms,
-            (_, Some(s)) => s.appeared_at_ms,
+        let offset = card.seq;
+        let Some(frame) = self.accept(card) else {
+            return Applied::Duplicate;
         };
-        self.remember(&card.event_id, card.seq, card.appeared_at_ms);
-        self.max_seq = Some(self.max_seq.map_or(card.seq, |m| m.max(card.seq)));
-        self.track_onscreen(&card);
-        let (offset, frame) = self.push(card);
+        self.next = self.next.max(offset.saturating_add(1));
+        self.keep(offset, &frame);
         Applied::Accepted { offset, frame }
     }
 
-    /// Applies a retained on-screen snapshot. One no newer than the newest event seen changes
-    /// nothing; a newer one (the bridge missed events, e.g. while away from the broker) is made
-    /// true for viewers with `end` cards for what left and `new` cards for what arrived.
+    /// Applies a retained on-screen snapshot covering every event up to `seq` (its cards carry
+    /// its session; an empty one is taken to be of the current epoch, and ignored before one is
+    /// known). One that covers nothing new changes nothing; a newer one (the bridge missed
+    /// events, e.g. while away from the broker or before it subscribed) is made true for viewers
+    /// with `end` cards for what left and `new` cards for what arrived, all at offset `seq`, and
+    /// the complete range restarts after `seq`.
     pub fn apply_snapshot(&mut self, seq: u64, cards: Vec<Card>) -> Vec<Frame> {
-        if self.max_seq.is_some_and(|m| seq <= m) {
+        let session = match cards.first() {
+            Some(c) => session_of(c).to_owned(),
+            None if self.known => self.epoch.clone(),
+            None => return Vec::new(),
+        };
+        if self.known && session == self.epoch && seq < self.next {
             return Vec::new();
         }
-        self.max_seq = Some(seq);
+        if !self.known || session != self.epoch {
+            self.start_epoch(session, seq.saturating_add(1));
+        } else {
+            self.restart_range(seq.saturating_add(1));
+        }
+        // The next event decides whether the sequence continues after the snapshot.
+        self.subscription = None;
         let mut frames = Vec::new();
         let gone: Vec<Card> = self
             .onscreen
@@ -164,9 +237,7 @@ impl HubState {
         for mut card in gone {
             card.kind = EventType::End;
             card.seq = seq;
-            if let Applied::Accepted { frame, .. } = self.apply(card) {
-                frames.push(frame);
-            }
+            frames.extend(self.accept(card));
         }
         for card in cards {
             if self.onscreen.iter().any(|c| c.event_id == card.event_id) {
@@ -178,72 +249,147 @@ impl HubState {
                 self.remember(&card.event_id, seq, appeared);
                 continue;
             }
-            if let Applied::Accepted { frame, .. } = self.apply(card) {
-                frames.push(frame);
-            }
+            frames.extend(self.accept(card));
         }
         frames
     }
 
     /// Serves a connecting client: `hello` with what is on screen, plus what it missed.
     pub fn join(&self, resume: &Resume) -> Join {
-        let (outcome, offset, backlog) = match resume {
-            Resume::Fresh => (JoinOutcome::Fresh, self.next_offset, Vec::new()),
-            Resume::Unusable => (JoinOutcome::Resync, self.next_offset, Vec::new()),
-            Resume::From { epoch, offset } => match self.recover(epoch, *offset) {
-                Some(backlog) => (JoinOutcome::Recovered, *offset, backlog),
-                None => (JoinOutcome::Resync, self.next_offset, Vec::new()),
-            },
-        };
-        Join {
-            hello: ServerMessage::Hello {
+        let hello = |epoch: &str, offset: u64, resync: bool, onscreen: Vec<Card>| {
+            ServerMessage::Hello {
                 protocol: PROTOCOL_VERSION,
-                epoch: self.epoch.clone(),
+                epoch: epoch.to_owned(),
                 offset,
-                resync: outcome == JoinOutcome::Resync,
-                onscreen: self.onscreen.clone(),
+                resync,
+                onscreen,
                 // The shared hub fills these in: they are not the event history's business.
                 viewers: 0,
                 chat: None,
+            }
+        };
+        let (outcome, epoch, offset, backlog, onscreen) = match resume {
+            Resume::Fresh => (
+                JoinOutcome::Fresh,
+                self.epoch.as_str(),
+                self.next,
+                Vec::new(),
+                self.onscreen.clone(),
+            ),
+            Resume::From { epoch, offset } => match self.recover(epoch, *offset) {
+                // Ahead of what this replica has received: what it has on screen is older than
+                // what the client shows.
+                Some(_) if !self.known || *offset > self.next => (
+                    JoinOutcome::Recovered,
+                    epoch.as_str(),
+                    *offset,
+                    Vec::new(),
+                    Vec::new(),
+                ),
+                Some(backlog) => (
+                    JoinOutcome::Recovered,
+                    epoch.as_str(),
+                    *offset,
+                    backlog,
+                    self.onscreen.clone(),
+                ),
+                None => (
+                    JoinOutcome::Resync,
+                    self.epoch.as_str(),
+                    self.next,
+                    Vec::new(),
+                    self.onscreen.clone(),
+                ),
             },
+            Resume::Unusable => (
+                JoinOutcome::Resync,
+                self.epoch.as_str(),
+                self.next,
+                Vec::new(),
+                self.onscreen.clone(),
+            ),
+        };
+        Join {
+            hello: hello(epoch, offset, outcome == JoinOutcome::Resync, onscreen),
             backlog,
             outcome,
+            live_from: offset,
         }
     }
 
-    /// The frames from `offset` on, or `None` when they are no longer all held ("resync").
+    /// The held frames from `offset` on, empty for a client ahead of this replica (or when no
+    /// epoch is known yet), or `None` when the position cannot be served ("resync").
     pub fn recover(&self, epoch: &str, offset: u64) -> Option<Vec<Frame>> {
-        if epoch != self.epoch || offset > self.next_offset {
-            return None;
-        }
-        if offset == self.next_offset {
+        if !self.known {
             return Some(Vec::new());
         }
-        let oldest = self.history.front()?.0;
-        if offset < oldest {
+        if epoch != self.epoch || offset < self.complete_from {
             return None;
         }
-        let skip = usize::try_from(offset - oldest).ok()?;
         Some(
             self.history
                 .iter()
-                .skip(skip)
+                .filter(|(o, _)| *o >= offset)
                 .map(|(_, f)| f.clone())
                 .collect(),
         )
     }
 
-    fn push(&mut self, card: Card) -> (u64, Frame) {
-        let offset = self.next_offset;
-        self.next_offset += 1;
-        let frame = Frame::from(ServerMessage::Event { offset, card }.encode());
-        if self.history_cap > 0 {
-            if self.history.len() == self.history_cap {
-                self.history.pop_front();
-            }
-            self.history.push_back((offset, frame.clone()));
+    /// Starts epoch `session` with nothing held and the range starting at `from`; what is on
+    /// screen stays until a snapshot or the events say otherwise.
+    fn start_epoch(&mut self, session: String, from: u64) {
+        self.epoch = session;
+        self.known = true;
+        // Seqs of another numbering say nothing about this one's; the cards on screen keep
+        // their appearance times, and can still be ended.
+        let onscreen = &self.onscreen;
+        self.seen
+            .retain(|id, _| onscreen.iter().any(|c| &c.event_id == id));
+        for s in self.seen.values_mut() {
+            s.seq = 0;
         }
-        (offset, frame)
+        self.next = from;
+        self.restart_range(from);
+    }
+
+    /// Nothing before `from` can be served any more.
+    fn restart_range(&mut self, from: u64) {
+        self.complete_from = from;
+        self.next = self.next.max(from);
+        self.history.clear();
+    }
+
+    /// Deduplicates, stamps `appeared_at_ms`, tracks the screen and encodes; `None` for a
+    /// duplicate.
+    fn accept(&mut self, mut card: Card) -> Option<Frame> {
+        let seen = self.seen.get(&card.event_id);
+        if seen.is_some_and(|s| card.seq <= s.seq) {
+            return None;
+        }
+        card.appeared_at_ms = match (card.kind, seen) {
+            (EventType::New, _) | (_, None) => card.captured_at_ms,
+            (_, Some(s)) => s.appeared_at_ms,
+        };
+        self.remember(&card.event_id, card.seq, card.appeared_at_ms);
+        self.track_onscreen(&card);
+        let offset = card.seq;
+        Some(Frame::from(ServerMessage::Event { offset, card }.encode()))
+    }
+
+    /// Keeps an accepted event in the ring, in offset order (one that arrives late goes where
+    /// it belongs); the oldest leaves when the ring is full, and the range starts after it.
+    fn keep(&mut self, offset: u64, frame: &Frame) {
+        if offset < self.complete_from {
+            return;
+        }
+        let at = self.history.partition_point(|(o, _)| *o <= offset);
+        self.history.insert(at, (offset, frame.clone()));
+        while self.history.len() > self.history_cap {
+            match self.history.pop_front() {
+                Some((o, _)) => self.complete_from = self.complete_from.max(o.saturating_add(1)),
+                None => break,
+            }
+        }
     }
 
     fn track_onscreen(&mut self, card: &Card) {
@@ -319,6 +465,8 @@ mod tests {
     use spotter_protocol::viewer::ProductInfo;
     use spotter_protocol::BBox;
 
+    const S: &str = "5f3a9c0e7b1d2468";
+
     fn card(kind: EventType, event_id: &str, seq: u64) -> Card {
         Card {
             kind,
@@ -337,11 +485,27 @@ mod tests {
                 url: "https://shop.example/mug-001".into(),
                 image: None,
             },
+            session: S.into(),
+            subscription: 1,
         }
+    }
+
+    fn new(event_id: &str, seq: u64) -> Card {
+        card(EventType::New, event_id, seq)
     }
 
     fn decode(frame: &Frame) -> ServerMessage {
         serde_json::from_str(frame.as_str()).expect("frames are ServerMessages")
+    }
+
+    fn offsets(frames: &[Frame]) -> Vec<u64> {
+        frames
+            .iter()
+            .map(|f| match decode(f) {
+                ServerMessage::Event { offset, .. } => offset,
+                other => panic!("{other:?}"),
+            })
+            .collect()
     }
 
     fn accepted(a: Applied) -> (u64, Frame) {
@@ -351,17 +515,55 @@ mod tests {
         }
     }
 
+    fn hub(history: usize) -> HubState {
+        HubState::new(format!("{:016x}", fastrand::u64(..)), history)
+    }
+
+    fn from(epoch: &str, offset: u64) -> Resume {
+        Resume::From {
+            epoch: epoch.into(),
+            offset,
+        }
+    }
+
+    /// (outcome, hello's epoch, hello's offset, hello's resync, backlog offsets, live_from)
+    fn served(h: &HubState, r: &Resume) -> (JoinOutcome, String, u64, bool, Vec<u64>, u64) {
+        let j = h.join(r);
+        match j.hello {
+            ServerMessage::Hello {
+                epoch,
+                offset,
+                resync,
+                ..
+            } => {
+                assert_eq!(offset, j.live_from, "live_from is the hello's offset");
+                (
+                    j.outcome,
+                    epoch,
+                    offset,
+                    resync,
+                    offsets(&j.backlog),
+                    j.live_from,
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
-    fn offsets_increase_and_frames_are_event_messages() {
-        let mut h = HubState::new("ep".into(), 8);
-        let (o0, f0) = accepted(h.apply(card(EventType::New, "a", 1)));
-        let (o1, _) = accepted(h.apply(card(EventType::New, "b", 2)));
-        assert_eq!((o0, o1, h.next_offset()), (0, 1, 2));
+    fn offsets_are_the_agent_seq_and_the_epoch_its_session() {
+        let mut h = hub(8);
+        let (o0, f0) = accepted(h.apply(new("a", 7)));
+        let (o1, _) = accepted(h.apply(new("b", 8)));
+        assert_eq!((o0, o1, h.next_offset(), h.epoch()), (7, 8, 9, S));
         match decode(&f0) {
             ServerMessage::Event { offset, card: c } => {
-                assert_eq!(offset, 0);
-                let mut want = card(EventType::New, "a", 1);
+                assert_eq!(offset, 7);
+                let mut want = new("a", 7);
                 want.appeared_at_ms = want.captured_at_ms;
+                // the session rides in the hello, not in every card
+                want.session = String::new();
+                want.subscription = 0;
                 assert_eq!(c, want);
             }
             other => panic!("{other:?}"),
@@ -369,31 +571,204 @@ mod tests {
     }
 
     #[test]
+    fn an_event_without_a_session_is_in_the_legacy_epoch() {
+        let mut h = hub(8);
+        let mut old = new("a", 1);
+        old.session = String::new();
+        accepted(h.apply(old));
+        assert_eq!(h.epoch(), LEGACY_SESSION);
+    }
+
+    #[test]
+    fn another_replica_that_saw_the_same_events_serves_a_resume_the_same_way() {
+        let (mut a, mut b) = (hub(16), hub(16));
+        for seq in 1..=5 {
+            let e = card(EventType::Update, "x", seq);
+            accepted(a.apply(e.clone()));
+            accepted(b.apply(e));
+        }
+        // b has seen one more event
+        accepted(b.apply(card(EventType::End, "x", 6)));
+        assert_eq!(a.epoch(), b.epoch());
+        let resume = from(a.epoch(), 3);
+        let on_a = served(&a, &resume);
+        let on_b = served(&b, &resume);
+        assert_eq!(
+            on_a,
+            (JoinOutcome::Recovered, S.into(), 3, false, vec![3, 4, 5], 3)
+        );
+        assert_eq!(
+            on_b,
+            (
+                JoinOutcome::Recovered,
+                S.into(),
+                3,
+                false,
+                vec![3, 4, 5, 6],
+                3
+            )
+        );
+        // The frames are byte for byte the same on both.
+        assert_eq!(a.join(&resume).backlog[..], b.join(&resume).backlog[..3]);
+    }
+
+    #[test]
+    fn refused_events_leave_the_same_gap_on_every_replica() {
+        let mut h = hub(16);
+        for seq in [1, 2, 4, 5] {
+            accepted(h.apply(new(&format!("e{seq}"), seq)));
+        }
+        assert_eq!(served(&h, &from(S, 3)).4, [4, 5], "3 was refused");
+        assert_eq!(served(&h, &from(S, 4)).4, [4, 5]);
+        assert_eq!(served(&h, &from(S, 6)).4, Vec::<u64>::new(), "up to date");
+        assert_eq!(served(&h, &Resume::Fresh).2, 6);
+    }
+
+    #[test]
+    fn a_client_ahead_of_this_replica_recovers_nothing_and_lives_from_its_position() {
+        let mut h = hub(16);
+        for seq in 1..=3 {
+            accepted(h.apply(new(&format!("e{seq}"), seq)));
+        }
+        let j = h.join(&from(S, 10));
+        assert_eq!(j.outcome, JoinOutcome::Recovered);
+        assert_eq!(j.live_from, 10);
+        assert!(j.backlog.is_empty());
+        match j.hello {
+            ServerMessage::Hello {
+                offset,
+                resync,
+                onscreen,
+                ..
+            } => {
+                assert_eq!((offset, resync), (10, false));
+                assert!(onscreen.is_empty(), "older than what the client shows");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_replica_that_knows_no_epoch_yet_takes_the_client_at_its_word() {
+        let h = hub(16);
+        assert_eq!(
+            served(&h, &from(S, 40)),
+            (JoinOutcome::Recovered, S.into(), 40, false, vec![], 40)
+        );
+        let fresh = served(&h, &Resume::Fresh);
+        assert_eq!((fresh.0, fresh.2), (JoinOutcome::Fresh, 0));
+        assert_ne!(fresh.1, S, "a placeholder epoch until the agent's is known");
+    }
+
+    #[test]
+    fn a_new_agent_session_starts_a_new_epoch_and_old_positions_resync() {
+        let mut h = hub(16);
+        for seq in 1..=4 {
+            accepted(h.apply(new(&format!("e{seq}"), seq)));
+        }
+        let mut restarted = new("f1", 1);
+        restarted.session = "00000000000000aa".into();
+        let (offset, _) = accepted(h.apply(restarted));
+        assert_eq!(
+            (offset, h.epoch(), h.next_offset()),
+            (1, "00000000000000aa", 2)
+        );
+        let old = served(&h, &from(S, 5));
+        assert_eq!(
+            (old.0, old.1.as_str(), old.2, old.3),
+            (JoinOutcome::Resync, "00000000000000aa", 2, true)
+        );
+        assert_eq!(served(&h, &from("00000000000000aa", 1)).4, [1]);
+    }
+
+    #[test]
+    fn a_range_starts_where_the_replica_began_receiving() {
+        // This replica subscribed while the agent was at seq 5: it cannot answer for 3 and 4.
+        let mut h = hub(16);
+        for seq in 5..=7 {
+            accepted(h.apply(new(&format!("e{seq}"), seq)));
+        }
+        assert_eq!(served(&h, &from(S, 3)).0, JoinOutcome::Resync);
+        assert_eq!(served(&h, &from(S, 5)).4, [5, 6, 7]);
+    }
+
+    #[test]
+    fn a_new_subscription_keeps_the_range_only_if_the_sequence_continues() {
+        let mut h = hub(16);
+        for seq in 1..=3 {
+            accepted(h.apply(new(&format!("e{seq}"), seq)));
+        }
+        let mut next = new("e4", 4);
+        next.subscription = 2;
+        accepted(h.apply(next));
+        assert_eq!(
+            served(&h, &from(S, 1)).4,
+            [1, 2, 3, 4],
+            "nothing was missed"
+        );
+
+        // While away, events 5 and 6 went by.
+        let mut after_gap = new("e7", 7);
+        after_gap.subscription = 3;
+        accepted(h.apply(after_gap));
+        assert_eq!(served(&h, &from(S, 4)).0, JoinOutcome::Resync);
+        assert_eq!(served(&h, &from(S, 7)).4, [7]);
+    }
+
+    #[test]
+    fn ring_wraps_and_evicted_offsets_need_resync() {
+        let mut h = hub(3);
+        for seq in 0..7 {
+            accepted(h.apply(new(&format!("e{seq}"), seq)));
+        }
+        assert_eq!(served(&h, &from(S, 4)).4, [4, 5, 6]);
+        assert_eq!(served(&h, &from(S, 3)).0, JoinOutcome::Resync, "evicted");
+        assert_eq!(served(&h, &from(S, 0)).0, JoinOutcome::Resync, "evicted");
+    }
+
+    #[test]
+    fn zero_history_recovers_only_when_up_to_date() {
+        let mut h = hub(0);
+        accepted(h.apply(new("a", 1)));
+        assert_eq!(h.recover(S, 2), Some(Vec::new()));
+        assert_eq!(h.recover(S, 1), None);
+    }
+
+    #[test]
     fn redeliveries_and_older_seqs_are_dropped() {
-        let mut h = HubState::new("ep".into(), 8);
-        accepted(h.apply(card(EventType::New, "a", 5)));
-        assert_eq!(h.apply(card(EventType::New, "a", 5)), Applied::Duplicate);
-        assert_eq!(h.apply(card(EventType::New, "a", 4)), Applied::Duplicate);
+        let mut h = hub(8);
+        accepted(h.apply(new("a", 5)));
+        assert_eq!(h.apply(new("a", 5)), Applied::Duplicate);
+        assert_eq!(h.apply(new("a", 4)), Applied::Duplicate);
         accepted(h.apply(card(EventType::Update, "a", 7)));
         // A late `new` cannot resurrect an ended card.
         accepted(h.apply(card(EventType::End, "a", 9)));
-        assert_eq!(h.apply(card(EventType::New, "a", 5)), Applied::Duplicate);
+        assert_eq!(h.apply(new("a", 5)), Applied::Duplicate);
         assert!(h.onscreen().is_empty());
-        // The same seq under another event id is a different event.
-        accepted(h.apply(card(EventType::New, "b", 5)));
+        assert_eq!(h.next_offset(), 10);
+        assert_eq!(served(&h, &from(S, 5)).4, [5, 7, 9]);
+    }
+
+    #[test]
+    fn an_event_that_arrives_late_takes_its_place_in_the_history() {
+        let mut h = hub(8);
+        accepted(h.apply(new("a", 1)));
+        accepted(h.apply(new("c", 3)));
+        accepted(h.apply(new("b", 2)));
+        assert_eq!(served(&h, &from(S, 1)).4, [1, 2, 3]);
         assert_eq!(h.next_offset(), 4);
     }
 
     #[test]
     fn onscreen_follows_new_update_end() {
-        let mut h = HubState::new("ep".into(), 8);
-        accepted(h.apply(card(EventType::New, "a", 1)));
-        accepted(h.apply(card(EventType::New, "b", 2)));
+        let mut h = hub(8);
+        accepted(h.apply(new("a", 1)));
+        accepted(h.apply(new("b", 2)));
         let mut moved = card(EventType::Update, "a", 3);
         moved.score = 0.5;
         accepted(h.apply(moved.clone()));
         moved.appeared_at_ms = 1001;
-        let mut b = card(EventType::New, "b", 2);
+        let mut b = new("b", 2);
         b.appeared_at_ms = 1002;
         assert_eq!(h.onscreen(), &[moved, b]);
         accepted(h.apply(card(EventType::End, "b", 4)));
@@ -409,165 +784,99 @@ mod tests {
 
     #[test]
     fn onscreen_is_bounded() {
-        let mut h = HubState::new("ep".into(), 8);
+        let mut h = hub(8);
         for i in 0..(MAX_ONSCREEN as u64 + 5) {
-            accepted(h.apply(card(EventType::New, &format!("e{i}"), i)));
+            accepted(h.apply(new(&format!("e{i}"), i)));
         }
         assert_eq!(h.onscreen().len(), MAX_ONSCREEN);
         assert_eq!(h.onscreen()[0].event_id, "e5");
     }
 
-    #[test]
-    fn recover_returns_what_was_missed() {
-        let mut h = HubState::new("ep".into(), 8);
-        let frames: Vec<Frame> = (0..5)
-            .map(|i| accepted(h.apply(card(EventType::New, &format!("e{i}"), i))).1)
-            .collect();
-        assert_eq!(h.recover("ep", 2).expect("held"), frames[2..].to_vec());
-        assert_eq!(h.recover("ep", 0).expect("held"), frames);
-        assert_eq!(h.recover("ep", 5).expect("up to date"), Vec::<Frame>::new());
-        assert_eq!(h.recover("ep", 6), None, "from the future");
-        assert_eq!(h.recover("other", 2), None, "another epoch");
-    }
-
-    #[test]
-    fn ring_wraps_and_evicted_offsets_need_resync() {
-        let mut h = HubState::new("ep".into(), 3);
-        let frames: Vec<Frame> = (0..7)
-            .map(|i| accepted(h.apply(card(EventType::New, &format!("e{i}"), i))).1)
-            .collect();
-        assert_eq!(h.recover("ep", 4).expect("held"), frames[4..].to_vec());
-        assert_eq!(h.recover("ep", 3), None, "evicted");
-        assert_eq!(h.recover("ep", 0), None, "evicted");
-        let offsets: Vec<u64> = h
-            .recover("ep", 4)
-            .expect("held")
+    fn kinds(frames: &[Frame]) -> Vec<(EventType, String, u64)> {
+        frames
             .iter()
             .map(|f| match decode(f) {
-                ServerMessage::Event { offset, .. } => offset,
+                ServerMessage::Event { card, offset } => (card.kind, card.event_id, offset),
                 other => panic!("{other:?}"),
             })
-            .collect();
-        assert_eq!(offsets, [4, 5, 6]);
+            .collect()
     }
 
     #[test]
-    fn zero_history_recovers_only_when_up_to_date() {
-        let mut h = HubState::new("ep".into(), 0);
-        accepted(h.apply(card(EventType::New, "a", 1)));
-        assert_eq!(h.recover("ep", 1), Some(Vec::new()));
-        assert_eq!(h.recover("ep", 0), None);
-    }
-
-    #[test]
-    fn join_says_fresh_recovered_or_resync() {
-        let mut h = HubState::new("ep".into(), 2);
-        for i in 0..4 {
-            accepted(h.apply(card(EventType::New, &format!("e{i}"), i)));
-        }
-        let fresh = h.join(&Resume::Fresh);
-        assert_eq!(fresh.outcome, JoinOutcome::Fresh);
-        match &fresh.hello {
-            ServerMessage::Hello {
-                protocol,
-                epoch,
-                offset,
-                resync,
-                onscreen,
-                ..
-            } => {
-                assert_eq!(
-                    (*protocol, epoch.as_str(), *offset, *resync),
-                    (1, "ep", 4, false)
-                );
-                assert_eq!(onscreen.len(), 4);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(fresh.backlog.is_empty());
-
-        let back = h.join(&Resume::From {
-            epoch: "ep".into(),
-            offset: 3,
-        });
-        assert_eq!(back.outcome, JoinOutcome::Recovered);
-        assert_eq!(back.backlog.len(), 1);
-        assert!(matches!(
-            back.hello,
-            ServerMessage::Hello {
-                offset: 3,
-                resync: false,
-                ..
-            }
-        ));
-
-        for resume in [
-            Resume::From {
-                epoch: "ep".into(),
-                offset: 1,
-            },
-            Resume::From {
-                epoch: "old".into(),
-                offset: 3,
-            },
-            Resume::Unusable,
-        ] {
-            let j = h.join(&resume);
-            assert_eq!(j.outcome, JoinOutcome::Resync, "{resume:?}");
-            assert!(j.backlog.is_empty());
-            assert!(matches!(
-                j.hello,
-                ServerMessage::Hello {
-                    offset: 4,
-                    resync: true,
-                    ..
-                }
-            ));
-        }
-    }
-
-    #[test]
-    fn newer_snapshot_reconciles_and_older_one_is_ignored() {
-        let mut h = HubState::new("ep".into(), 16);
-        accepted(h.apply(card(EventType::New, "a", 1)));
-        accepted(h.apply(card(EventType::New, "b", 2)));
+    fn a_newer_snapshot_is_made_true_at_its_seq_and_the_range_restarts_after_it() {
+        let mut h = hub(16);
+        accepted(h.apply(new("a", 1)));
+        accepted(h.apply(new("b", 2)));
         // Not newer than what was seen: nothing changes.
-        assert!(h
-            .apply_snapshot(2, vec![card(EventType::New, "x", 2)])
-            .is_empty());
+        assert!(h.apply_snapshot(2, vec![new("x", 2)]).is_empty());
         assert_eq!(h.onscreen().len(), 2);
 
-        // Newer: "a" left, "b" stays, "c" arrived.
-        let frames = h.apply_snapshot(
-            10,
-            vec![card(EventType::New, "b", 10), card(EventType::New, "c", 10)],
-        );
-        let kinds: Vec<(EventType, String)> = frames
-            .iter()
-            .map(|f| match decode(f) {
-                ServerMessage::Event { card, .. } => (card.kind, card.event_id),
-                other => panic!("{other:?}"),
-            })
-            .collect();
+        // Newer: the replica missed 3..=10. "a" left, "b" stays, "c" arrived.
+        let frames = h.apply_snapshot(10, vec![new("b", 10), new("c", 10)]);
         assert_eq!(
-            kinds,
-            [(EventType::End, "a".into()), (EventType::New, "c".into())]
+            kinds(&frames),
+            [
+                (EventType::End, "a".into(), 10),
+                (EventType::New, "c".into(), 10)
+            ]
         );
         let ids: Vec<&str> = h.onscreen().iter().map(|c| c.event_id.as_str()).collect();
         assert_eq!(ids, ["b", "c"]);
+        // Nobody resumes into what the synthetic events summarised.
+        assert_eq!(served(&h, &from(S, 3)).0, JoinOutcome::Resync);
+        assert_eq!(served(&h, &from(S, 10)).0, JoinOutcome::Resync);
+        assert_eq!(served(&h, &from(S, 11)).4, Vec::<u64>::new());
+        assert_eq!(served(&h, &Resume::Fresh).2, 11);
         // Events the snapshot already covers are redeliveries.
         assert_eq!(h.apply(card(EventType::Update, "b", 9)), Applied::Duplicate);
-        assert_eq!(h.apply(card(EventType::New, "c", 10)), Applied::Duplicate);
+        assert_eq!(h.apply(new("c", 10)), Applied::Duplicate);
         accepted(h.apply(card(EventType::Update, "b", 11)));
+        assert_eq!(served(&h, &from(S, 11)).4, [11]);
     }
 
     #[test]
-    fn first_snapshot_seeds_a_fresh_hub() {
-        let mut h = HubState::new("ep".into(), 16);
-        let frames = h.apply_snapshot(7, vec![card(EventType::New, "a", 7)]);
-        assert_eq!(frames.len(), 1);
+    fn a_snapshot_seeds_a_fresh_replica_and_the_next_event_confirms_the_range() {
+        let mut h = hub(16);
+        let frames = h.apply_snapshot(7, vec![new("a", 7)]);
+        assert_eq!(kinds(&frames), [(EventType::New, "a".into(), 7)]);
+        assert_eq!((h.epoch(), h.next_offset()), (S, 8));
         assert_eq!(h.onscreen().len(), 1);
         assert_eq!(h.apply(card(EventType::Update, "a", 6)), Applied::Duplicate);
+        accepted(h.apply(card(EventType::Update, "a", 8)));
+        assert_eq!(served(&h, &from(S, 8)).4, [8]);
+
+        // Events went by between the snapshot and the subscription: the range starts later.
+        let mut g = hub(16);
+        g.apply_snapshot(7, vec![new("a", 7)]);
+        accepted(g.apply(card(EventType::Update, "a", 10)));
+        assert_eq!(served(&g, &from(S, 8)).0, JoinOutcome::Resync);
+        assert_eq!(served(&g, &from(S, 10)).4, [10]);
+    }
+
+    #[test]
+    fn a_snapshot_of_another_session_starts_its_epoch() {
+        let mut h = hub(16);
+        accepted(h.apply(new("a", 30)));
+        let mut fresh = new("n", 2);
+        fresh.session = "00000000000000bb".into();
+        let frames = h.apply_snapshot(2, vec![fresh]);
+        assert_eq!(
+            kinds(&frames),
+            [
+                (EventType::End, "a".into(), 2),
+                (EventType::New, "n".into(), 2)
+            ]
+        );
+        assert_eq!((h.epoch(), h.next_offset()), ("00000000000000bb", 3));
+        assert_eq!(served(&h, &from(S, 31)).0, JoinOutcome::Resync);
+        // An empty snapshot tells no session: it belongs to the current epoch.
+        let frames = h.apply_snapshot(5, Vec::new());
+        assert_eq!(kinds(&frames), [(EventType::End, "n".into(), 5)]);
+        assert_eq!(h.epoch(), "00000000000000bb");
+        assert!(
+            hub(4).apply_snapshot(5, Vec::new()).is_empty(),
+            "no epoch yet"
+        );
     }
 
     fn appeared(frame: &Frame) -> u64 {
@@ -579,12 +888,9 @@ mod tests {
 
     #[test]
     fn appeared_at_is_the_capture_time_of_the_new() {
-        let mut h = HubState::new("ep".into(), 8);
+        let mut h = hub(8);
         // `new` at seq 1 was captured at 1001: its updates and end carry that time.
-        assert_eq!(
-            appeared(&accepted(h.apply(card(EventType::New, "a", 1))).1),
-            1001
-        );
+        assert_eq!(appeared(&accepted(h.apply(new("a", 1))).1), 1001);
         assert_eq!(
             appeared(&accepted(h.apply(card(EventType::Update, "a", 5))).1),
             1001
@@ -599,8 +905,8 @@ mod tests {
             want.appeared_at_ms = 1001;
             ServerMessage::Hello {
                 protocol: PROTOCOL_VERSION,
-                epoch: "ep".into(),
-                offset: 2,
+                epoch: S.into(),
+                offset: 6,
                 resync: false,
                 onscreen: vec![want],
                 viewers: 0,
@@ -621,7 +927,7 @@ mod tests {
             1009
         );
         // A snapshot's card already on screen keeps its appearance time.
-        let frames = h.apply_snapshot(20, vec![card(EventType::New, "b", 20)]);
+        let frames = h.apply_snapshot(20, vec![new("b", 20)]);
         assert!(frames.is_empty());
         assert_eq!(h.onscreen()[0].appeared_at_ms, 1009);
         assert_eq!(
@@ -632,23 +938,20 @@ mod tests {
 
     #[test]
     fn dedup_memory_is_bounded_but_keeps_onscreen_ids() {
-        let mut h = HubState::new("ep".into(), 1);
-        accepted(h.apply(card(EventType::New, "stays", 0)));
+        let mut h = hub(1);
+        accepted(h.apply(new("stays", 0)));
         let n = MIN_DEDUP_MEMORY as u64 * 3;
         for i in 1..=n {
             let id = format!("e{i}");
-            accepted(h.apply(card(EventType::New, &id, i)));
-            accepted(h.apply(card(EventType::End, &id, i + 1)));
+            accepted(h.apply(new(&id, 2 * i)));
+            accepted(h.apply(card(EventType::End, &id, 2 * i + 1)));
         }
         assert!(h.seen.len() <= MIN_DEDUP_MEMORY * 2 + 1, "{}", h.seen.len());
         // The long-lived appearance is still protected from redelivery.
-        assert_eq!(
-            h.apply(card(EventType::New, "stays", 0)),
-            Applied::Duplicate
-        );
+        assert_eq!(h.apply(new("stays", 0)), Applied::Duplicate);
         // Recent ones too.
         assert_eq!(
-            h.apply(card(EventType::End, &format!("e{n}"), n + 1)),
+            h.apply(card(EventType::End, &format!("e{n}"), 2 * n + 1)),
             Applied::Duplicate
         );
     }

@@ -1,6 +1,7 @@
 //! What to do with one received MQTT payload: decode, check the stream and SKU, enrich, and hand
 //! it to the stream's hub. No sockets here; the subscriber feeds it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use spotter_protocol::event::{DecodeError, ProductEvent};
@@ -114,9 +115,12 @@ pub fn classify(topic: &str, payload: &[u8], hubs: &Hubs, shelf: &Shelf) -> Verd
                 };
             };
             match shelf.card(&event) {
-                Some(card) => Verdict::Event {
+                Some(mut card) => Verdict::Event {
                     hub: hub.clone(),
-                    card,
+                    card: {
+                        card.session = event.session().to_owned();
+                        card
+                    },
                 },
                 None => Verdict::Rejected {
                     kind,
@@ -158,7 +162,10 @@ pub fn classify(topic: &str, payload: &[u8], hubs: &Hubs, shelf: &Shelf) -> Verd
             let mut unknown_skus = Vec::new();
             for p in &snapshot.products {
                 match shelf.snapshot_card(snapshot.seq, p) {
-                    Some(c) => cards.push(c),
+                    Some(mut c) => {
+                        c.session = snapshot.session().to_owned();
+                        cards.push(c);
+                    }
                     None => unknown_skus.push(p.sku.clone()),
                 }
             }
@@ -203,6 +210,10 @@ pub struct Ingest {
     hubs: Arc<Hubs>,
     shelf: Arc<Shelf>,
     metrics: Arc<Metrics>,
+    /// Counts broker connections that began without a stored session: each may have missed
+    /// events, so its deliveries are stamped with it and the hubs check the sequence where it
+    /// changes.
+    subscription: Arc<AtomicU64>,
 }
 
 impl Ingest {
@@ -212,6 +223,16 @@ impl Ingest {
             hubs,
             shelf,
             metrics,
+            subscription: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The broker accepted a connection; `session_present` says whether it kept the
+    /// subscription's session (and so queued what was published meanwhile). Without one, what
+    /// follows is a new subscription that may have missed events.
+    pub fn connected(&self, session_present: bool) {
+        if !session_present {
+            self.subscription.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -219,8 +240,10 @@ impl Ingest {
     pub fn handle(&self, topic: &str, payload: &[u8]) {
         let verdict = classify(topic, payload, &self.hubs, &self.shelf);
         let m = &self.metrics;
+        let subscription = self.subscription.load(Ordering::Relaxed);
         match verdict {
-            Verdict::Event { hub, card } => {
+            Verdict::Event { hub, mut card } => {
+                card.subscription = subscription;
                 m.received(PayloadKind::Events);
                 let (event_id, seq) = (card.event_id.clone(), card.seq);
                 match hub.publish(card) {
@@ -237,10 +260,13 @@ impl Ingest {
             Verdict::Snapshot {
                 hub,
                 seq,
-                cards,
+                mut cards,
                 unknown_skus,
             } => {
                 m.received(PayloadKind::OnScreen);
+                for c in &mut cards {
+                    c.subscription = subscription;
+                }
                 for sku in &unknown_skus {
                     m.rejected(PayloadKind::OnScreen, RejectReason::UnknownSku);
                     warn!(topic, sku, "on-screen product not in the catalog, left out");
@@ -343,6 +369,7 @@ images = ["mug.png"]
             kind: EventType::New,
             event_id: event_id.into(),
             seq,
+            session: Some("5f3a9c0e7b1d2468".into()),
             sku: sku.into(),
             score: 0.9,
             bbox: BBox::FULL,
@@ -430,6 +457,7 @@ images = ["mug.png"]
         let snapshot = OnScreen {
             v: 1,
             seq: 9,
+            session: Some("5f3a9c0e7b1d2468".into()),
             products: vec![product("e-1", "MUG-001"), product("e-2", "NOPE")],
         };
         f.ingest

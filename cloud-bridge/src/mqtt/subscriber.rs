@@ -90,8 +90,9 @@ pub async fn run(
                     ingest.handle(&p.topic, &p.payload);
                 }
             }
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                info!(%broker, "connected to broker, subscribing");
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                info!(%broker, session_present = ack.session_present, "connected to broker, subscribing");
+                ingest.connected(ack.session_present);
                 if let Err(e) = client.try_subscribe_many(filters()) {
                     error!(%broker, error = %e, "could not queue the subscription");
                 }
