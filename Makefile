@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: setup build demo test lint unit e2e browser bench bench-ort eval eval-tune clean
+.PHONY: setup build demo test lint unit e2e browser bench bench-ort bench-bridge eval eval-tune clean
 
 setup:
 	@scripts/setup.sh
@@ -41,6 +41,17 @@ bench: setup
 # threads, in one run: `candle_ms ort_ms ratio` per input size. Not part of `make test`.
 bench-ort: setup
 	python3 models/onnx/bench_ort.py
+
+# The bridge under viewer load (issue 22), against the release build and a real Mosquitto:
+# resident memory per viewer at 5k/10k/19k viewers, 10k viewers x 5 events/s for 60 s (delay
+# p50/p99/max, losses, the bridge's CPU per delivered message) and the connect rate. About three
+# minutes; not part of `make test`. Flags: BENCH_ARGS='--viewers 5000 --seconds 20 --scenarios
+# fanout'; `--bridge PATH` again compares another build (see the bench's `--help`).
+BENCH_ARGS ?=
+
+bench-bridge: setup
+	$(CARGO) build --release -p spotter-bridge
+	$(CARGO) bench -p spotter-bridge --bench fanout -- $(BENCH_ARGS)
 
 # Recognition on the evaluation set (issue 3): makes the split once (deterministic, kept under
 # $(EVAL_SET) while current), runs `spotter-agent analyze` on each clip and prints recall,
