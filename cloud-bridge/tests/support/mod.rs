@@ -59,6 +59,10 @@ images = ["mug.png"]
     .expect("write catalog");
 }
 
+/// The agent session the test events carry.
+#[allow(dead_code, reason = "the chat tests publish no events")]
+pub const SESSION: &str = "5f3a9c0e7b1d2468";
+
 /// An agent's event for `demo/main`, encoded as it goes on the wire.
 #[allow(dead_code, reason = "the chat tests publish no events")]
 pub fn event(kind: EventType, event_id: &str, seq: u64, sku: &str) -> Vec<u8> {
@@ -67,6 +71,7 @@ pub fn event(kind: EventType, event_id: &str, seq: u64, sku: &str) -> Vec<u8> {
         kind,
         event_id: event_id.into(),
         seq,
+        session: Some(SESSION.into()),
         sku: sku.into(),
         score: 0.875,
         bbox: BBox([0.25, 0.125, 0.75, 0.875]),
