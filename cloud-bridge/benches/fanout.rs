@@ -925,6 +925,32 @@ impl Got {
     }
 }
 
+/// Counts by reason, summed over the workers' `reason:count,...` lists.
+#[derive(Default)]
+struct Reasons(std::collections::BTreeMap<String, u64>);
+
+impl Reasons {
+    fn add(&mut self, list: &str) {
+        for item in list.split(',').filter(|i| *i != "-" && !i.is_empty()) {
+            let (reason, count) = item
+                .rsplit_once(':')
+                .and_then(|(r, c)| Some((r, c.parse().ok()?)))
+                .unwrap_or((item, 1));
+            *self.0.entry(reason.to_owned()).or_default() += count;
+        }
+    }
+}
+
+impl std::fmt::Display for Reasons {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("-");
+        }
+        let items: Vec<String> = self.0.iter().map(|(r, c)| format!("{r}:{c}")).collect();
+        f.write_str(&items.join(","))
+    }
+}
+
 /// The worker processes of one run.
 struct Fleet {
     workers: Vec<Worker>,
@@ -1022,7 +1048,7 @@ impl Fleet {
             elapsed: Duration::ZERO,
             handshake: histogram(),
         };
-        let mut why = Vec::new();
+        let mut why = Reasons::default();
         for r in &reports {
             let bad = || anyhow!("bad connected report");
             joined.ok += r.num("ok").map_err(|e| bad().context(e))?;
@@ -1032,15 +1058,9 @@ impl Fleet {
             ));
             merge_histogram(&mut joined.handshake, r.text("handshake"))
                 .map_err(|e| bad().context(e))?;
-            if r.text("why") != "-" {
-                why.push(r.text("why").to_owned());
-            }
+            why.add(r.text("why"));
         }
-        joined.why = if why.is_empty() {
-            "-".into()
-        } else {
-            why.join(",")
-        };
+        joined.why = why.to_string();
         Ok(joined)
     }
 
@@ -1070,7 +1090,7 @@ impl Fleet {
             closed: String::new(),
             delay: histogram(),
         };
-        let mut closed = Vec::new();
+        let mut closed = Reasons::default();
         for r in &reports {
             let n = |k: &str| r.num(k).map_err(|e| anyhow!("bad result report: {e}"));
             got.viewers += n("viewers")?;
@@ -1084,15 +1104,9 @@ impl Fleet {
             got.complete &= n("complete")? == 1;
             merge_histogram(&mut got.delay, r.text("delay"))
                 .map_err(|e| anyhow!("bad result report: {e}"))?;
-            if r.text("closed") != "-" {
-                closed.push(r.text("closed").to_owned());
-            }
+            closed.add(r.text("closed"));
         }
-        got.closed = if closed.is_empty() {
-            "-".into()
-        } else {
-            closed.join(",")
-        };
+        got.closed = closed.to_string();
         Ok(got)
     }
 
