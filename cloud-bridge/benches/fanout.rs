@@ -771,6 +771,8 @@ async fn connect(ctx: &mut Ctx, exe: &Path) -> anyhow::Result<Outcome> {
 struct Publisher {
     client: AsyncClient,
     topic: String,
+    /// The agent session the events' `seq` counts in (one numbering for the whole bench run).
+    session: String,
     next_seq: u64,
 }
 
@@ -809,6 +811,7 @@ impl Publisher {
         Ok(Publisher {
             client,
             topic,
+            session: format!("{:016x}", now_us() ^ u64::from(std::process::id()) << 40),
             next_seq: 1,
         })
     }
@@ -828,6 +831,7 @@ impl Publisher {
                 kind: EventType::End,
                 event_id: wire::event_id(seq, publish_us),
                 seq,
+                session: Some(self.session.clone()),
                 sku: procs::SKU.into(),
                 score: 0.875,
                 bbox: BBox([0.25, 0.125, 0.75, 0.875]),
