@@ -13,6 +13,7 @@ pub mod hub;
 pub mod metrics;
 pub mod mqtt;
 pub mod shelf;
+pub mod websocket;
 
 pub use app::{check, run, run_with_ready, Ready, Summary};
 pub use config::{BridgeConfig, ConfigError};

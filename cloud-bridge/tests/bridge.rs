@@ -116,7 +116,7 @@ async fn events_reach_viewers_enriched_once_and_garbage_is_counted() {
 
     // A viewer joins before anything happened.
     let mut viewer = ws_connect(http, "").await;
-    let (epoch, first_offset, resync, onscreen) = hello(next_message(&mut viewer).await);
+    let (epoch, _, resync, onscreen) = hello(next_message(&mut viewer).await);
     assert!(!resync);
     assert!(onscreen.is_empty());
 
@@ -145,8 +145,21 @@ async fn events_reach_viewers_enriched_once_and_garbage_is_counted() {
     publish(events, event(EventType::New, "e-1", 2, "MUG-001")).await;
     publish(events, event(EventType::Update, "e-1", 3, "MUG-001")).await;
 
-    let (offset, card) = event_msg(next_message(&mut viewer).await);
-    assert_eq!(offset, first_offset);
+    // The first event names the agent's session: the viewer, which joined before this bridge knew
+    // it, is given a new `hello` in that epoch (positions are the agent's seqs), carrying the card.
+    let (epoch2, offset, resync, onscreen) = hello(next_message(&mut viewer).await);
+    assert_ne!(
+        epoch2, epoch,
+        "the agent's session replaces the placeholder epoch"
+    );
+    assert_eq!(
+        (epoch2.as_str(), offset, resync),
+        (support::SESSION, 3, true)
+    );
+    let [card] = onscreen.as_slice() else {
+        panic!("{onscreen:?}")
+    };
+    let card = card.clone();
     assert_eq!(
         (card.kind, card.event_id.as_str(), card.seq),
         (EventType::New, "e-1", 2)
@@ -155,9 +168,9 @@ async fn events_reach_viewers_enriched_once_and_garbage_is_counted() {
     assert_eq!(card.product.price, "14.00");
     assert_eq!(card.product.currency, "USD");
     assert_eq!(card.bbox, BBox([0.25, 0.125, 0.75, 0.875]));
-    // The redelivery is not shown: the next frame is the update.
+    // The redelivery is not shown: the next frame is the update, at its seq.
     let (offset2, card2) = event_msg(next_message(&mut viewer).await);
-    assert_eq!(offset2, first_offset + 1);
+    assert_eq!(offset2, 3);
     assert_eq!((card2.kind, card2.seq), (EventType::Update, 3));
     // Both say when the appearance began: the capture time of its `new`.
     assert_eq!(card.appeared_at_ms, card.captured_at_ms);
@@ -211,9 +224,9 @@ async fn events_reach_viewers_enriched_once_and_garbage_is_counted() {
     assert_eq!(info["video_url"], "/hls/index.m3u8");
 
     // A viewer reconnecting from the first offset gets what it missed, in order.
-    let mut back = ws_connect(http, &format!("?epoch={epoch}&offset={first_offset}")).await;
+    let mut back = ws_connect(http, &format!("?epoch={}&offset=2", support::SESSION)).await;
     let (_, offset, resync, onscreen) = hello(next_message(&mut back).await);
-    assert_eq!((offset, resync), (first_offset, false));
+    assert_eq!((offset, resync), (2, false));
     assert_eq!(onscreen.len(), 1);
     assert_eq!((onscreen[0].event_id.as_str(), onscreen[0].seq), ("e-1", 3));
     assert_eq!(event_msg(next_message(&mut back).await).1.seq, 2);
@@ -257,6 +270,7 @@ async fn events_reach_viewers_enriched_once_and_garbage_is_counted() {
     // A retained on-screen snapshot newer than any event reconciles what viewers see...
     let snapshot = OnScreen {
         v: 1,
+        session: Some(support::SESSION.into()),
         seq: 100,
         products: vec![OnScreenProduct {
             event_id: "e-9".into(),
@@ -327,6 +341,10 @@ async fn events_reach_viewers_enriched_once_and_garbage_is_counted() {
 async fn a_viewer_that_stops_reading_is_dropped_and_never_slows_the_others() {
     let (_dir, bridge) = start_bridge(64, 16).await;
     let http = bridge.http;
+    // The show is on before the viewers come: the bridge knows the agent's session.
+    let (agent, agent_loop) = mqtt_client(bridge.broker_port, "test-agent");
+    publish_event(&agent, event(EventType::New, "e-0", 1, "MUG-001")).await;
+    metric_reaches(http, "spotter_bridge_events_accepted_total", 1.0).await;
     let mut good = ws_connect(http, "").await;
     hello(next_message(&mut good).await);
 
@@ -340,9 +358,8 @@ async fn a_viewer_that_stops_reading_is_dropped_and_never_slows_the_others() {
             .await
             .expect("ws handshake");
 
-    let (agent, agent_loop) = mqtt_client(bridge.broker_port, "test-agent");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut seq = 0u64;
+    let mut seq = 1u64;
     let mut next_offset = None;
     let dropped = loop {
         // A round well within the queue, then the good viewer must have all of it.
@@ -353,7 +370,7 @@ async fn a_viewer_that_stops_reading_is_dropped_and_never_slows_the_others() {
             } else {
                 EventType::End
             };
-            let payload = event(kind, &format!("e-{}", seq.div_ceil(2)), seq, "MUG-001");
+            let payload = event(kind, &format!("e-{}", seq / 2), seq, "MUG-001");
             publish_event(&agent, payload).await;
         }
         for _ in 0..32 {

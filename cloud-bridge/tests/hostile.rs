@@ -1,6 +1,7 @@
 //! Component test: hostile clients against the whole bridge in-process — one address opening
-//! more viewer sockets than its share, and clients that send their request headers a byte at a
-//! time or not at all — while ordinary viewers keep getting their events.
+//! more viewer sockets than its share, clients that send their request headers a byte at a time
+//! or not at all, floods of malformed frames and frames no client may send — while ordinary
+//! viewers keep getting their events.
 
 mod support;
 
@@ -12,7 +13,8 @@ use std::time::Duration;
 use spotter_protocol::viewer::ServerMessage;
 use spotter_protocol::EventType;
 use support::{
-    event, http_get, mqtt_client, publish_event, recv, sample, ws_connect, Running, Ws, WAIT,
+    event, http_get, mqtt_client, next_card, publish_event, recv, sample, ws_connect, Running, Ws,
+    WAIT,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -180,12 +182,15 @@ async fn slow_and_silent_clients_are_closed_at_the_header_bound_while_viewers_ge
     };
     let mut silent = TcpStream::connect(http).await.expect("connect");
 
-    // Meanwhile an ordinary viewer connects and gets its events.
+    // Meanwhile an ordinary viewer connects and gets its events. The show is on: the first
+    // event names the agent's session, and the viewer's position counts in it.
     let (agent, agent_loop) = mqtt_client(bridge.broker_port, "agent");
+    publish_event(&agent, event(EventType::New, "e-0", 1, "MUG-001")).await;
     let mut viewer = ws_connect(http, "").await;
-    greeted(&mut viewer).await;
-    publish_event(&agent, event(EventType::New, "e-1", 1, "MUG-001")).await;
-    assert_eq!(next_event(&mut viewer).await, ("e-1".to_owned(), 1));
+    let e0 = next_card(&mut viewer).await.event_id;
+    assert_eq!(e0, "e-0");
+    publish_event(&agent, event(EventType::New, "e-1", 2, "MUG-001")).await;
+    assert_eq!(next_event(&mut viewer).await, ("e-1".to_owned(), 2));
 
     let mut got = Vec::new();
     let _ = timeout(WAIT, slow_read.read_to_end(&mut got))
@@ -212,8 +217,8 @@ async fn slow_and_silent_clients_are_closed_at_the_header_bound_while_viewers_ge
     );
 
     // The viewer was not disturbed and still gets the next one.
-    publish_event(&agent, event(EventType::New, "e-2", 2, "MUG-001")).await;
-    assert_eq!(next_event(&mut viewer).await, ("e-2".to_owned(), 2));
+    publish_event(&agent, event(EventType::New, "e-2", 3, "MUG-001")).await;
+    assert_eq!(next_event(&mut viewer).await, ("e-2".to_owned(), 3));
     let text = metrics(http).await;
     assert_eq!(
         sample(&text, "spotter_bridge_http_header_timeouts_total"),
@@ -221,6 +226,140 @@ async fn slow_and_silent_clients_are_closed_at_the_header_bound_while_viewers_ge
         "{text}"
     );
     assert_eq!(sample(&text, "spotter_bridge_viewers_connected"), 1.0);
+
+    agent_loop.abort();
+    drop(viewer);
+    bridge.stop().await;
+}
+
+/// A WebSocket opened by hand on a raw socket, so that the test can send what no WebSocket
+/// library would (unmasked frames, thousands of frames in one write).
+async fn raw_upgrade(http: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(http).await.expect("connect");
+    let request = format!(
+        "GET /ws/demo/main HTTP/1.1\r\nHost: {http}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).await.expect("request");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        timeout(WAIT, s.read_exact(&mut b))
+            .await
+            .expect("response in time")
+            .expect("read");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    s
+}
+
+/// A client frame: text, masked unless `mask` is `None`.
+fn client_text(text: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    assert!(text.len() < 126);
+    let mut f = vec![0x81, text.len() as u8];
+    match mask {
+        Some(m) => {
+            f[1] |= 0x80;
+            f.extend_from_slice(&m);
+            f.extend(text.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
+        }
+        None => f.extend_from_slice(text),
+    }
+    f
+}
+
+/// Reads server frames until the close frame: (text frames seen, the close code).
+async fn until_close(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> (usize, Option<u16>) {
+    let mut buf = Vec::new();
+    let mut texts = 0;
+    loop {
+        while buf.len() >= 2 {
+            let (len, at) = match buf[1] {
+                126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+                126 => break,
+                l => (usize::from(l), 2),
+            };
+            if buf.len() < at + len {
+                break;
+            }
+            let frame: Vec<u8> = buf.drain(..at + len).collect();
+            match frame[0] & 0x0F {
+                0x1 => texts += 1,
+                0x8 => {
+                    let code = (len >= 2).then(|| u16::from_be_bytes([frame[at], frame[at + 1]]));
+                    return (texts, code);
+                }
+                _ => {}
+            }
+        }
+        let mut chunk = [0u8; 8192];
+        match timeout(WAIT, s.read(&mut chunk)).await.expect("in time") {
+            Ok(0) | Err(_) => return (texts, None),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_of_malformed_and_forbidden_frames_close_their_senders_and_nobody_else() {
+    let (_dir, bridge) = start("").await;
+    let http = bridge.http;
+    let (agent, agent_loop) = mqtt_client(bridge.broker_port, "agent");
+    publish_event(&agent, event(EventType::New, "e-0", 1, "MUG-001")).await;
+    let mut viewer = ws_connect(http, "").await;
+    assert_eq!(next_card(&mut viewer).await.event_id, "e-0");
+
+    // 10,000 frames of garbage in one write: answered with `error`s until the sender counts as
+    // flooding, then closed with 1008.
+    let flood = raw_upgrade(http).await;
+    let garbage: Vec<u8> = (0..10_000u32)
+        .flat_map(|i| client_text(b"{nope", Some(i.to_be_bytes())))
+        .collect();
+    let (mut read, mut write) = flood.into_split();
+    let writer = tokio::spawn(async move {
+        // The bridge may close before it has read everything: a failed write is expected.
+        let _ = write.write_all(&garbage).await;
+        write
+    });
+    let (errors, code) = until_close(&mut read).await;
+    assert_eq!(code, Some(1008), "flooding closes with a policy violation");
+    assert!(errors >= 2, "answered before closing ({errors} frames)");
+    drop(writer.await);
+
+    // An unmasked frame: a protocol error, 1002.
+    let mut unmasked = raw_upgrade(http).await;
+    unmasked
+        .write_all(&client_text(br#"{"kind":"ping"}"#, None))
+        .await
+        .expect("write");
+    assert_eq!(until_close(&mut unmasked).await.1, Some(1002));
+    // Reserved bits without an extension: 1002 too.
+    let mut reserved = raw_upgrade(http).await;
+    let mut frame = client_text(br#"{"kind":"ping"}"#, Some([1, 2, 3, 4]));
+    frame[0] |= 0x40;
+    reserved.write_all(&frame).await.expect("write");
+    assert_eq!(until_close(&mut reserved).await.1, Some(1002));
+
+    // The ordinary viewer saw none of it and still gets events.
+    publish_event(&agent, event(EventType::New, "e-1", 2, "MUG-001")).await;
+    assert_eq!(next_event(&mut viewer).await, ("e-1".to_owned(), 2));
+    let text = metrics(http).await;
+    assert_eq!(
+        sample(&text, "spotter_bridge_viewers_dropped_bad_input_total"),
+        3.0,
+        "{text}"
+    );
+    assert!(sample(&text, "spotter_bridge_chat_refused_total") >= 2.0);
+    // The closed ones leave once their closing handshake is over (these clients never answer
+    // it, so at its bound).
+    let deadline = Instant::now() + WAIT;
+    while sample(&metrics(http).await, "spotter_bridge_viewers_connected") != 1.0 {
+        assert!(Instant::now() < deadline, "closed viewers still counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     agent_loop.abort();
     drop(viewer);

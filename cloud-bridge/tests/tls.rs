@@ -15,7 +15,9 @@ use spotter_mqtt_link::testing::{
 };
 use spotter_protocol::viewer::ServerMessage;
 use spotter_protocol::EventType;
-use support::{event, http_get, mqtt_client, publish_event, recv, sample, ws_connect, WAIT};
+use support::{
+    event, http_get, mqtt_client, next_card, publish_event, recv, sample, ws_connect, WAIT,
+};
 
 /// The client id the bridge connects as (the certificate's common name too, as on IoT Core).
 const CLIENT_ID: &str = "bridge-under-tls";
@@ -79,14 +81,7 @@ async fn the_bridge_subscribes_with_its_certificate_and_an_event_reaches_a_viewe
     let (agent, agent_task) = mqtt_client(broker.plain, "test-agent");
     publish_event(&agent, event(EventType::New, "over-tls", 1, "MUG-001")).await;
 
-    let card = loop {
-        match recv(&mut viewer).await {
-            ServerMessage::Event { card, .. } => break card,
-            // the chat's history and the like come first
-            ServerMessage::ChatHistory { .. } | ServerMessage::Session { .. } => continue,
-            other => panic!("expected the event, got {other:?}"),
-        }
-    };
+    let card = next_card(&mut viewer).await;
     assert_eq!(card.event_id, "over-tls");
     assert_eq!(card.product.sku, "MUG-001");
     assert_eq!(card.product.name, "Enamel camp mug");

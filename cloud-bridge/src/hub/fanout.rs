@@ -1,101 +1,93 @@
-//! The hubs as shared objects: a short lock around [`HubState`] and a broadcast channel that hands
-//! every connection the same encoded frames.
+//! The hubs as shared objects: a short lock around [`HubState`], and the fan-out lanes that write
+//! every frame to every viewer.
 //!
-//! The broadcast channel is the per-viewer queue: it holds the last `viewer.queue` frames once for
-//! everybody, and a receiver that falls further behind sees `Lagged` and is disconnected (it then
-//! reconnects and recovers from the hub's history), so a slow viewer never slows the others.
+//! Each frame is encoded once, WebSocket header included, and the same bytes go to every socket
+//! (see [`super::lanes`]). What a viewer gets first (`hello`, the chat's history, what it missed)
+//! is queued on its [`Outlet`] and it is handed to a lane under the same locks that order the
+//! stream's events and chat, so that it gets each one exactly once: in those first frames or
+//! from its lane. A viewer whose queue overflows is cut off (it then reconnects and recovers from
+//! the hub's history), so a slow viewer never slows the others.
 //!
-//! Chat rides the same channel: each hub holds its stream's chat [`Room`], and what the broker
-//! delivers is encoded once and sent to every viewer under the room's lock, so that a joining
-//! viewer gets each message exactly once, in its `chat_history` or live. Bans also go to a
-//! second channel that every connection watches, to close the banned user's sockets.
+//! Chat rides the same lanes: each hub holds its stream's chat [`Room`], and what the broker
+//! delivers is encoded once and sent to every viewer under the room's lock. A ban reaches the
+//! lanes after its `banned` broadcast, and they cut the banned user's sockets.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use bytes::Bytes;
 use spotter_protocol::chat::{Ban, ChatAbility, ChatEvent};
 use spotter_protocol::viewer::{Card, ServerMessage};
-use tokio::sync::broadcast;
 
-use super::state::{Applied, Frame, HubState, JoinOutcome, Resume};
+use super::lanes::Lanes;
+use super::outlet::Outlet;
+use super::state::{Applied, HubState, Join, JoinOutcome, Resume};
 use crate::chat::{now_ms, ChatConfig, Room};
 use crate::config::{StreamConfig, ViewerConfig};
-
-/// Bans queued for connections to look at; a connection that misses some (lagged) rechecks the
-/// room.
-const CONTROL_QUEUE: usize = 64;
-
-/// A signal to every connection of a stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Control {
-    /// A user was banned: their sockets close.
-    Banned {
-        /// The user's id.
-        user: String,
-        /// End of the ban, UTC ms.
-        until_ms: u64,
-        /// The moderator's reason.
-        reason: Option<String>,
-    },
-}
+use crate::websocket::frame;
 
 /// One stream's hub.
 #[derive(Debug)]
 pub struct Hub {
     /// The stream's configuration.
     pub config: StreamConfig,
+    /// This hub's place in [`Hubs::all`], which the lanes know it by.
+    index: usize,
     state: Mutex<HubState>,
-    tx: broadcast::Sender<Frame>,
+    lanes: Arc<Lanes>,
     room: Mutex<Room>,
-    control: broadcast::Sender<Control>,
     /// `hello.chat`: `None` when chat is off.
     chat: Option<ChatAbility>,
     viewers: AtomicU64,
     viewers_sent: AtomicU64,
 }
 
-/// What a connecting viewer gets: its first frames and its live feed.
+/// How a viewer's join went.
 #[derive(Debug)]
 pub struct Joined {
-    /// The encoded `hello`.
-    pub hello: Frame,
-    /// Missed events, in order.
-    pub backlog: Vec<Frame>,
     /// How the resume went.
     pub outcome: JoinOutcome,
-    /// Live events after the backlog, with no gap and no overlap.
-    pub live: broadcast::Receiver<Frame>,
-    /// The encoded `chat_history`, when chat is on (send right after `hello`).
-    pub chat_history: Option<Frame>,
-    /// Bans, to close this connection if its user is banned.
-    pub control: broadcast::Receiver<Control>,
-    /// Counts this viewer until dropped.
+    /// Missed events queued after `hello`.
+    pub backlog: usize,
+    /// Counts the viewer, and keeps it on its lane, until dropped.
     pub watching: Watching,
 }
 
-/// One viewer counted in its hub's viewer count while this lives.
+/// One viewer counted in its hub's viewer count, and held by a lane, while this lives.
 #[derive(Debug)]
-pub struct Watching(Arc<Hub>);
+pub struct Watching {
+    hub: Arc<Hub>,
+    outlet: Arc<Outlet>,
+}
 
 impl Drop for Watching {
     fn drop(&mut self) {
-        self.0.viewers.fetch_sub(1, Ordering::Relaxed);
+        self.hub.viewers.fetch_sub(1, Ordering::Relaxed);
+        self.hub.lanes.leave(self.hub.index, self.outlet.clone());
     }
 }
 
+fn text(message: &ServerMessage) -> Bytes {
+    frame::text(&message.encode())
+}
+
 impl Hub {
-    /// A hub with a fresh random epoch.
-    pub fn new(config: StreamConfig, viewer: &ViewerConfig, chat: &ChatConfig) -> Self {
+    /// A hub with a fresh random epoch, known to `lanes` as `index`.
+    pub fn new(
+        config: StreamConfig,
+        viewer: &ViewerConfig,
+        chat: &ChatConfig,
+        index: usize,
+        lanes: Arc<Lanes>,
+    ) -> Self {
         let epoch = format!("{:016x}", fastrand::u64(..));
-        let (tx, _) = broadcast::channel(viewer.queue.max(1));
-        let (control, _) = broadcast::channel(CONTROL_QUEUE);
         Hub {
             config,
+            index,
             state: Mutex::new(HubState::new(epoch, viewer.history)),
-            tx,
+            lanes,
             room: Mutex::new(Room::new(chat.limits.clone(), now_ms())),
-            control,
             // Chat on without a key is read-only: history and messages, no guests, no sign-in.
             chat: chat.enabled.then_some(ChatAbility {
                 guests: chat.guests && chat.key.is_some(),
@@ -140,7 +132,7 @@ impl Hub {
             Some(msg) => {
                 count();
                 // Under the room's lock: see the module's doc.
-                let _ = self.tx.send(Frame::from(msg.encode()));
+                self.lanes.frame(self.index, None, &text(&msg));
                 true
             }
             None => false,
@@ -151,17 +143,15 @@ impl Hub {
     /// closed; false when it changes nothing (the same ban again, or over).
     pub fn receive_ban(&self, ban: Ban, now_ms: u64) -> bool {
         let mut room = self.room();
-        let signal = Control::Banned {
-            user: ban.user.clone(),
-            until_ms: ban.until_ms,
-            reason: ban.reason.clone(),
-        };
+        let (user, until_ms, reason) = (ban.user.clone(), ban.until_ms, ban.reason.clone());
         match room.receive_ban(ban, now_ms) {
             Some(msg) => {
                 if self.chat_enabled() {
-                    let _ = self.tx.send(Frame::from(msg.encode()));
+                    self.lanes.frame(self.index, None, &text(&msg));
                 }
-                let _ = self.control.send(signal);
+                if until_ms > now_ms {
+                    self.lanes.ban(self.index, &user, until_ms, reason);
+                }
                 true
             }
             None => false,
@@ -186,9 +176,11 @@ impl Hub {
         if now == before {
             return None;
         }
-        let _ = self
-            .tx
-            .send(Frame::from(ServerMessage::Viewers { count: now }.encode()));
+        self.lanes.frame(
+            self.index,
+            None,
+            &text(&ServerMessage::Viewers { count: now }),
+        );
         Some(now)
     }
 
@@ -200,60 +192,93 @@ impl Hub {
     /// Applies an event and, when new, sends it to every viewer.
     pub fn publish(&self, card: Card) -> Applied {
         let mut state = self.lock();
+        let epoch = state.epoch().to_owned();
         let applied = state.apply(card);
-        if let Applied::Accepted { frame, .. } = &applied {
-            // Sent under the lock so that a joining viewer sees each frame exactly once, either
-            // in its backlog or live. No receivers is not an error.
-            let _ = self.tx.send(frame.clone());
+        // Sent under the lock: see the module's doc.
+        if state.epoch() != epoch {
+            self.restart_viewers(&state);
+        }
+        if let Applied::Accepted {
+            offset,
+            frame: json,
+        } = &applied
+        {
+            self.lanes
+                .frame(self.index, Some(*offset), &frame::text(json.as_str()));
         }
         applied
     }
 
-    /// Applies an on-screen snapshot; returns how many events it produced.
+    /// Applies an on-screen snapshot; returns how many events it produced (synthetic `end`s and
+    /// `new`s at the snapshot's seq, for a replica that missed events).
     pub fn apply_snapshot(&self, seq: u64, cards: Vec<Card>) -> usize {
         let mut state = self.lock();
+        let epoch = state.epoch().to_owned();
         let frames = state.apply_snapshot(seq, cards);
+        if state.epoch() != epoch {
+            self.restart_viewers(&state);
+        }
         for f in &frames {
-            let _ = self.tx.send(f.clone());
+            self.lanes
+                .frame(self.index, Some(seq), &frame::text(f.as_str()));
         }
         frames.len()
     }
 
-    /// Serves a connecting viewer, counted until `Joined::watching` is dropped.
-    pub fn join(self: &Arc<Self>, resume: &Resume) -> Joined {
-        let viewers = self.viewers.fetch_add(1, Ordering::Relaxed) + 1;
-        let watching = Watching(self.clone());
-        // Lock order: room, then state (`receive_chat` takes the room alone, `publish` the state
-        // alone), so that no chat message or event falls between the snapshot and `live`.
-        let room = self.room();
-        let (mut join, live) = {
-            let state = self.lock();
-            (state.join(resume), self.tx.subscribe())
-        };
-        let control = self.control.subscribe();
-        let chat_history = self.chat_enabled().then(|| {
-            Frame::from(
-                ServerMessage::ChatHistory {
-                    messages: room.history(),
-                }
-                .encode(),
-            )
-        });
-        drop(room);
-        if let ServerMessage::Hello {
-            viewers: v, chat, ..
-        } = &mut join.hello
-        {
-            *v = viewers;
+    /// After the epoch changed (another agent session, or the first one this replica hears of):
+    /// every viewer's position belongs to the old epoch, so each gets a new `hello` (resync, with
+    /// what is on screen now) and the new epoch's events from its offset on.
+    fn restart_viewers(&self, state: &HubState) {
+        let join = state.join(&Resume::Unusable);
+        let hello = self.hello(join.hello, self.viewer_count());
+        self.lanes.restart(self.index, &hello, join.live_from);
+    }
+
+    /// A `hello` with what the hub adds to the state's: the viewer count and the chat offer.
+    fn hello(&self, mut hello: ServerMessage, count: u64) -> Bytes {
+        if let ServerMessage::Hello { viewers, chat, .. } = &mut hello {
+            *viewers = count;
             *chat = self.chat;
         }
+        text(&hello)
+    }
+
+    /// What a viewer joining now from `resume` would be sent first, without joining.
+    pub fn preview(&self, resume: &Resume) -> Join {
+        self.lock().join(resume)
+    }
+
+    /// Serves a connecting viewer: queues `hello`, the chat's history and what it missed on its
+    /// outlet and hands it to a lane for what follows. It is counted, and held by the lane, until
+    /// `Joined::watching` is dropped.
+    pub fn join(self: &Arc<Self>, resume: &Resume, outlet: &Arc<Outlet>) -> Joined {
+        let viewers = self.viewers.fetch_add(1, Ordering::Relaxed) + 1;
+        let watching = Watching {
+            hub: self.clone(),
+            outlet: outlet.clone(),
+        };
+        // Lock order: room, then state (`receive_chat` takes the room alone, `publish` the state
+        // alone), so that no chat message or event falls between the first frames and the lane.
+        let room = self.room();
+        let state = self.lock();
+        let join = state.join(resume);
+        let hello = self.hello(join.hello, viewers);
+        let history = self.chat_enabled().then(|| {
+            text(&ServerMessage::ChatHistory {
+                messages: room.history(),
+            })
+        });
+        let backlog = join.backlog.len();
+        let first = std::iter::once(hello)
+            .chain(history)
+            .chain(join.backlog.iter().map(|f| frame::text(f.as_str())));
+        outlet.start_with(first, join.live_from);
+        self.lanes.join(self.index, outlet.clone());
+        drop(state);
+        drop(room);
         Joined {
-            hello: Frame::from(join.hello.encode()),
-            backlog: join.backlog,
             outcome: join.outcome,
-            live,
-            chat_history,
-            control,
+            backlog,
             watching,
         }
     }
@@ -272,12 +297,13 @@ impl Hubs {
         Self::with_chat(streams, viewer, &ChatConfig::default())
     }
 
-    /// One hub per configured stream.
+    /// One hub per configured stream, sharing one lane per core.
     pub fn with_chat(streams: &[StreamConfig], viewer: &ViewerConfig, chat: &ChatConfig) -> Self {
+        let lanes = Arc::new(Lanes::start());
         let mut by_studio: HashMap<String, HashMap<String, Arc<Hub>>> = HashMap::new();
         let mut order = Vec::with_capacity(streams.len());
-        for s in streams {
-            let hub = Arc::new(Hub::new(s.clone(), viewer, chat));
+        for (index, s) in streams.iter().enumerate() {
+            let hub = Arc::new(Hub::new(s.clone(), viewer, chat, index, lanes.clone()));
             by_studio
                 .entry(s.studio.clone())
                 .or_default()
@@ -303,7 +329,9 @@ mod tests {
     use super::*;
     use spotter_protocol::viewer::{ProductInfo, ServerMessage};
     use spotter_protocol::{BBox, EventType};
-    use tokio::sync::broadcast::error::TryRecvError;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
 
     fn card(event_id: &str, seq: u64) -> Card {
         Card {
@@ -315,6 +343,8 @@ mod tests {
             captured_at_ms: 0,
             pts_ms: 0,
             appeared_at_ms: 0,
+            session: "s".into(),
+            subscription: 0,
             product: ProductInfo {
                 sku: "S".into(),
                 name: "n".into(),
@@ -326,56 +356,255 @@ mod tests {
         }
     }
 
-    fn hub(queue: usize) -> Arc<Hub> {
-        Arc::new(Hub::new(
-            StreamConfig {
-                studio: "demo".into(),
-                stream: "main".into(),
-                video_url: None,
-            },
-            &ViewerConfig {
-                queue,
-                max_message_bytes: 4096,
-                history: 16,
-            },
-            &ChatConfig::default(),
-        ))
+    fn stream() -> StreamConfig {
+        StreamConfig {
+            studio: "demo".into(),
+            stream: "main".into(),
+            video_url: None,
+        }
     }
 
-    #[test]
-    fn joined_viewer_gets_each_event_once_across_backlog_and_live() {
+    fn viewer_config(queue: usize) -> ViewerConfig {
+        ViewerConfig {
+            queue,
+            max_message_bytes: 4096,
+            history: 16,
+        }
+    }
+
+    fn hub_with(queue: usize, chat: &ChatConfig) -> Arc<Hub> {
+        let lanes = Arc::new(Lanes::with(2));
+        Arc::new(Hub::new(stream(), &viewer_config(queue), chat, 0, lanes))
+    }
+
+    fn hub(queue: usize) -> Arc<Hub> {
+        hub_with(queue, &ChatConfig::default())
+    }
+
+    /// A viewer on a real loopback socket; the test plays its connection task's part (flush).
+    struct Viewer {
+        outlet: Arc<Outlet>,
+        client: TcpStream,
+        joined: Joined,
+        buf: Vec<u8>,
+    }
+
+    async fn join(hub: &Arc<Hub>, resume: &Resume) -> Viewer {
+        join_with(hub, resume, 8).await
+    }
+
+    async fn join_with(hub: &Arc<Hub>, resume: &Resume, queue: usize) -> Viewer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let outlet = Arc::new(Outlet::new(server, queue));
+        let joined = hub.join(resume, &outlet);
+        Viewer {
+            outlet,
+            client,
+            joined,
+            buf: Vec::new(),
+        }
+    }
+
+    impl Viewer {
+        /// The next text frame, parsed. Plays the connection task's part meanwhile: what a lane
+        /// could not write at once waits on the outlet for it.
+        async fn next(&mut self) -> ServerMessage {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if self.buf.len() >= 2 {
+                    let len = usize::from(self.buf[1]);
+                    let (len, at) = if len == 126 && self.buf.len() >= 4 {
+                        (
+                            usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
+                            4,
+                        )
+                    } else {
+                        (len, 2)
+                    };
+                    if self.buf.len() >= at + len {
+                        let payload: Vec<u8> = self.buf.drain(..at + len).skip(at).collect();
+                        return serde_json::from_slice(&payload).expect("json");
+                    }
+                }
+                self.outlet.flush().expect("flush");
+                let mut chunk = [0; 4096];
+                let read =
+                    tokio::time::timeout(Duration::from_millis(20), self.client.read(&mut chunk))
+                        .await;
+                if let Ok(n) = read {
+                    let n = n.expect("read");
+                    assert!(n > 0, "closed");
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                assert!(tokio::time::Instant::now() < deadline, "no frame in time");
+            }
+        }
+    }
+
+    /// The cut a lane makes, waiting for it.
+    async fn cut_of(outlet: &Outlet) -> crate::hub::outlet::Cut {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(cut) = outlet.take_cut() {
+                return cut;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never cut");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn offset_seq(m: &ServerMessage) -> (u64, u64) {
+        match m {
+            ServerMessage::Event { offset, card } => (*offset, card.seq),
+            other => panic!("not an event: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn joined_viewer_gets_each_event_once_across_backlog_and_live() {
         let hub = hub(8);
         hub.publish(card("a", 1));
         let epoch = hub.epoch();
-        let mut j = hub.join(&Resume::From { epoch, offset: 0 });
-        assert_eq!(j.outcome, JoinOutcome::Recovered);
-        assert_eq!(j.backlog.len(), 1);
+        let mut v = join(&hub, &Resume::From { epoch, offset: 1 }).await;
+        assert_eq!(v.joined.outcome, JoinOutcome::Recovered);
+        assert_eq!(v.joined.backlog, 1);
+        assert!(matches!(v.next().await, ServerMessage::Hello { .. }));
+        assert!(matches!(v.next().await, ServerMessage::ChatHistory { .. }));
+        assert_eq!(offset_seq(&v.next().await).1, 1, "backlog");
         hub.publish(card("b", 2));
         hub.publish(card("b", 2));
-        let live = j.live.try_recv().expect("live event");
-        match serde_json::from_str::<ServerMessage>(live.as_str()).expect("json") {
-            ServerMessage::Event { offset, card } => assert_eq!((offset, card.seq), (1, 2)),
-            other => panic!("{other:?}"),
-        }
+        hub.publish(card("c", 3));
+        assert_eq!(offset_seq(&v.next().await).1, 2, "live");
         assert_eq!(
-            j.live.try_recv(),
-            Err(TryRecvError::Empty),
-            "duplicate not sent"
+            offset_seq(&v.next().await).1,
+            3,
+            "the duplicate was not sent"
         );
     }
 
-    #[test]
-    fn a_viewer_that_falls_behind_its_queue_is_told_so() {
-        let hub = hub(2);
-        let mut slow = hub.join(&Resume::Fresh);
-        for i in 0..5 {
-            hub.publish(card(&format!("e{i}"), i));
+    #[tokio::test]
+    async fn events_published_while_viewers_join_reach_each_exactly_once() {
+        let hub = hub(256);
+        // The agent's session becomes the epoch with the first event.
+        hub.publish(card("e1", 1));
+        let publisher = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                for seq in 2..=200 {
+                    hub.publish(card(&format!("e{seq}"), seq));
+                }
+            })
+        };
+        let mut viewers = Vec::new();
+        for _ in 0..20 {
+            // This test reads each viewer only once everything is published.
+            viewers.push(join_with(&hub, &Resume::Fresh, 1024).await);
         }
-        assert!(matches!(slow.live.try_recv(), Err(TryRecvError::Lagged(_))));
+        publisher.join().expect("publisher");
+        hub.publish(card("last", 201));
+        for v in &mut viewers {
+            let mut seqs = Vec::new();
+            loop {
+                match v.next().await {
+                    ServerMessage::Event { card, .. } => {
+                        seqs.push(card.seq);
+                        if card.seq == 201 {
+                            break;
+                        }
+                    }
+                    _ => continue,
+                }
+            }
+            let want: Vec<u64> = (seqs[0]..=201).collect();
+            assert_eq!(
+                seqs, want,
+                "each event once, in order, from where its backlog began"
+            );
+        }
     }
 
-    fn next(rx: &mut broadcast::Receiver<Frame>) -> ServerMessage {
-        serde_json::from_str(rx.try_recv().expect("a frame").as_str()).expect("json")
+    #[tokio::test]
+    async fn a_viewer_whose_queue_fills_is_cut_and_the_others_still_get_every_event() {
+        let hub = hub(4);
+        hub.publish(card("e1", 1));
+        // Its connection task never writes: everything queues behind its `hello`.
+        let stuck = join(&hub, &Resume::Fresh).await;
+        let mut fine = join(&hub, &Resume::Fresh).await;
+        for seq in 2..=50 {
+            hub.publish(card(&format!("e{seq}"), seq));
+            while !matches!(fine.next().await, ServerMessage::Event { card, .. } if card.seq == seq)
+            {
+            }
+        }
+        // Its lane is another thread, which may run behind the other's.
+        assert_eq!(
+            cut_of(&stuck.outlet).await,
+            crate::hub::outlet::Cut::Slow { missed: 1 }
+        );
+        assert_eq!(fine.outlet.take_cut(), None);
+    }
+
+    #[tokio::test]
+    async fn a_new_agent_session_sends_connected_viewers_a_new_hello_and_its_events() {
+        let hub = hub(8);
+        hub.publish(card("a", 7));
+        let mut v = join(&hub, &Resume::Fresh).await;
+        assert!(matches!(
+            v.next().await,
+            ServerMessage::Hello { offset: 8, .. }
+        ));
+        let _history = v.next().await;
+        // The agent's outbox was wiped: a new session numbers from 1 again.
+        let in_t = |mut c: Card| {
+            c.session = "t".into();
+            c
+        };
+        hub.publish(in_t(card("b", 1)));
+        hub.publish(in_t(Card {
+            kind: EventType::End,
+            ..card("b", 2)
+        }));
+        hub.publish(in_t(card("c", 3)));
+        match v.next().await {
+            ServerMessage::Hello {
+                epoch,
+                offset,
+                resync,
+                onscreen,
+                ..
+            } => {
+                assert_eq!((epoch.as_str(), offset, resync), ("t", 2, true));
+                assert!(onscreen.iter().any(|c| c.event_id == "b"), "{onscreen:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            offset_seq(&v.next().await),
+            (2, 2),
+            "b's first event came in the hello"
+        );
+        assert_eq!(offset_seq(&v.next().await), (3, 3));
+    }
+
+    #[tokio::test]
+    async fn chat_reaches_each_viewer_once_across_history_and_live() {
+        let hub = hub(8);
+        assert!(hub.receive_chat(chat("m1"), || {}));
+        let mut v = join(&hub, &Resume::Fresh).await;
+        assert!(matches!(v.next().await, ServerMessage::Hello { .. }));
+        match v.next().await {
+            ServerMessage::ChatHistory { messages } => assert_eq!(messages.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(hub.receive_chat(chat("m2"), || {}));
+        assert!(!hub.receive_chat(chat("m2"), || {}), "redelivery");
+        assert!(hub.receive_chat(chat("m3"), || {}));
+        assert!(matches!(v.next().await, ServerMessage::Chat { message } if message.id == "m2"));
+        assert!(matches!(v.next().await, ServerMessage::Chat { message } if message.id == "m3"));
     }
 
     fn chat(id: &str) -> ChatEvent {
@@ -395,118 +624,104 @@ mod tests {
         }
     }
 
-    #[test]
-    fn chat_reaches_each_viewer_once_across_history_and_live() {
+    #[tokio::test]
+    async fn viewers_are_counted_and_announced_only_on_change() {
         let hub = hub(8);
-        assert!(hub.receive_chat(chat("m1"), || {}));
-        let mut j = hub.join(&Resume::Fresh);
-        match serde_json::from_str(j.chat_history.as_ref().expect("history").as_str()) {
-            Ok(ServerMessage::ChatHistory { messages }) => assert_eq!(messages.len(), 1),
+        let mut a = join(&hub, &Resume::Fresh).await;
+        match a.next().await {
+            ServerMessage::Hello { viewers, .. } => assert_eq!(viewers, 1),
             other => panic!("{other:?}"),
         }
-        assert!(hub.receive_chat(chat("m2"), || {}));
-        assert!(!hub.receive_chat(chat("m2"), || {}), "redelivery");
-        assert!(matches!(next(&mut j.live), ServerMessage::Chat { message } if message.id == "m2"));
-        assert_eq!(j.live.try_recv(), Err(TryRecvError::Empty));
-    }
-
-    #[test]
-    fn viewers_are_counted_and_announced_only_on_change() {
-        let hub = hub(8);
-        let mut a = hub.join(&Resume::Fresh);
-        match serde_json::from_str(a.hello.as_str()) {
-            Ok(ServerMessage::Hello { viewers, .. }) => assert_eq!(viewers, 1),
-            other => panic!("{other:?}"),
-        }
-        let b = hub.join(&Resume::Fresh);
+        let _history = a.next().await;
+        let b = join(&hub, &Resume::Fresh).await;
         assert_eq!(hub.viewer_count(), 2);
         assert_eq!(hub.announce_viewers(), Some(2));
-        assert_eq!(next(&mut a.live), ServerMessage::Viewers { count: 2 });
+        assert_eq!(a.next().await, ServerMessage::Viewers { count: 2 });
         assert_eq!(hub.announce_viewers(), None, "unchanged");
         drop(b);
         assert_eq!(hub.announce_viewers(), Some(1));
-        assert_eq!(next(&mut a.live), ServerMessage::Viewers { count: 1 });
+        assert_eq!(a.next().await, ServerMessage::Viewers { count: 1 });
     }
 
-    #[test]
-    fn a_ban_reaches_viewers_and_connections() {
+    #[tokio::test]
+    async fn a_ban_reaches_viewers_and_cuts_the_banned_users_sockets() {
         let hub = hub(8);
-        let mut j = hub.join(&Resume::Fresh);
+        let mut banned = join(&hub, &Resume::Fresh).await;
+        banned.outlet.set_user("u1");
+        let mut other = join(&hub, &Resume::Fresh).await;
         let ban = Ban {
             v: 1,
             user: "u1".into(),
             until_ms: u64::MAX,
-            reason: None,
+            reason: Some("spam".into()),
             by: "m".into(),
         };
         assert!(hub.receive_ban(ban.clone(), 0));
         assert!(!hub.receive_ban(ban, 0), "the same ban again");
-        assert!(matches!(next(&mut j.live), ServerMessage::Banned { user, .. } if user == "u1"));
-        assert!(matches!(j.control.try_recv(), Ok(Control::Banned { user, .. }) if user == "u1"));
+        for v in [&mut banned, &mut other] {
+            let _hello = v.next().await;
+            let _history = v.next().await;
+            assert!(matches!(v.next().await, ServerMessage::Banned { user, .. } if user == "u1"));
+        }
+        assert_eq!(
+            cut_of(&banned.outlet).await,
+            crate::hub::outlet::Cut::Banned {
+                until_ms: u64::MAX,
+                reason: Some("spam".into())
+            }
+        );
+        assert_eq!(other.outlet.take_cut(), None);
         assert!(hub.clear_ban("u1"));
     }
 
-    #[test]
-    fn hello_offers_chat_only_when_it_is_on_and_guests_only_with_a_key() {
-        let hello_with = |chat: ChatConfig| {
-            let hub = Arc::new(Hub::new(
-                StreamConfig {
-                    studio: "demo".into(),
-                    stream: "main".into(),
-                    video_url: None,
-                },
-                &ViewerConfig {
-                    queue: 4,
-                    max_message_bytes: 4096,
-                    history: 4,
-                },
-                &chat,
-            ));
-            let j = hub.join(&Resume::Fresh);
-            let text = j.hello.as_str().to_owned();
-            let chat = match serde_json::from_str(&text) {
-                Ok(ServerMessage::Hello { chat, .. }) => chat,
+    #[tokio::test]
+    async fn hello_offers_chat_only_when_it_is_on_and_guests_only_with_a_key() {
+        async fn hello_with(chat: ChatConfig) -> (Option<ChatAbility>, bool) {
+            let hub = hub_with(4, &chat);
+            let mut v = join(&hub, &Resume::Fresh).await;
+            let chat = match v.next().await {
+                ServerMessage::Hello { chat, .. } => chat,
                 other => panic!("{other:?}"),
             };
-            (text, chat, j.chat_history.is_some())
-        };
+            // With chat on, the history follows; with it off, the next frame is this event.
+            hub.publish(card("probe", 1));
+            let history = matches!(v.next().await, ServerMessage::ChatHistory { .. });
+            (chat, history)
+        }
         let key = || Some(crate::chat::ChatKey::new(&[7; 32]).expect("32 bytes"));
 
-        let (text, chat, history) = hello_with(ChatConfig {
+        let off = hello_with(ChatConfig {
             enabled: false,
             guests: true,
             key: key(),
             ..ChatConfig::default()
-        });
-        assert!(!text.contains("\"chat\""), "chat off: no `chat` in {text}");
-        assert_eq!((chat, history), (None, false));
+        })
+        .await;
+        assert_eq!(off, (None, false));
 
-        let (text, chat, history) = hello_with(ChatConfig {
+        let no_key = hello_with(ChatConfig {
             guests: true,
             ..ChatConfig::default()
-        });
-        assert!(text.contains(r#""chat":{"guests":false}"#), "{text}");
+        })
+        .await;
         assert_eq!(
-            (chat, history),
+            no_key,
             (Some(ChatAbility { guests: false }), true),
             "no key: read-only chat, no guests"
         );
 
-        let (_, chat, _) = hello_with(ChatConfig {
+        let (chat, _) = hello_with(ChatConfig {
             guests: true,
             key: key(),
             ..ChatConfig::default()
-        });
+        })
+        .await;
         assert_eq!(chat, Some(ChatAbility { guests: true }));
     }
 
     #[test]
     fn lookup_by_studio_and_stream() {
-        let viewer = ViewerConfig {
-            queue: 4,
-            max_message_bytes: 4096,
-            history: 4,
-        };
+        let viewer = viewer_config(4);
         let streams = [
             StreamConfig {
                 studio: "a".into(),

@@ -1,7 +1,12 @@
-//! Per-stream hubs: the pure state machine and the shared, locked wrapper that fans out to viewers.
+//! Per-stream hubs: the pure state machine, the shared, locked wrapper, and the fan-out that
+//! writes every frame to every viewer's socket.
 
 pub mod fanout;
+pub mod lanes;
+pub mod outlet;
 pub mod state;
 
-pub use fanout::{Control, Hub, Hubs, Joined, Watching};
+pub use fanout::{Hub, Hubs, Joined, Watching};
+pub use lanes::Lanes;
+pub use outlet::{Cut, Flushed, Outlet};
 pub use state::{Applied, Frame, HubState, Join, JoinOutcome, Resume};

@@ -414,7 +414,7 @@ images = ["mug.png"]
         );
         assert_eq!(m.events_accepted.load(Ordering::Relaxed), 0);
         let hub = f.hubs.get("demo", "main").expect("hub");
-        assert_eq!(hub.join(&crate::hub::Resume::Fresh).backlog.len(), 0);
+        assert_eq!(hub.preview(&crate::hub::Resume::Fresh).backlog.len(), 0);
     }
 
     #[test]
@@ -463,10 +463,7 @@ images = ["mug.png"]
         f.ingest
             .handle("spotter/v1/demo/main/onscreen", &snapshot.encode());
         let hub = f.hubs.get("demo", "main").expect("hub");
-        let joined = hub.join(&crate::hub::Resume::Fresh);
-        let hello: spotter_protocol::ServerMessage =
-            serde_json::from_str(joined.hello.as_str()).expect("json");
-        match hello {
+        match hub.preview(&crate::hub::Resume::Fresh).hello {
             spotter_protocol::ServerMessage::Hello { onscreen, .. } => {
                 assert_eq!(onscreen.len(), 1);
                 assert_eq!(onscreen[0].product.name, "Enamel camp mug");

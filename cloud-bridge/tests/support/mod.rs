@@ -228,3 +228,25 @@ pub async fn recv(ws: &mut Ws) -> ServerMessage {
         }
     }
 }
+
+/// The card the next product event brings: the event's, or, for a viewer that joined before the
+/// bridge knew the agent's session, the newest card of the new `hello` the first event brings (the
+/// viewer's position then counts in that session). Chat and sessions are skipped.
+#[allow(
+    dead_code,
+    reason = "only the tests whose viewers wait for an event use it"
+)]
+pub async fn next_card(ws: &mut Ws) -> spotter_protocol::viewer::Card {
+    loop {
+        match recv(ws).await {
+            ServerMessage::Event { card, .. } => return card,
+            ServerMessage::Hello { onscreen, .. } => {
+                if let Some(card) = onscreen.into_iter().max_by_key(|c| c.seq) {
+                    return card;
+                }
+            }
+            ServerMessage::ChatHistory { .. } | ServerMessage::Session { .. } => continue,
+            other => panic!("expected a product event, got {other:?}"),
+        }
+    }
+}
