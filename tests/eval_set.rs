@@ -186,6 +186,7 @@ fn perfect_events(truth: &[EvalTruth]) -> Vec<ProductEvent> {
                 v: PROTOCOL_VERSION,
                 kind,
                 event_id: format!("app-{i}"),
+                session: None,
                 seq: events.len() as u64 + 1,
                 sku: t.sku.clone(),
                 score: 0.9,

@@ -215,6 +215,7 @@ fn glass_to_event(
     let (publisher, connection) =
         spotter_agent::mqtt::connect_with(&mqtt, topics, &outbox).expect("publisher");
     let first_seq = publisher.first_seq();
+    let session = publisher.session().to_owned();
 
     // the subscriber, subscribed before anything is published
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
@@ -278,7 +279,7 @@ fn glass_to_event(
         },
         first_seq,
     )
-    .with_session(publisher.session().to_owned());
+    .with_session(session);
     let mut sent = 0usize;
     let end = Instant::now() + Duration::from_secs(secs);
     let done = CancellationToken::new();

@@ -545,6 +545,7 @@ mod tests {
             v: PROTOCOL_VERSION,
             kind,
             event_id: id.into(),
+            session: None,
             seq: pts_ms,
             sku: sku.into(),
             score: 0.9,
