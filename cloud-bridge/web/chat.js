@@ -288,8 +288,15 @@ export class ChatState {
         changes.push({ op: "status" });
         break;
       case "chat_history": {
-        this.messages.clear();
-        for (const m of msg.messages) if (!this.#deleted.has(m.id)) this.messages.set(m.id, m);
+        // After a reconnect, perhaps to another bridge that started after this page: what the
+        // history holds replaces what this page has over the same span (a message missing from
+        // that span was deleted meanwhile), and older messages, which that bridge may never
+        // have seen, are kept before it.
+        const incoming = msg.messages.filter((m) => !this.#deleted.has(m.id));
+        const ids = new Set(incoming.map((m) => m.id));
+        const oldest = incoming.length ? Math.min(...incoming.map((m) => m.at_ms)) : Infinity;
+        const kept = [...this.messages.values()].filter((m) => m.at_ms < oldest && !ids.has(m.id));
+        this.messages = new Map([...kept, ...incoming].map((m) => [m.id, m]));
         this.#trim();
         changes.push({ op: "reset", messages: [...this.messages.values()] });
         for (const p of [...this.pending.values()]) {

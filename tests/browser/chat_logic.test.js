@@ -182,6 +182,20 @@ describe("ChatState", () => {
     assert.deepEqual([...state.messages.keys()], ["m3", "m4"], "a reconnect's history replaces everything");
   });
 
+  test("a history from a bridge that knows less keeps older messages and drops ones deleted within its span", () => {
+    const { state } = connected();
+    state.receive({ kind: "chat_history", messages: [message("m1", "u-bob", "a", NOW - 30), message("m2", "u-bob", "b", NOW - 20)] }, NOW);
+    state.receive({ kind: "chat", message: message("m3", "u-bob", "c", NOW - 10) }, NOW);
+    state.receive({ kind: "chat", message: message("m4", "u-bob", "d", NOW - 5) }, NOW);
+    // Another replica, started after m2: it holds m3 and m5, and m4 was deleted meanwhile.
+    const out = state.receive({ kind: "chat_history", messages: [message("m3", "u-bob", "c", NOW - 10), message("m5", "u-bob", "e", NOW)] }, NOW);
+    assert.deepEqual([...state.messages.keys()], ["m1", "m2", "m3", "m5"]);
+    assert.deepEqual(out.changes[0].messages.map((m) => m.id), ["m1", "m2", "m3", "m5"]);
+    // An empty history (a replica that has seen no chat yet) takes nothing away.
+    state.receive({ kind: "chat_history", messages: [] }, NOW);
+    assert.deepEqual([...state.messages.keys()], ["m1", "m2", "m3", "m5"]);
+  });
+
   test("keeps only the newest messages", () => {
     const state = new ChatState({ keep: 3 });
     state.receive({ kind: "chat_history", messages: [message("a"), message("b"), message("c")] }, NOW);
