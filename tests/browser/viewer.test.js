@@ -318,11 +318,12 @@ describe("viewer page", () => {
     assert.ok(reconnect.searchParams.get("epoch"), `reconnected without an epoch: ${reconnect}`);
     assert.match(reconnect.searchParams.get("offset") ?? "", /^\d+$/, `reconnected without an offset: ${reconnect}`);
 
-    // The new bridge has a new hub and nothing on screen: the page must drop the old card.
-    await card(page, before).waitFor({ state: "detached", ...WAIT });
-
+    // The new bridge has heard of no agent session yet (its embedded broker kept nothing): it
+    // cannot tell the page's position stale, so the page keeps its card until the agent speaks;
+    // then the page shows exactly what the agent says is on screen, the old card gone.
     client = await publisher(setup.mqttUrl);
     await publishUntilShown(client, page, event("new"));
+    await card(page, before).waitFor({ state: "detached", ...WAIT });
     assert.equal(await page.locator("#cards .card").count(), 1);
     await page.screenshot({ path: path.join(artifacts, "viewer-after-restart.png"), animations: "disabled" });
     assert.deepEqual(

@@ -55,7 +55,7 @@ describe("parseServerMessage", () => {
   test("reads the golden event", () => {
     const msg = parseServerMessage(GOLDEN);
     assert.equal(msg.kind, "event");
-    assert.equal(msg.offset, 3);
+    assert.equal(msg.offset, 9, "an event's offset is its seq");
     assert.equal(msg.card.type, "new");
     assert.equal(msg.card.event_id, "e-1");
     assert.equal(msg.card.seq, 9);
