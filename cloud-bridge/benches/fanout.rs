@@ -104,6 +104,10 @@ struct Opts {
     /// How long viewers may take to receive the last event once it is published.
     #[arg(long, default_value_t = 10.0)]
     drain_seconds: f64,
+    /// Publish events without the agent session, as an older agent does (to measure a bridge
+    /// that predates it against a newer one on the same events).
+    #[arg(long)]
+    without_session: bool,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -127,6 +131,7 @@ impl Opts {
             per_worker: 60,
             concurrency: 32,
             drain_seconds: 10.0,
+            without_session: false,
             bench: false,
         }
     }
@@ -237,6 +242,22 @@ impl Ctx {
         let bridge = procs::start_bridge(exe, &dir, self.mqtt_port, settings)
             .await
             .with_context(|| format!("bridge {}", exe.display()))?;
+        // The show is on before viewers come: one event, so the bridge knows the agent's session
+        // (its epoch) and viewers' positions count in it from their `hello`.
+        self.publisher.publish(1, 1000.0, self.start).await?;
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let metrics = procs::http_body(bridge.http, "/metrics")
+                .await
+                .unwrap_or_default();
+            if metrics.contains("spotter_bridge_events_accepted_total 1") {
+                break;
+            }
+            if Instant::now() > until {
+                bail!("the bridge did not accept the warm-up event within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         progress!(
             self.start,
             "bridge {} ready on {} (pid {}, queue {}, history {})",
@@ -284,7 +305,10 @@ async fn coordinate(opts: Opts, smoke: bool) -> anyhow::Result<()> {
         .context("cannot create a temporary directory")?;
     let (mosquitto, mqtt_port) = procs::start_mosquitto(&opts.mosquitto, dir.path())?;
     progress!(start, "mosquitto on 127.0.0.1:{mqtt_port}");
-    let publisher = Publisher::connect(mqtt_port).await?;
+    let mut publisher = Publisher::connect(mqtt_port).await?;
+    if opts.without_session {
+        publisher.session = None;
+    }
     let mut ctx = Ctx {
         opts: opts.clone(),
         dir,
@@ -771,8 +795,9 @@ async fn connect(ctx: &mut Ctx, exe: &Path) -> anyhow::Result<Outcome> {
 struct Publisher {
     client: AsyncClient,
     topic: String,
-    /// The agent session the events' `seq` counts in (one numbering for the whole bench run).
-    session: String,
+    /// The agent session the events' `seq` counts in (one numbering for the whole bench run);
+    /// `None` publishes as an agent that predates sessions.
+    session: Option<String>,
     next_seq: u64,
 }
 
@@ -811,7 +836,10 @@ impl Publisher {
         Ok(Publisher {
             client,
             topic,
-            session: format!("{:016x}", now_us() ^ u64::from(std::process::id()) << 40),
+            session: Some(format!(
+                "{:016x}",
+                now_us() ^ u64::from(std::process::id()) << 40
+            )),
             next_seq: 1,
         })
     }
@@ -831,7 +859,7 @@ impl Publisher {
                 kind: EventType::End,
                 event_id: wire::event_id(seq, publish_us),
                 seq,
-                session: Some(self.session.clone()),
+                session: self.session.clone(),
                 sku: procs::SKU.into(),
                 score: 0.875,
                 bbox: BBox([0.25, 0.125, 0.75, 0.875]),

@@ -291,6 +291,17 @@ pub async fn start_bridge(
     }
 }
 
+/// The body of `GET path` (HTTP/1.1, read to the close), or `None` if nothing answered.
+pub async fn http_body(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all).await.ok()?;
+    let text = String::from_utf8_lossy(&all);
+    text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}
+
 /// The status of `GET path`, or `None` if nothing answered.
 pub async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
