@@ -114,6 +114,23 @@ fn open_files_soft_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
+/// Connections the kernel may hold for the accept loop: a burst of viewers (a show's start, every
+/// viewer of a replica that stopped reconnecting at once) waits here instead of having its SYNs
+/// dropped and retried a second later. Linux caps it at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// The HTTP listener, with [`LISTEN_BACKLOG`] (`TcpListener::bind` asks for 1024).
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Runs the bridge until `shutdown` is cancelled (or a component fails).
 pub async fn run(config: BridgeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     serve(config, shutdown, None).await
@@ -149,14 +166,12 @@ async fn serve(
         broker::start(addr).await?;
     }
 
-    let listener = TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen for HTTP on {}: set http.listen to a free address",
-                config.http.listen
-            )
-        })?;
+    let listener = listen(config.http.listen).with_context(|| {
+        format!(
+            "cannot listen for HTTP on {}: set http.listen to a free address",
+            config.http.listen
+        )
+    })?;
     let http = listener
         .local_addr()
         .context("cannot read the HTTP listener's address")?;

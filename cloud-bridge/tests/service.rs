@@ -288,9 +288,9 @@ async fn first(ws: &mut Ws) -> ServerMessage {
 async fn viewers_over_the_open_files_budget_get_503_while_broker_and_metrics_stay_reachable() {
     // All 91 viewers come from 127.0.0.1: no per-address share, so the budget is what refuses.
     let s = setup(embedded, "max_per_address = 0");
-    // A soft limit of 100 raised to the hard 160 at start: 160 less 64 + 96/16 leaves 90 viewers.
+    // A soft limit of 100 raised to the hard 155 at start: 155 less 64 + 91/64 leaves 90 viewers.
     let args = vec![
-        "--nofile=100:160".to_owned(),
+        "--nofile=100:155".to_owned(),
         BIN.to_owned(),
         "--config".to_owned(),
         s.config.display().to_string(),
@@ -299,7 +299,7 @@ async fn viewers_over_the_open_files_budget_get_503_while_broker_and_metrics_sta
     let mut bridge = Process::spawn("prlimit", &args, &[], s.dir.path());
     let raised = bridge.line("open-files limit").await;
     assert!(
-        raised.contains("soft_was=100") && raised.contains("soft=160"),
+        raised.contains("soft_was=100") && raised.contains("soft=155"),
         "{raised}"
     );
     bridge.line("bridge serving").await;
