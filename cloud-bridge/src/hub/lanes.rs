@@ -29,7 +29,7 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// A viewer silent (no frame, not even a pong) for this long is cut.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Most lanes, whatever the core count.
-const MAX_LANES: usize = 8;
+pub const MAX_LANES: usize = 8;
 
 enum Work {
     Join {
