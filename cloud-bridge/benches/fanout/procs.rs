@@ -14,20 +14,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 /// How long a server may take to start listening (the bridge: and to subscribe).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Raises this process's soft open-files limit to the hard one.
+/// Raises this process's soft open-files limit to the hard one, as the bridge does at start.
 pub fn raise_open_files_limit() -> anyhow::Result<()> {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let found = getrlimit(Resource::Nofile);
-    if found.current != found.maximum {
-        setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: found.maximum,
-                maximum: found.maximum,
-            },
-        )
+    spotter_bridge::app::raise_open_files_limit()
         .context("cannot raise the open-files limit to the hard limit")?;
-    }
     Ok(())
 }
 
