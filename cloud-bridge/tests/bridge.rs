@@ -146,7 +146,7 @@ async fn events_reach_viewers_enriched_once_and_garbage_is_counted() {
     publish(events, event(EventType::Update, "e-1", 3, "MUG-001")).await;
 
     // The first event names the agent's session: the viewer, which joined before this bridge knew
-    // it, is given a new `hello` in that epoch (positions are the agent's seqs), carrying the card.
+    // it, is given a new `hello` in that epoch (positions are the agent's seqs), then the event.
     let (epoch2, offset, resync, onscreen) = hello(next_message(&mut viewer).await);
     assert_ne!(
         epoch2, epoch,
@@ -154,12 +154,11 @@ async fn events_reach_viewers_enriched_once_and_garbage_is_counted() {
     );
     assert_eq!(
         (epoch2.as_str(), offset, resync),
-        (support::SESSION, 3, true)
+        (support::SESSION, 2, true)
     );
-    let [card] = onscreen.as_slice() else {
-        panic!("{onscreen:?}")
-    };
-    let card = card.clone();
+    assert!(onscreen.is_empty(), "{onscreen:?}");
+    let (offset, card) = event_msg(next_message(&mut viewer).await);
+    assert_eq!(offset, 2, "an event's offset is its seq");
     assert_eq!(
         (card.kind, card.event_id.as_str(), card.seq),
         (EventType::New, "e-1", 2)

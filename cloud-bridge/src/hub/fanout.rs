@@ -193,10 +193,16 @@ impl Hub {
     pub fn publish(&self, card: Card) -> Applied {
         let mut state = self.lock();
         let epoch = state.epoch().to_owned();
+        let event_id = card.event_id.clone();
         let applied = state.apply(card);
         // Sent under the lock: see the module's doc.
         if state.epoch() != epoch {
-            self.restart_viewers(&state);
+            match &applied {
+                Applied::Accepted { offset, .. } => {
+                    self.restart_viewers_before(&state, *offset, &event_id);
+                }
+                Applied::Duplicate => self.restart_viewers(&state),
+            }
         }
         if let Applied::Accepted {
             offset,
@@ -232,6 +238,24 @@ impl Hub {
         let join = state.join(&Resume::Unusable);
         let hello = self.hello(join.hello, self.viewer_count());
         self.lanes.restart(self.index, &hello, join.live_from);
+    }
+
+    /// As [`Self::restart_viewers`], when an event began the new epoch: the `hello` shows the
+    /// epoch's state before that event and the event follows it as an event, so a viewer waiting
+    /// for the show gets its first product's `new` as it would from an epoch already known.
+    fn restart_viewers_before(&self, state: &HubState, offset: u64, event_id: &str) {
+        let mut hello = state.join(&Resume::Unusable).hello;
+        if let ServerMessage::Hello {
+            offset: from,
+            onscreen,
+            ..
+        } = &mut hello
+        {
+            *from = offset;
+            onscreen.retain(|c| c.event_id != event_id);
+        }
+        let hello = self.hello(hello, self.viewer_count());
+        self.lanes.restart(self.index, &hello, offset);
     }
 
     /// A `hello` with what the hub adds to the state's: the viewer count and the chat offer.
@@ -577,16 +601,18 @@ mod tests {
                 onscreen,
                 ..
             } => {
-                assert_eq!((epoch.as_str(), offset, resync), ("t", 2, true));
-                assert!(onscreen.iter().any(|c| c.event_id == "b"), "{onscreen:?}");
+                assert_eq!((epoch.as_str(), offset, resync), ("t", 1, true));
+                // The state before the new session's first event, which follows as an event.
+                assert!(!onscreen.iter().any(|c| c.event_id == "b"), "{onscreen:?}");
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(
             offset_seq(&v.next().await),
-            (2, 2),
-            "b's first event came in the hello"
+            (1, 1),
+            "the new session's first event"
         );
+        assert_eq!(offset_seq(&v.next().await), (2, 2));
         assert_eq!(offset_seq(&v.next().await), (3, 3));
     }
 

@@ -229,9 +229,9 @@ pub async fn recv(ws: &mut Ws) -> ServerMessage {
     }
 }
 
-/// The card the next product event brings: the event's, or, for a viewer that joined before the
-/// bridge knew the agent's session, the newest card of the new `hello` the first event brings (the
-/// viewer's position then counts in that session). Chat and sessions are skipped.
+/// The card the next product event brings, or the newest card of a `hello` that holds any (a
+/// viewer that joined after the event reached the bridge finds it there). Chat and sessions are
+/// skipped.
 #[allow(
     dead_code,
     reason = "only the tests whose viewers wait for an event use it"
