@@ -131,9 +131,6 @@ impl Shelf {
             // The hub sets it from the appearance's `new`.
             appeared_at_ms: event.captured_at_ms,
             product: product.clone(),
-            session: event.session().to_owned(),
-            // The subscriber stamps it.
-            subscription: 0,
         })
     }
 
@@ -151,9 +148,6 @@ impl Shelf {
             pts_ms: 0,
             appeared_at_ms: p.since_ms,
             product: product.clone(),
-            // The snapshot's; the subscriber stamps both.
-            session: String::new(),
-            subscription: 0,
         })
     }
 }

@@ -60,15 +60,6 @@ pub struct Card {
     pub appeared_at_ms: u64,
     /// Catalog data.
     pub product: ProductInfo,
-    /// The agent session `seq` counts in: the bridge's hub uses it as its epoch. Set by the
-    /// bridge, never sent to viewers (`hello.epoch` says it once).
-    #[serde(skip)]
-    pub session: String,
-    /// Which of the bridge's broker subscriptions delivered the event (counted up on every
-    /// connection that starts without a stored session), so that the hub can tell where it may
-    /// have missed events. Set by the bridge, never sent to viewers.
-    #[serde(skip)]
-    pub subscription: u64,
 }
 
 /// Bridge to browser.
@@ -277,8 +268,6 @@ mod tests {
                     url: "https://shop.example/mug-001".into(),
                     image: Some("/img/0123abcd/mug-front.png".into()),
                 },
-                session: String::new(),
-                subscription: 0,
             },
         };
         let golden = include_str!("../tests/golden/viewer_event.json").trim();

@@ -22,7 +22,7 @@ use spotter_protocol::viewer::{Card, ServerMessage};
 
 use super::lanes::Lanes;
 use super::outlet::Outlet;
-use super::state::{Applied, HubState, Join, JoinOutcome, Resume};
+use super::state::{Applied, HubState, Join, JoinOutcome, Origin, Resume};
 use crate::chat::{now_ms, ChatConfig, Room};
 use crate::config::{StreamConfig, ViewerConfig};
 use crate::websocket::frame;
@@ -189,12 +189,12 @@ impl Hub {
         self.lock().epoch().to_owned()
     }
 
-    /// Applies an event and, when new, sends it to every viewer.
-    pub fn publish(&self, card: Card) -> Applied {
+    /// Applies an event from `origin` and, when new, sends it to every viewer.
+    pub fn publish(&self, card: Card, origin: &Origin) -> Applied {
         let mut state = self.lock();
         let epoch = state.epoch().to_owned();
         let event_id = card.event_id.clone();
-        let applied = state.apply(card);
+        let applied = state.apply(card, origin);
         // Sent under the lock: see the module's doc.
         if state.epoch() != epoch {
             match &applied {
@@ -215,12 +215,12 @@ impl Hub {
         applied
     }
 
-    /// Applies an on-screen snapshot; returns how many events it produced (synthetic `end`s and
-    /// `new`s at the snapshot's seq, for a replica that missed events).
-    pub fn apply_snapshot(&self, seq: u64, cards: Vec<Card>) -> usize {
+    /// Applies an on-screen snapshot from `origin`; returns how many events it produced
+    /// (synthetic `end`s and `new`s at the snapshot's seq, for a replica that missed events).
+    pub fn apply_snapshot(&self, seq: u64, cards: Vec<Card>, origin: &Origin) -> usize {
         let mut state = self.lock();
         let epoch = state.epoch().to_owned();
-        let frames = state.apply_snapshot(seq, cards);
+        let frames = state.apply_snapshot(seq, cards, origin);
         if state.epoch() != epoch {
             self.restart_viewers(&state);
         }
@@ -367,8 +367,6 @@ mod tests {
             captured_at_ms: 0,
             pts_ms: 0,
             appeared_at_ms: 0,
-            session: "s".into(),
-            subscription: 0,
             product: ProductInfo {
                 sku: "S".into(),
                 name: "n".into(),
@@ -377,6 +375,14 @@ mod tests {
                 url: "https://x".into(),
                 image: None,
             },
+        }
+    }
+
+    /// Delivered in session "s" by the first subscription.
+    fn origin() -> Origin {
+        Origin {
+            session: "s".into(),
+            subscription: 0,
         }
     }
 
@@ -491,7 +497,7 @@ mod tests {
     #[tokio::test]
     async fn joined_viewer_gets_each_event_once_across_backlog_and_live() {
         let hub = hub(8);
-        hub.publish(card("a", 1));
+        hub.publish(card("a", 1), &origin());
         let epoch = hub.epoch();
         let mut v = join(&hub, &Resume::From { epoch, offset: 1 }).await;
         assert_eq!(v.joined.outcome, JoinOutcome::Recovered);
@@ -499,9 +505,9 @@ mod tests {
         assert!(matches!(v.next().await, ServerMessage::Hello { .. }));
         assert!(matches!(v.next().await, ServerMessage::ChatHistory { .. }));
         assert_eq!(offset_seq(&v.next().await).1, 1, "backlog");
-        hub.publish(card("b", 2));
-        hub.publish(card("b", 2));
-        hub.publish(card("c", 3));
+        hub.publish(card("b", 2), &origin());
+        hub.publish(card("b", 2), &origin());
+        hub.publish(card("c", 3), &origin());
         assert_eq!(offset_seq(&v.next().await).1, 2, "live");
         assert_eq!(
             offset_seq(&v.next().await).1,
@@ -514,12 +520,12 @@ mod tests {
     async fn events_published_while_viewers_join_reach_each_exactly_once() {
         let hub = hub(256);
         // The agent's session becomes the epoch with the first event.
-        hub.publish(card("e1", 1));
+        hub.publish(card("e1", 1), &origin());
         let publisher = {
             let hub = hub.clone();
             std::thread::spawn(move || {
                 for seq in 2..=200 {
-                    hub.publish(card(&format!("e{seq}"), seq));
+                    hub.publish(card(&format!("e{seq}"), seq), &origin());
                 }
             })
         };
@@ -529,7 +535,7 @@ mod tests {
             viewers.push(join_with(&hub, &Resume::Fresh, 1024).await);
         }
         publisher.join().expect("publisher");
-        hub.publish(card("last", 201));
+        hub.publish(card("last", 201), &origin());
         for v in &mut viewers {
             let mut seqs = Vec::new();
             loop {
@@ -554,12 +560,12 @@ mod tests {
     #[tokio::test]
     async fn a_viewer_whose_queue_fills_is_cut_and_the_others_still_get_every_event() {
         let hub = hub(4);
-        hub.publish(card("e1", 1));
+        hub.publish(card("e1", 1), &origin());
         // Its connection task never writes: everything queues behind its `hello`.
         let stuck = join(&hub, &Resume::Fresh).await;
         let mut fine = join(&hub, &Resume::Fresh).await;
         for seq in 2..=50 {
-            hub.publish(card(&format!("e{seq}"), seq));
+            hub.publish(card(&format!("e{seq}"), seq), &origin());
             while !matches!(fine.next().await, ServerMessage::Event { card, .. } if card.seq == seq)
             {
             }
@@ -575,7 +581,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_agent_session_sends_connected_viewers_a_new_hello_and_its_events() {
         let hub = hub(8);
-        hub.publish(card("a", 7));
+        hub.publish(card("a", 7), &origin());
         let mut v = join(&hub, &Resume::Fresh).await;
         assert!(matches!(
             v.next().await,
@@ -583,16 +589,19 @@ mod tests {
         ));
         let _history = v.next().await;
         // The agent's outbox was wiped: a new session numbers from 1 again.
-        let in_t = |mut c: Card| {
-            c.session = "t".into();
-            c
+        let in_t = Origin {
+            session: "t".into(),
+            ..origin()
         };
-        hub.publish(in_t(card("b", 1)));
-        hub.publish(in_t(Card {
-            kind: EventType::End,
-            ..card("b", 2)
-        }));
-        hub.publish(in_t(card("c", 3)));
+        hub.publish(card("b", 1), &in_t);
+        hub.publish(
+            Card {
+                kind: EventType::End,
+                ..card("b", 2)
+            },
+            &in_t,
+        );
+        hub.publish(card("c", 3), &in_t);
         match v.next().await {
             ServerMessage::Hello {
                 epoch,
@@ -710,7 +719,7 @@ mod tests {
                 other => panic!("{other:?}"),
             };
             // With chat on, the history follows; with it off, the next frame is this event.
-            hub.publish(card("probe", 1));
+            hub.publish(card("probe", 1), &origin());
             let history = matches!(v.next().await, ServerMessage::ChatHistory { .. });
             (chat, history)
         }

@@ -9,4 +9,4 @@ pub mod state;
 pub use fanout::{Hub, Hubs, Joined, Watching};
 pub use lanes::Lanes;
 pub use outlet::{Cut, Flushed, Outlet};
-pub use state::{Applied, Frame, HubState, Join, JoinOutcome, Resume};
+pub use state::{Applied, Frame, HubState, Join, JoinOutcome, Origin, Resume};

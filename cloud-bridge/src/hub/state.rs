@@ -138,11 +138,26 @@ pub struct HubState {
     tick: u64,
 }
 
-fn session_of(card: &Card) -> &str {
-    if card.session.is_empty() {
-        LEGACY_SESSION
-    } else {
-        &card.session
+/// Where an event came from: the agent session its `seq` counts in, and which of this bridge's
+/// broker subscriptions delivered it (counted up on every broker connection that starts without
+/// a stored session, so that the hub can tell where it may have missed events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The agent session `seq` counts in (empty for an agent that predates sessions): the hub's
+    /// epoch.
+    pub session: String,
+    /// The broker subscription that delivered it.
+    pub subscription: u64,
+}
+
+impl Origin {
+    /// The epoch its events belong to: the session, or the legacy session when empty.
+    fn epoch(&self) -> &str {
+        if self.session.is_empty() {
+            LEGACY_SESSION
+        } else {
+            &self.session
+        }
     }
 }
 
@@ -183,18 +198,17 @@ impl HubState {
     /// Applies one enriched event: starts a new epoch for a new session, checks the range where
     /// a new subscription began, drops redeliveries, sets `appeared_at_ms`, updates the
     /// on-screen map, and encodes it at its seq.
-    pub fn apply(&mut self, card: Card) -> Applied {
-        if !self.known || session_of(&card) != self.epoch {
-            let session = session_of(&card).to_owned();
-            self.start_epoch(session, card.seq);
-            self.subscription = Some(card.subscription);
-        } else if self.subscription != Some(card.subscription) {
+    pub fn apply(&mut self, card: Card, origin: &Origin) -> Applied {
+        if !self.known || origin.epoch() != self.epoch {
+            self.start_epoch(origin.epoch().to_owned(), card.seq);
+            self.subscription = Some(origin.subscription);
+        } else if self.subscription != Some(origin.subscription) {
             // The first event through a new subscription: had it missed events, the sequence
             // would not continue here.
             if card.seq != self.next {
                 self.restart_range(card.seq);
             }
-            self.subscription = Some(card.subscription);
+            self.subscription = Some(origin.subscription);
         }
         let offset = card.seq;
         let Some(frame) = self.accept(card) else {
@@ -205,17 +219,19 @@ impl HubState {
         Applied::Accepted { offset, frame }
     }
 
-    /// Applies a retained on-screen snapshot covering every event up to `seq` (its cards carry
-    /// its session; an empty one is taken to be of the current epoch, and ignored before one is
-    /// known). One that covers nothing new changes nothing; a newer one (the bridge missed
+    /// Applies a retained on-screen snapshot covering every event up to `seq`, of `origin`'s
+    /// session (an empty one is taken to be of the current epoch whatever `origin` says, and
+    /// ignored before one is known). One that covers nothing new changes nothing; a newer one (the bridge missed
     /// events, e.g. while away from the broker or before it subscribed) is made true for viewers
     /// with `end` cards for what left and `new` cards for what arrived, all at offset `seq`, and
     /// the complete range restarts after `seq`.
-    pub fn apply_snapshot(&mut self, seq: u64, cards: Vec<Card>) -> Vec<Frame> {
-        let session = match cards.first() {
-            Some(c) => session_of(c).to_owned(),
-            None if self.known => self.epoch.clone(),
-            None => return Vec::new(),
+    pub fn apply_snapshot(&mut self, seq: u64, cards: Vec<Card>, origin: &Origin) -> Vec<Frame> {
+        let session = if !cards.is_empty() {
+            origin.epoch().to_owned()
+        } else if self.known {
+            self.epoch.clone()
+        } else {
+            return Vec::new();
         };
         if self.known && session == self.epoch && seq < self.next {
             return Vec::new();
@@ -485,8 +501,18 @@ mod tests {
                 url: "https://shop.example/mug-001".into(),
                 image: None,
             },
-            session: S.into(),
-            subscription: 1,
+        }
+    }
+
+    /// Delivered in session `S` by the first subscription.
+    fn origin() -> Origin {
+        via(S, 1)
+    }
+
+    fn via(session: &str, subscription: u64) -> Origin {
+        Origin {
+            session: session.into(),
+            subscription,
         }
     }
 
@@ -553,17 +579,14 @@ mod tests {
     #[test]
     fn offsets_are_the_agent_seq_and_the_epoch_its_session() {
         let mut h = hub(8);
-        let (o0, f0) = accepted(h.apply(new("a", 7)));
-        let (o1, _) = accepted(h.apply(new("b", 8)));
+        let (o0, f0) = accepted(h.apply(new("a", 7), &origin()));
+        let (o1, _) = accepted(h.apply(new("b", 8), &origin()));
         assert_eq!((o0, o1, h.next_offset(), h.epoch()), (7, 8, 9, S));
         match decode(&f0) {
             ServerMessage::Event { offset, card: c } => {
                 assert_eq!(offset, 7);
                 let mut want = new("a", 7);
                 want.appeared_at_ms = want.captured_at_ms;
-                // the session rides in the hello, not in every card
-                want.session = String::new();
-                want.subscription = 0;
                 assert_eq!(c, want);
             }
             other => panic!("{other:?}"),
@@ -573,9 +596,7 @@ mod tests {
     #[test]
     fn an_event_without_a_session_is_in_the_legacy_epoch() {
         let mut h = hub(8);
-        let mut old = new("a", 1);
-        old.session = String::new();
-        accepted(h.apply(old));
+        accepted(h.apply(new("a", 1), &via("", 1)));
         assert_eq!(h.epoch(), LEGACY_SESSION);
     }
 
@@ -584,11 +605,11 @@ mod tests {
         let (mut a, mut b) = (hub(16), hub(16));
         for seq in 1..=5 {
             let e = card(EventType::Update, "x", seq);
-            accepted(a.apply(e.clone()));
-            accepted(b.apply(e));
+            accepted(a.apply(e.clone(), &origin()));
+            accepted(b.apply(e, &origin()));
         }
         // b has seen one more event
-        accepted(b.apply(card(EventType::End, "x", 6)));
+        accepted(b.apply(card(EventType::End, "x", 6), &origin()));
         assert_eq!(a.epoch(), b.epoch());
         let resume = from(a.epoch(), 3);
         let on_a = served(&a, &resume);
@@ -616,7 +637,7 @@ mod tests {
     fn refused_events_leave_the_same_gap_on_every_replica() {
         let mut h = hub(16);
         for seq in [1, 2, 4, 5] {
-            accepted(h.apply(new(&format!("e{seq}"), seq)));
+            accepted(h.apply(new(&format!("e{seq}"), seq), &origin()));
         }
         assert_eq!(served(&h, &from(S, 3)).4, [4, 5], "3 was refused");
         assert_eq!(served(&h, &from(S, 4)).4, [4, 5]);
@@ -628,7 +649,7 @@ mod tests {
     fn a_client_ahead_of_this_replica_recovers_nothing_and_lives_from_its_position() {
         let mut h = hub(16);
         for seq in 1..=3 {
-            accepted(h.apply(new(&format!("e{seq}"), seq)));
+            accepted(h.apply(new(&format!("e{seq}"), seq), &origin()));
         }
         let j = h.join(&from(S, 10));
         assert_eq!(j.outcome, JoinOutcome::Recovered);
@@ -664,11 +685,10 @@ mod tests {
     fn a_new_agent_session_starts_a_new_epoch_and_old_positions_resync() {
         let mut h = hub(16);
         for seq in 1..=4 {
-            accepted(h.apply(new(&format!("e{seq}"), seq)));
+            accepted(h.apply(new(&format!("e{seq}"), seq), &origin()));
         }
-        let mut restarted = new("f1", 1);
-        restarted.session = "00000000000000aa".into();
-        let (offset, _) = accepted(h.apply(restarted));
+        let restarted = via("00000000000000aa", 1);
+        let (offset, _) = accepted(h.apply(new("f1", 1), &restarted));
         assert_eq!(
             (offset, h.epoch(), h.next_offset()),
             (1, "00000000000000aa", 2)
@@ -686,7 +706,7 @@ mod tests {
         // This replica subscribed while the agent was at seq 5: it cannot answer for 3 and 4.
         let mut h = hub(16);
         for seq in 5..=7 {
-            accepted(h.apply(new(&format!("e{seq}"), seq)));
+            accepted(h.apply(new(&format!("e{seq}"), seq), &origin()));
         }
         assert_eq!(served(&h, &from(S, 3)).0, JoinOutcome::Resync);
         assert_eq!(served(&h, &from(S, 5)).4, [5, 6, 7]);
@@ -696,11 +716,9 @@ mod tests {
     fn a_new_subscription_keeps_the_range_only_if_the_sequence_continues() {
         let mut h = hub(16);
         for seq in 1..=3 {
-            accepted(h.apply(new(&format!("e{seq}"), seq)));
+            accepted(h.apply(new(&format!("e{seq}"), seq), &origin()));
         }
-        let mut next = new("e4", 4);
-        next.subscription = 2;
-        accepted(h.apply(next));
+        accepted(h.apply(new("e4", 4), &via(S, 2)));
         assert_eq!(
             served(&h, &from(S, 1)).4,
             [1, 2, 3, 4],
@@ -708,9 +726,7 @@ mod tests {
         );
 
         // While away, events 5 and 6 went by.
-        let mut after_gap = new("e7", 7);
-        after_gap.subscription = 3;
-        accepted(h.apply(after_gap));
+        accepted(h.apply(new("e7", 7), &via(S, 3)));
         assert_eq!(served(&h, &from(S, 4)).0, JoinOutcome::Resync);
         assert_eq!(served(&h, &from(S, 7)).4, [7]);
     }
@@ -719,7 +735,7 @@ mod tests {
     fn ring_wraps_and_evicted_offsets_need_resync() {
         let mut h = hub(3);
         for seq in 0..7 {
-            accepted(h.apply(new(&format!("e{seq}"), seq)));
+            accepted(h.apply(new(&format!("e{seq}"), seq), &origin()));
         }
         assert_eq!(served(&h, &from(S, 4)).4, [4, 5, 6]);
         assert_eq!(served(&h, &from(S, 3)).0, JoinOutcome::Resync, "evicted");
@@ -729,7 +745,7 @@ mod tests {
     #[test]
     fn zero_history_recovers_only_when_up_to_date() {
         let mut h = hub(0);
-        accepted(h.apply(new("a", 1)));
+        accepted(h.apply(new("a", 1), &origin()));
         assert_eq!(h.recover(S, 2), Some(Vec::new()));
         assert_eq!(h.recover(S, 1), None);
     }
@@ -737,13 +753,13 @@ mod tests {
     #[test]
     fn redeliveries_and_older_seqs_are_dropped() {
         let mut h = hub(8);
-        accepted(h.apply(new("a", 5)));
-        assert_eq!(h.apply(new("a", 5)), Applied::Duplicate);
-        assert_eq!(h.apply(new("a", 4)), Applied::Duplicate);
-        accepted(h.apply(card(EventType::Update, "a", 7)));
+        accepted(h.apply(new("a", 5), &origin()));
+        assert_eq!(h.apply(new("a", 5), &origin()), Applied::Duplicate);
+        assert_eq!(h.apply(new("a", 4), &origin()), Applied::Duplicate);
+        accepted(h.apply(card(EventType::Update, "a", 7), &origin()));
         // A late `new` cannot resurrect an ended card.
-        accepted(h.apply(card(EventType::End, "a", 9)));
-        assert_eq!(h.apply(new("a", 5)), Applied::Duplicate);
+        accepted(h.apply(card(EventType::End, "a", 9), &origin()));
+        assert_eq!(h.apply(new("a", 5), &origin()), Applied::Duplicate);
         assert!(h.onscreen().is_empty());
         assert_eq!(h.next_offset(), 10);
         assert_eq!(served(&h, &from(S, 5)).4, [5, 7, 9]);
@@ -752,9 +768,9 @@ mod tests {
     #[test]
     fn an_event_that_arrives_late_takes_its_place_in_the_history() {
         let mut h = hub(8);
-        accepted(h.apply(new("a", 1)));
-        accepted(h.apply(new("c", 3)));
-        accepted(h.apply(new("b", 2)));
+        accepted(h.apply(new("a", 1), &origin()));
+        accepted(h.apply(new("c", 3), &origin()));
+        accepted(h.apply(new("b", 2), &origin()));
         assert_eq!(served(&h, &from(S, 1)).4, [1, 2, 3]);
         assert_eq!(h.next_offset(), 4);
     }
@@ -762,23 +778,23 @@ mod tests {
     #[test]
     fn onscreen_follows_new_update_end() {
         let mut h = hub(8);
-        accepted(h.apply(new("a", 1)));
-        accepted(h.apply(new("b", 2)));
+        accepted(h.apply(new("a", 1), &origin()));
+        accepted(h.apply(new("b", 2), &origin()));
         let mut moved = card(EventType::Update, "a", 3);
         moved.score = 0.5;
-        accepted(h.apply(moved.clone()));
+        accepted(h.apply(moved.clone(), &origin()));
         moved.appeared_at_ms = 1001;
         let mut b = new("b", 2);
         b.appeared_at_ms = 1002;
         assert_eq!(h.onscreen(), &[moved, b]);
-        accepted(h.apply(card(EventType::End, "b", 4)));
+        accepted(h.apply(card(EventType::End, "b", 4), &origin()));
         assert_eq!(h.onscreen().len(), 1);
         assert_eq!(h.onscreen()[0].event_id, "a");
         // An update for something never seen as new is on screen all the same.
-        accepted(h.apply(card(EventType::Update, "c", 5)));
+        accepted(h.apply(card(EventType::Update, "c", 5), &origin()));
         assert_eq!(h.onscreen().len(), 2);
         // An end for something not on screen is still forwarded.
-        accepted(h.apply(card(EventType::End, "zz", 6)));
+        accepted(h.apply(card(EventType::End, "zz", 6), &origin()));
         assert_eq!(h.onscreen().len(), 2);
     }
 
@@ -786,7 +802,7 @@ mod tests {
     fn onscreen_is_bounded() {
         let mut h = hub(8);
         for i in 0..(MAX_ONSCREEN as u64 + 5) {
-            accepted(h.apply(new(&format!("e{i}"), i)));
+            accepted(h.apply(new(&format!("e{i}"), i), &origin()));
         }
         assert_eq!(h.onscreen().len(), MAX_ONSCREEN);
         assert_eq!(h.onscreen()[0].event_id, "e5");
@@ -805,14 +821,14 @@ mod tests {
     #[test]
     fn a_newer_snapshot_is_made_true_at_its_seq_and_the_range_restarts_after_it() {
         let mut h = hub(16);
-        accepted(h.apply(new("a", 1)));
-        accepted(h.apply(new("b", 2)));
+        accepted(h.apply(new("a", 1), &origin()));
+        accepted(h.apply(new("b", 2), &origin()));
         // Not newer than what was seen: nothing changes.
-        assert!(h.apply_snapshot(2, vec![new("x", 2)]).is_empty());
+        assert!(h.apply_snapshot(2, vec![new("x", 2)], &origin()).is_empty());
         assert_eq!(h.onscreen().len(), 2);
 
         // Newer: the replica missed 3..=10. "a" left, "b" stays, "c" arrived.
-        let frames = h.apply_snapshot(10, vec![new("b", 10), new("c", 10)]);
+        let frames = h.apply_snapshot(10, vec![new("b", 10), new("c", 10)], &origin());
         assert_eq!(
             kinds(&frames),
             [
@@ -828,27 +844,33 @@ mod tests {
         assert_eq!(served(&h, &from(S, 11)).4, Vec::<u64>::new());
         assert_eq!(served(&h, &Resume::Fresh).2, 11);
         // Events the snapshot already covers are redeliveries.
-        assert_eq!(h.apply(card(EventType::Update, "b", 9)), Applied::Duplicate);
-        assert_eq!(h.apply(new("c", 10)), Applied::Duplicate);
-        accepted(h.apply(card(EventType::Update, "b", 11)));
+        assert_eq!(
+            h.apply(card(EventType::Update, "b", 9), &origin()),
+            Applied::Duplicate
+        );
+        assert_eq!(h.apply(new("c", 10), &origin()), Applied::Duplicate);
+        accepted(h.apply(card(EventType::Update, "b", 11), &origin()));
         assert_eq!(served(&h, &from(S, 11)).4, [11]);
     }
 
     #[test]
     fn a_snapshot_seeds_a_fresh_replica_and_the_next_event_confirms_the_range() {
         let mut h = hub(16);
-        let frames = h.apply_snapshot(7, vec![new("a", 7)]);
+        let frames = h.apply_snapshot(7, vec![new("a", 7)], &origin());
         assert_eq!(kinds(&frames), [(EventType::New, "a".into(), 7)]);
         assert_eq!((h.epoch(), h.next_offset()), (S, 8));
         assert_eq!(h.onscreen().len(), 1);
-        assert_eq!(h.apply(card(EventType::Update, "a", 6)), Applied::Duplicate);
-        accepted(h.apply(card(EventType::Update, "a", 8)));
+        assert_eq!(
+            h.apply(card(EventType::Update, "a", 6), &origin()),
+            Applied::Duplicate
+        );
+        accepted(h.apply(card(EventType::Update, "a", 8), &origin()));
         assert_eq!(served(&h, &from(S, 8)).4, [8]);
 
         // Events went by between the snapshot and the subscription: the range starts later.
         let mut g = hub(16);
-        g.apply_snapshot(7, vec![new("a", 7)]);
-        accepted(g.apply(card(EventType::Update, "a", 10)));
+        g.apply_snapshot(7, vec![new("a", 7)], &origin());
+        accepted(g.apply(card(EventType::Update, "a", 10), &origin()));
         assert_eq!(served(&g, &from(S, 8)).0, JoinOutcome::Resync);
         assert_eq!(served(&g, &from(S, 10)).4, [10]);
     }
@@ -856,10 +878,9 @@ mod tests {
     #[test]
     fn a_snapshot_of_another_session_starts_its_epoch() {
         let mut h = hub(16);
-        accepted(h.apply(new("a", 30)));
-        let mut fresh = new("n", 2);
-        fresh.session = "00000000000000bb".into();
-        let frames = h.apply_snapshot(2, vec![fresh]);
+        accepted(h.apply(new("a", 30), &origin()));
+        let fresh = via("00000000000000bb", 1);
+        let frames = h.apply_snapshot(2, vec![new("n", 2)], &fresh);
         assert_eq!(
             kinds(&frames),
             [
@@ -870,11 +891,11 @@ mod tests {
         assert_eq!((h.epoch(), h.next_offset()), ("00000000000000bb", 3));
         assert_eq!(served(&h, &from(S, 31)).0, JoinOutcome::Resync);
         // An empty snapshot tells no session: it belongs to the current epoch.
-        let frames = h.apply_snapshot(5, Vec::new());
+        let frames = h.apply_snapshot(5, Vec::new(), &fresh);
         assert_eq!(kinds(&frames), [(EventType::End, "n".into(), 5)]);
         assert_eq!(h.epoch(), "00000000000000bb");
         assert!(
-            hub(4).apply_snapshot(5, Vec::new()).is_empty(),
+            hub(4).apply_snapshot(5, Vec::new(), &origin()).is_empty(),
             "no epoch yet"
         );
     }
@@ -890,9 +911,9 @@ mod tests {
     fn appeared_at_is_the_capture_time_of_the_new() {
         let mut h = hub(8);
         // `new` at seq 1 was captured at 1001: its updates and end carry that time.
-        assert_eq!(appeared(&accepted(h.apply(new("a", 1))).1), 1001);
+        assert_eq!(appeared(&accepted(h.apply(new("a", 1), &origin())).1), 1001);
         assert_eq!(
-            appeared(&accepted(h.apply(card(EventType::Update, "a", 5))).1),
+            appeared(&accepted(h.apply(card(EventType::Update, "a", 5), &origin())).1),
             1001
         );
         assert_eq!(
@@ -914,24 +935,24 @@ mod tests {
             }
         });
         assert_eq!(
-            appeared(&accepted(h.apply(card(EventType::End, "a", 7))).1),
+            appeared(&accepted(h.apply(card(EventType::End, "a", 7), &origin())).1),
             1001
         );
         // One whose `new` was never seen: its own capture time.
         assert_eq!(
-            appeared(&accepted(h.apply(card(EventType::Update, "b", 9))).1),
+            appeared(&accepted(h.apply(card(EventType::Update, "b", 9), &origin())).1),
             1009
         );
         assert_eq!(
-            appeared(&accepted(h.apply(card(EventType::Update, "b", 10))).1),
+            appeared(&accepted(h.apply(card(EventType::Update, "b", 10), &origin())).1),
             1009
         );
         // A snapshot's card already on screen keeps its appearance time.
-        let frames = h.apply_snapshot(20, vec![new("b", 20)]);
+        let frames = h.apply_snapshot(20, vec![new("b", 20)], &origin());
         assert!(frames.is_empty());
         assert_eq!(h.onscreen()[0].appeared_at_ms, 1009);
         assert_eq!(
-            appeared(&accepted(h.apply(card(EventType::Update, "b", 21))).1),
+            appeared(&accepted(h.apply(card(EventType::Update, "b", 21), &origin())).1),
             1009
         );
     }
@@ -939,19 +960,19 @@ mod tests {
     #[test]
     fn dedup_memory_is_bounded_but_keeps_onscreen_ids() {
         let mut h = hub(1);
-        accepted(h.apply(new("stays", 0)));
+        accepted(h.apply(new("stays", 0), &origin()));
         let n = MIN_DEDUP_MEMORY as u64 * 3;
         for i in 1..=n {
             let id = format!("e{i}");
-            accepted(h.apply(new(&id, 2 * i)));
-            accepted(h.apply(card(EventType::End, &id, 2 * i + 1)));
+            accepted(h.apply(new(&id, 2 * i), &origin()));
+            accepted(h.apply(card(EventType::End, &id, 2 * i + 1), &origin()));
         }
         assert!(h.seen.len() <= MIN_DEDUP_MEMORY * 2 + 1, "{}", h.seen.len());
         // The long-lived appearance is still protected from redelivery.
-        assert_eq!(h.apply(new("stays", 0)), Applied::Duplicate);
+        assert_eq!(h.apply(new("stays", 0), &origin()), Applied::Duplicate);
         // Recent ones too.
         assert_eq!(
-            h.apply(card(EventType::End, &format!("e{n}"), 2 * n + 1)),
+            h.apply(card(EventType::End, &format!("e{n}"), 2 * n + 1), &origin()),
             Applied::Duplicate
         );
     }

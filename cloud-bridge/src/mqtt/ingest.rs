@@ -11,7 +11,7 @@ use spotter_protocol::viewer::Card;
 use spotter_protocol::PROTOCOL_VERSION;
 use tracing::{debug, info, warn};
 
-use crate::hub::{Applied, Hub, Hubs};
+use crate::hub::{Applied, Hub, Hubs, Origin};
 use crate::metrics::{MalformedReason, Metrics, PayloadKind, RejectReason};
 use crate::shelf::Shelf;
 
@@ -27,6 +27,8 @@ pub enum Verdict {
         hub: Arc<Hub>,
         /// The enriched event.
         card: Card,
+        /// The agent session its `seq` counts in (empty from an agent that predates sessions).
+        session: String,
     },
     /// A valid on-screen snapshot for a known stream (products with unknown SKUs left out).
     Snapshot {
@@ -36,6 +38,8 @@ pub enum Verdict {
         seq: u64,
         /// Its products as cards.
         cards: Vec<Card>,
+        /// The agent session its `seq` counts in (empty from an agent that predates sessions).
+        session: String,
         /// SKUs left out because the catalog does not have them.
         unknown_skus: Vec<String>,
     },
@@ -115,12 +119,10 @@ pub fn classify(topic: &str, payload: &[u8], hubs: &Hubs, shelf: &Shelf) -> Verd
                 };
             };
             match shelf.card(&event) {
-                Some(mut card) => Verdict::Event {
+                Some(card) => Verdict::Event {
                     hub: hub.clone(),
-                    card: {
-                        card.session = event.session().to_owned();
-                        card
-                    },
+                    card,
+                    session: event.session().to_owned(),
                 },
                 None => Verdict::Rejected {
                     kind,
@@ -162,10 +164,7 @@ pub fn classify(topic: &str, payload: &[u8], hubs: &Hubs, shelf: &Shelf) -> Verd
             let mut unknown_skus = Vec::new();
             for p in &snapshot.products {
                 match shelf.snapshot_card(snapshot.seq, p) {
-                    Some(mut c) => {
-                        c.session = snapshot.session().to_owned();
-                        cards.push(c);
-                    }
+                    Some(c) => cards.push(c),
                     None => unknown_skus.push(p.sku.clone()),
                 }
             }
@@ -173,6 +172,7 @@ pub fn classify(topic: &str, payload: &[u8], hubs: &Hubs, shelf: &Shelf) -> Verd
                 hub: hub.clone(),
                 seq: snapshot.seq,
                 cards,
+                session: snapshot.session().to_owned(),
                 unknown_skus,
             }
         }
@@ -242,11 +242,14 @@ impl Ingest {
         let m = &self.metrics;
         let subscription = self.subscription.load(Ordering::Relaxed);
         match verdict {
-            Verdict::Event { hub, mut card } => {
-                card.subscription = subscription;
+            Verdict::Event { hub, card, session } => {
+                let origin = Origin {
+                    session,
+                    subscription,
+                };
                 m.received(PayloadKind::Events);
                 let (event_id, seq) = (card.event_id.clone(), card.seq);
-                match hub.publish(card) {
+                match hub.publish(card, &origin) {
                     Applied::Accepted { offset, .. } => {
                         Metrics::inc(&m.events_accepted);
                         debug!(topic, event_id, seq, offset, "event accepted");
@@ -260,19 +263,21 @@ impl Ingest {
             Verdict::Snapshot {
                 hub,
                 seq,
-                mut cards,
+                cards,
+                session,
                 unknown_skus,
             } => {
+                let origin = Origin {
+                    session,
+                    subscription,
+                };
                 m.received(PayloadKind::OnScreen);
-                for c in &mut cards {
-                    c.subscription = subscription;
-                }
                 for sku in &unknown_skus {
                     m.rejected(PayloadKind::OnScreen, RejectReason::UnknownSku);
                     warn!(topic, sku, "on-screen product not in the catalog, left out");
                 }
                 let products = cards.len();
-                let changes = hub.apply_snapshot(seq, cards);
+                let changes = hub.apply_snapshot(seq, cards, &origin);
                 if changes > 0 {
                     Metrics::inc(&m.onscreen_applied);
                     info!(
