@@ -15,6 +15,7 @@ pub mod doctor;
 pub mod encoder;
 pub mod model_import;
 pub mod mqtt;
+pub mod notify;
 pub mod outbox;
 pub mod pipeline;
 pub mod recognizer;

@@ -12,6 +12,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod mqtt;
+pub mod notify;
 pub mod shelf;
 pub mod websocket;
 
