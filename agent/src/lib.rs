@@ -15,7 +15,6 @@ pub mod doctor;
 pub mod encoder;
 pub mod model_import;
 pub mod mqtt;
-pub mod notify;
 pub mod outbox;
 pub mod pipeline;
 pub mod recognizer;

@@ -257,19 +257,6 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     // frame counters outlive pipeline rebuilds, so the stats stay continuous
     let counters = Arc::new(Counters::default());
 
-    // systemd (Type=notify): readiness, status line, and watchdog pings while frames progress
-    let notifier = crate::notify::Notifier::from_env();
-    let notify_stop = shutdown.child_token();
-    {
-        let publisher = publisher.clone();
-        tasks.spawn(crate::notify::drive(
-            notifier.clone(),
-            counters.clone(),
-            move || publisher.outbox_counts(),
-            notify_stop.clone(),
-        ));
-    }
-
     // health on the stats topic every `mqtt.stats_interval`; its own thread, because sysinfo's
     // GPU handles cannot move between the runtime's threads
     let stats_stop = shutdown.child_token();
@@ -402,8 +389,6 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
                         if let Some(change) = supervisor.started(plan.with_upload, Instant::now()) {
                             report(&change, &supervisor, &counters);
                         }
-                        // the model and catalog were loaded before the first pipeline
-                        notifier.ready();
                         if plan.with_audio {
                             supervisor.started_audio(Instant::now());
                         }
@@ -453,8 +438,6 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     drop(tx);
 
     tracing::info!("stopping");
-    notifier.stopping();
-    notify_stop.cancel();
     watch_stop.cancel();
     stats_stop.cancel();
     let joined = tokio::task::spawn_blocking(move || (watcher.join(), stats_thread.join())).await;

@@ -24,7 +24,6 @@ use crate::hub::Hubs;
 use crate::metrics::Metrics;
 use crate::mqtt::chat::{self as chat_broker, ChatIngest};
 use crate::mqtt::{subscriber, Ingest};
-use crate::notify::Notifier;
 use crate::shelf::Shelf;
 
 /// How long shutdown waits for connections and tasks to finish: every viewer is sent close 1012
@@ -211,9 +210,6 @@ async fn serve(
         &config.chat,
     ));
     let tracker = TaskTracker::new();
-    // systemd (Type=notify): status line and watchdog pings while the runtime schedules tasks
-    let notifier = Notifier::from_env();
-    tracker.spawn(notifier.clone().drive(metrics.clone(), shutdown.clone()));
 
     let (subscribed_tx, mut subscribed) = watch::channel(false);
     let connection = subscriber::connect(&config.mqtt);
@@ -305,8 +301,6 @@ async fn serve(
     }
     info!(%http, metrics = %format!("http://{http}/metrics"), "bridge serving");
 
-    // listening and subscribed: what `/readyz` says, told to the caller and the service manager
-    let mut announced = false;
     let outcome = loop {
         tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
@@ -319,19 +313,18 @@ async fn serve(
                     Err(e) => Err(anyhow!(e).context("the HTTP server task failed")),
                 };
             }
-            up = subscribed.wait_for(|s| *s), if !announced => {
-                announced = true;
+            up = subscribed.wait_for(|s| *s), if ready.is_some() => {
                 if up.is_ok() {
-                    notifier.ready();
                     if let Some(tx) = ready.take() {
                         let _ = tx.send(Ready { http });
                     }
+                } else {
+                    ready = None;
                 }
             }
         }
     };
 
-    notifier.stopping();
     info!(
         timeout_s = SHUTDOWN_TIMEOUT.as_secs(),
         "shutting down: no new connections, viewers told to reconnect elsewhere (close 1012)"

@@ -12,7 +12,6 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod mqtt;
-pub mod notify;
 pub mod shelf;
 pub mod websocket;
 
